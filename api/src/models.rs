@@ -1,0 +1,363 @@
+//! Request and response bodies of the API, in Firecracker's wire format.
+//!
+//! The same types describe the JSON configuration file accepted by `tartarus-vmm --config-file`,
+//! so that a body that works over the socket works in the file and the other way round.
+//! Every body rejects unknown fields: a misspelt key is an error, never silently ignored.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest number of vCPUs a microVM may have.
+pub const MAX_VCPUS: u8 = 32;
+
+/// `PUT /machine-config` body (also the `"machine-config"` key of a config file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: usize,
+    #[serde(default)]
+    pub smt: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+        }
+    }
+}
+
+impl MachineConfig {
+    /// Checks the values, naming the field and the problem on error.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(format!(
+                "Invalid machine-config: vcpu_count must be between 1 and {MAX_VCPUS}, got {}",
+                self.vcpu_count
+            ));
+        }
+        if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 == 1 {
+            return Err(format!(
+                "Invalid machine-config: with smt enabled vcpu_count must be 1 or even, got {}",
+                self.vcpu_count
+            ));
+        }
+        if self.mem_size_mib == 0 {
+            return Err("Invalid machine-config: mem_size_mib must be greater than 0".to_string());
+        }
+        // 1 TiB is far beyond what a microVM needs and keeps the address arithmetic safe.
+        if self.mem_size_mib > 1024 * 1024 {
+            return Err(format!(
+                "Invalid machine-config: mem_size_mib must be at most 1048576, got {}",
+                self.mem_size_mib
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies a `PATCH /machine-config` body and validates the result.
+    pub fn apply(&self, update: &MachineConfigUpdate) -> Result<MachineConfig, String> {
+        let new = MachineConfig {
+            vcpu_count: update.vcpu_count.unwrap_or(self.vcpu_count),
+            mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
+            smt: update.smt.unwrap_or(self.smt),
+            track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+        };
+        new.validate()?;
+        Ok(new)
+    }
+}
+
+/// `PATCH /machine-config` body: every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    pub vcpu_count: Option<u8>,
+    pub mem_size_mib: Option<usize>,
+    pub smt: Option<bool>,
+    pub track_dirty_pages: Option<bool>,
+}
+
+/// `PUT /boot-source` body (also the `"boot-source"` key of a config file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    pub kernel_image_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+impl BootSourceConfig {
+    /// Checks the values, naming the field and the problem on error.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kernel_image_path.is_empty() {
+            return Err("Invalid boot-source: kernel_image_path must not be empty".to_string());
+        }
+        if self.initrd_path.as_deref() == Some("") {
+            return Err(
+                "Invalid boot-source: initrd_path must not be empty when given".to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Log levels, spelt as Firecracker spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warning,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "off" => Ok(LogLevel::Off),
+            "error" => Ok(LogLevel::Error),
+            "warning" | "warn" => Ok(LogLevel::Warning),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            other => Err(format!(
+                "Invalid log level '{other}': expected one of Off, Error, Warning, Info, Debug, Trace"
+            )),
+        }
+    }
+}
+
+/// `PUT /logger` body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+impl LoggerConfig {
+    /// Checks the values, naming the field and the problem on error.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.log_path.as_deref() == Some("") {
+            return Err("Invalid logger: log_path must not be empty when given".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /metrics` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub metrics_path: String,
+}
+
+impl MetricsConfig {
+    /// Checks the values, naming the field and the problem on error.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.metrics_path.is_empty() {
+            return Err("Invalid metrics: metrics_path must not be empty".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /actions` action types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    InstanceStart,
+    SendCtrlAltDel,
+    FlushMetrics,
+}
+
+/// `PUT /actions` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionInfo {
+    pub action_type: ActionType,
+}
+
+/// `GET /` response body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    /// "Not started", "Running" or "Paused".
+    pub state: String,
+    pub vmm_version: String,
+    pub app_name: String,
+}
+
+/// `GET /version` response body. The field keeps Firecracker's name so existing clients parse it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub firecracker_version: String,
+    pub tartarus_version: String,
+}
+
+/// The whole configuration: `GET /vm/config` response and the `--config-file` format.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: Option<MachineConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+impl VmConfig {
+    /// Validates every section that is present, with the same messages as the API routes.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(b) = &self.boot_source {
+            b.validate()?;
+        }
+        if let Some(m) = &self.machine_config {
+            m.validate()?;
+        }
+        if let Some(l) = &self.logger {
+            l.validate()?;
+        }
+        if let Some(m) = &self.metrics {
+            m.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// A typed request handed from the API thread to the VMM thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmmAction {
+    GetInstanceInfo,
+    GetVersion,
+    GetMachineConfig,
+    PutMachineConfig(MachineConfig),
+    PatchMachineConfig(MachineConfigUpdate),
+    PutBootSource(BootSourceConfig),
+    PutLogger(LoggerConfig),
+    PutMetrics(MetricsConfig),
+    Action(ActionType),
+    GetVmConfig,
+}
+
+/// The VMM thread's answer to a [`VmmAction`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum VmmResponse {
+    /// 204 No Content.
+    Empty,
+    /// 200 OK with this JSON body.
+    Json(serde_json::Value),
+    /// An error: HTTP status (400 for bad requests) and the fault message.
+    Error(u16, String),
+}
+
+impl VmmResponse {
+    /// A 400 Bad Request with `msg` as the fault message.
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        VmmResponse::Error(400, msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_config_limits() {
+        let mut m = MachineConfig::default();
+        assert!(m.validate().is_ok());
+        m.vcpu_count = 0;
+        assert!(m.validate().unwrap_err().contains("vcpu_count"));
+        m.vcpu_count = 33;
+        assert!(m.validate().unwrap_err().contains("vcpu_count"));
+        m.vcpu_count = 32;
+        assert!(m.validate().is_ok());
+        m.mem_size_mib = 0;
+        assert!(m.validate().unwrap_err().contains("mem_size_mib"));
+        let m = MachineConfig {
+            vcpu_count: 3,
+            smt: true,
+            ..Default::default()
+        };
+        assert!(m.validate().unwrap_err().contains("smt"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e =
+            serde_json::from_str::<MachineConfig>(r#"{"vcpu_count":1,"mem_size_mib":1,"foo":1}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("foo"));
+    }
+
+    #[test]
+    fn path_fields_must_not_be_empty() {
+        let b = BootSourceConfig {
+            kernel_image_path: String::new(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        assert!(b.validate().unwrap_err().contains("kernel_image_path"));
+        let b = BootSourceConfig {
+            kernel_image_path: "vmlinux".into(),
+            initrd_path: Some(String::new()),
+            boot_args: None,
+        };
+        assert!(b.validate().unwrap_err().contains("initrd_path"));
+        let l = LoggerConfig {
+            log_path: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(l.validate().unwrap_err().contains("log_path"));
+        assert!(LoggerConfig::default().validate().is_ok());
+        let m = MetricsConfig {
+            metrics_path: String::new(),
+        };
+        assert!(m.validate().unwrap_err().contains("metrics_path"));
+        let c = VmConfig {
+            metrics: Some(m),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("metrics_path"));
+        assert!(VmConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn patch_applies_and_validates() {
+        let m = MachineConfig::default();
+        let u = MachineConfigUpdate {
+            vcpu_count: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(m.apply(&u).unwrap().vcpu_count, 4);
+        let u = MachineConfigUpdate {
+            mem_size_mib: Some(0),
+            ..Default::default()
+        };
+        assert!(m.apply(&u).is_err());
+    }
+}

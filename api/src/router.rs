@@ -1,0 +1,474 @@
+//! Routing: a method, a path and a body become a typed [`VmmAction`], or the fault message of a
+//! 400 Bad Request.
+//!
+//! The routes and their bodies follow Firecracker's wire format. The path may carry a trailing
+//! slash and a query string; both are ignored. Bodies are parsed strictly (unknown fields are
+//! refused) and checked with the `validate` method of their model, so the VMM thread only ever
+//! sees well-formed values. `PATCH /machine-config` is the exception: whether an update is valid
+//! depends on the current configuration, which only the VMM knows (see
+//! [`MachineConfig::apply`](crate::models::MachineConfig::apply)).
+
+use serde::de::DeserializeOwned;
+
+use crate::models::{
+    ActionInfo, BootSourceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
+    VmmAction,
+};
+
+/// Turns one HTTP request into a [`VmmAction`].
+///
+/// On error, the `String` is the `fault_message` of a 400 response. The messages are:
+/// - `Invalid request method and/or path: <METHOD> <path>` for an unknown route;
+/// - `Empty PUT request.` / `Empty PATCH request.` when a body is required but absent;
+/// - `GET request cannot have a body.`;
+/// - `Invalid <body> body: <serde explanation>` for malformed JSON, wrong types, unknown or
+///   missing fields, where `<body>` is `machine-config`, `boot-source`, `actions`, `logger` or
+///   `metrics`;
+/// - `Invalid <body>: <field> ...` when the values do not pass validation.
+pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, String> {
+    // The query string carries nothing for us; a fragment is never sent by clients, but dropping
+    // it costs nothing.
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let route = match path.strip_suffix('/') {
+        Some(stripped) if !stripped.is_empty() => stripped,
+        _ => path,
+    };
+    let has_body = !body.iter().all(u8::is_ascii_whitespace);
+
+    let action = match (method, route) {
+        ("GET", "/") => VmmAction::GetInstanceInfo,
+        ("GET", "/version") => VmmAction::GetVersion,
+        ("GET", "/machine-config") => VmmAction::GetMachineConfig,
+        ("GET", "/vm/config") => VmmAction::GetVmConfig,
+        ("PUT", "/machine-config") => {
+            let config: MachineConfig = parse_body(method, "machine-config", body)?;
+            config.validate()?;
+            VmmAction::PutMachineConfig(config)
+        }
+        ("PATCH", "/machine-config") => {
+            let update: MachineConfigUpdate = parse_body(method, "machine-config", body)?;
+            VmmAction::PatchMachineConfig(update)
+        }
+        ("PUT", "/boot-source") => {
+            let config: BootSourceConfig = parse_body(method, "boot-source", body)?;
+            config.validate()?;
+            VmmAction::PutBootSource(config)
+        }
+        ("PUT", "/actions") => {
+            let info: ActionInfo = parse_body(method, "actions", body)?;
+            VmmAction::Action(info.action_type)
+        }
+        ("PUT", "/logger") => {
+            let config: LoggerConfig = parse_body(method, "logger", body)?;
+            config.validate()?;
+            VmmAction::PutLogger(config)
+        }
+        ("PUT", "/metrics") => {
+            let config: MetricsConfig = parse_body(method, "metrics", body)?;
+            config.validate()?;
+            VmmAction::PutMetrics(config)
+        }
+        _ => {
+            return Err(format!(
+                "Invalid request method and/or path: {method} {path}"
+            ))
+        }
+    };
+
+    if method == "GET" && has_body {
+        return Err("GET request cannot have a body.".to_string());
+    }
+    Ok(action)
+}
+
+/// Parses the JSON body of a PUT or PATCH request, naming the body in the error.
+fn parse_body<T: DeserializeOwned>(method: &str, name: &str, body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("Empty {method} request."));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("Invalid {name} body: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ActionType, LogLevel};
+
+    fn ok(method: &str, path: &str, body: &str) -> VmmAction {
+        parse_request(method, path, body.as_bytes())
+            .unwrap_or_else(|e| panic!("{method} {path} {body}: {e}"))
+    }
+
+    fn err(method: &str, path: &str, body: &str) -> String {
+        match parse_request(method, path, body.as_bytes()) {
+            Ok(a) => panic!("{method} {path} {body}: expected an error, got {a:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn get_routes() {
+        assert_eq!(ok("GET", "/", ""), VmmAction::GetInstanceInfo);
+        assert_eq!(ok("GET", "/version", ""), VmmAction::GetVersion);
+        assert_eq!(
+            ok("GET", "/machine-config", ""),
+            VmmAction::GetMachineConfig
+        );
+        assert_eq!(ok("GET", "/vm/config", ""), VmmAction::GetVmConfig);
+    }
+
+    #[test]
+    fn trailing_slash_and_query_are_ignored() {
+        assert_eq!(ok("GET", "/version/", ""), VmmAction::GetVersion);
+        assert_eq!(ok("GET", "/version?x=1", ""), VmmAction::GetVersion);
+        assert_eq!(ok("GET", "/vm/config/?a=b&c", ""), VmmAction::GetVmConfig);
+        assert_eq!(ok("GET", "/?", ""), VmmAction::GetInstanceInfo);
+        assert_eq!(
+            ok("PUT", "/metrics/?q", r#"{"metrics_path":"m"}"#),
+            VmmAction::PutMetrics(MetricsConfig {
+                metrics_path: "m".into()
+            })
+        );
+    }
+
+    #[test]
+    fn put_machine_config() {
+        let a = ok(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "track_dirty_pages": true}"#,
+        );
+        assert_eq!(
+            a,
+            VmmAction::PutMachineConfig(MachineConfig {
+                vcpu_count: 2,
+                mem_size_mib: 256,
+                smt: false,
+                track_dirty_pages: true,
+            })
+        );
+        // Optional fields default.
+        let a = ok(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":64}"#,
+        );
+        assert_eq!(
+            a,
+            VmmAction::PutMachineConfig(MachineConfig {
+                vcpu_count: 1,
+                mem_size_mib: 64,
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn put_machine_config_is_validated() {
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":0,"mem_size_mib":64}"#,
+        );
+        assert!(e.starts_with("Invalid machine-config:"), "{e}");
+        assert!(e.contains("vcpu_count"), "{e}");
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":33,"mem_size_mib":64}"#,
+        );
+        assert!(e.contains("vcpu_count"), "{e}");
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":0}"#,
+        );
+        assert!(e.contains("mem_size_mib"), "{e}");
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":3,"mem_size_mib":64,"smt":true}"#,
+        );
+        assert!(e.contains("smt"), "{e}");
+    }
+
+    #[test]
+    fn patch_machine_config_is_not_validated_here() {
+        assert_eq!(
+            ok("PATCH", "/machine-config", r#"{"vcpu_count": 4}"#),
+            VmmAction::PatchMachineConfig(MachineConfigUpdate {
+                vcpu_count: Some(4),
+                ..Default::default()
+            })
+        );
+        // The VMM decides, knowing the current config.
+        assert_eq!(
+            ok("PATCH", "/machine-config", r#"{"vcpu_count": 0}"#),
+            VmmAction::PatchMachineConfig(MachineConfigUpdate {
+                vcpu_count: Some(0),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            ok("PATCH", "/machine-config", "{}"),
+            VmmAction::PatchMachineConfig(MachineConfigUpdate::default())
+        );
+        let e = err("PATCH", "/machine-config", r#"{"vcpus": 4}"#);
+        assert!(
+            e.starts_with("Invalid machine-config body: unknown field `vcpus`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn put_boot_source() {
+        assert_eq!(
+            ok(
+                "PUT",
+                "/boot-source",
+                r#"{"kernel_image_path":"/k","initrd_path":"/i","boot_args":"console=ttyS0"}"#
+            ),
+            VmmAction::PutBootSource(BootSourceConfig {
+                kernel_image_path: "/k".into(),
+                initrd_path: Some("/i".into()),
+                boot_args: Some("console=ttyS0".into()),
+            })
+        );
+        assert_eq!(
+            ok("PUT", "/boot-source", r#"{"kernel_image_path":"/k"}"#),
+            VmmAction::PutBootSource(BootSourceConfig {
+                kernel_image_path: "/k".into(),
+                initrd_path: None,
+                boot_args: None,
+            })
+        );
+        let e = err("PUT", "/boot-source", r#"{"kernel_image_path":""}"#);
+        assert_eq!(
+            e,
+            "Invalid boot-source: kernel_image_path must not be empty"
+        );
+        let e = err("PUT", "/boot-source", r#"{"boot_args":"x"}"#);
+        assert!(
+            e.starts_with("Invalid boot-source body: missing field `kernel_image_path`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn put_actions() {
+        for (name, t) in [
+            ("InstanceStart", ActionType::InstanceStart),
+            ("SendCtrlAltDel", ActionType::SendCtrlAltDel),
+            ("FlushMetrics", ActionType::FlushMetrics),
+        ] {
+            let body = format!(r#"{{"action_type":"{name}"}}"#);
+            assert_eq!(ok("PUT", "/actions", &body), VmmAction::Action(t));
+        }
+        let e = err("PUT", "/actions", r#"{"action_type":"Reboot"}"#);
+        assert!(
+            e.starts_with("Invalid actions body: unknown variant `Reboot`"),
+            "{e}"
+        );
+        let e = err("PUT", "/actions", "{}");
+        assert!(e.contains("missing field `action_type`"), "{e}");
+    }
+
+    #[test]
+    fn put_logger() {
+        assert_eq!(
+            ok(
+                "PUT",
+                "/logger",
+                r#"{"log_path":"/l","level":"Debug","show_level":true,"show_log_origin":false,"module":"vmm"}"#
+            ),
+            VmmAction::PutLogger(LoggerConfig {
+                log_path: Some("/l".into()),
+                level: Some(LogLevel::Debug),
+                show_level: Some(true),
+                show_log_origin: Some(false),
+                module: Some("vmm".into()),
+            })
+        );
+        assert_eq!(
+            ok("PUT", "/logger", r#"{"level":"Warning"}"#),
+            VmmAction::PutLogger(LoggerConfig {
+                level: Some(LogLevel::Warning),
+                ..Default::default()
+            })
+        );
+        let e = err("PUT", "/logger", r#"{"log_path":""}"#);
+        assert!(e.starts_with("Invalid logger: log_path"), "{e}");
+        let e = err("PUT", "/logger", r#"{"level":"Loud"}"#);
+        assert!(
+            e.starts_with("Invalid logger body: unknown variant `Loud`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn put_metrics() {
+        assert_eq!(
+            ok("PUT", "/metrics", r#"{"metrics_path":"/m.fifo"}"#),
+            VmmAction::PutMetrics(MetricsConfig {
+                metrics_path: "/m.fifo".into()
+            })
+        );
+        let e = err("PUT", "/metrics", r#"{"metrics_path":""}"#);
+        assert_eq!(e, "Invalid metrics: metrics_path must not be empty");
+        let e = err("PUT", "/metrics", "{}");
+        assert!(
+            e.starts_with("Invalid metrics body: missing field `metrics_path`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_path_or_method() {
+        assert_eq!(
+            err("PUT", "/foo", "{}"),
+            "Invalid request method and/or path: PUT /foo"
+        );
+        assert_eq!(
+            err("GET", "/foo?x=1", ""),
+            "Invalid request method and/or path: GET /foo"
+        );
+        assert_eq!(
+            err("DELETE", "/machine-config", ""),
+            "Invalid request method and/or path: DELETE /machine-config"
+        );
+        assert_eq!(
+            err("GET", "/boot-source", ""),
+            "Invalid request method and/or path: GET /boot-source"
+        );
+        assert_eq!(
+            err("PATCH", "/boot-source", "{}"),
+            "Invalid request method and/or path: PATCH /boot-source"
+        );
+        assert_eq!(
+            err("PUT", "/", "{}"),
+            "Invalid request method and/or path: PUT /"
+        );
+        assert_eq!(
+            err("get", "/version", ""),
+            "Invalid request method and/or path: get /version"
+        );
+        assert_eq!(
+            err("GET", "", ""),
+            "Invalid request method and/or path: GET "
+        );
+        assert!(parse_request("GET", "/vm", b"").is_err());
+        assert!(parse_request("GET", "/version//", b"").is_err());
+    }
+
+    #[test]
+    fn empty_bodies() {
+        assert_eq!(err("PUT", "/machine-config", ""), "Empty PUT request.");
+        assert_eq!(err("PUT", "/boot-source", " \r\n"), "Empty PUT request.");
+        assert_eq!(err("PUT", "/actions", ""), "Empty PUT request.");
+        assert_eq!(err("PUT", "/logger", ""), "Empty PUT request.");
+        assert_eq!(err("PUT", "/metrics", ""), "Empty PUT request.");
+        assert_eq!(err("PATCH", "/machine-config", ""), "Empty PATCH request.");
+    }
+
+    #[test]
+    fn get_with_body_is_refused() {
+        assert_eq!(
+            err("GET", "/version", "{}"),
+            "GET request cannot have a body."
+        );
+        // Whitespace counts as no body.
+        assert_eq!(ok("GET", "/version", "\r\n"), VmmAction::GetVersion);
+    }
+
+    #[test]
+    fn malformed_json() {
+        let e = err("PUT", "/machine-config", "{");
+        assert!(
+            e.starts_with("Invalid machine-config body: EOF while parsing"),
+            "{e}"
+        );
+        let e = err("PUT", "/boot-source", "not json");
+        assert!(e.starts_with("Invalid boot-source body: expected"), "{e}");
+        let e = err("PUT", "/metrics", r#"{"metrics_path":"m"} trailing"#);
+        assert!(
+            e.starts_with("Invalid metrics body: trailing characters"),
+            "{e}"
+        );
+        let e = err("PUT", "/actions", "[1, 2]");
+        assert!(e.starts_with("Invalid actions body: "), "{e}");
+        let e = err("PUT", "/logger", "\u{0}");
+        assert!(e.starts_with("Invalid logger body:"), "{e}");
+        // Not UTF-8 at all.
+        let e = parse_request("PUT", "/metrics", &[0xff, 0xfe, 0x00]).unwrap_err();
+        assert!(e.starts_with("Invalid metrics body:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges() {
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":"2","mem_size_mib":64}"#,
+        );
+        assert!(
+            e.starts_with("Invalid machine-config body: invalid type: string \"2\", expected u8"),
+            "{e}"
+        );
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":300,"mem_size_mib":64}"#,
+        );
+        assert!(e.contains("invalid value: integer `300`"), "{e}");
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":-1,"mem_size_mib":64}"#,
+        );
+        assert!(e.contains("invalid value: integer `-1`"), "{e}");
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":64,"smt":"yes"}"#,
+        );
+        assert!(e.contains("expected a boolean"), "{e}");
+        let e = err("PUT", "/boot-source", r#"{"kernel_image_path":7}"#);
+        assert!(
+            e.contains("invalid type: integer `7`, expected a string"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_missing_fields() {
+        let e = err(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":64,"foo":1}"#,
+        );
+        assert!(
+            e.starts_with("Invalid machine-config body: unknown field `foo`, expected one of"),
+            "{e}"
+        );
+        assert!(e.contains("at line 1 column"), "{e}");
+        let e = err("PUT", "/machine-config", r#"{"vcpu_count":1}"#);
+        assert!(
+            e.starts_with("Invalid machine-config body: missing field `mem_size_mib`"),
+            "{e}"
+        );
+        let e = err("PUT", "/logger", r#"{"path":"/x"}"#);
+        assert!(
+            e.starts_with("Invalid logger body: unknown field `path`"),
+            "{e}"
+        );
+        let e = err(
+            "PUT",
+            "/actions",
+            r#"{"action_type":"InstanceStart","extra":true}"#,
+        );
+        assert!(
+            e.starts_with("Invalid actions body: unknown field `extra`"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,471 @@
+//! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
+//!
+//! ```text
+//! tartarus-bench [--runs N] [--vmm PATH] [--guests DIR] [--out FILE]
+//! ```
+//! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
+//! and, for each metric, `{"name","unit","runs","median","p10","p90","min","max"}`.
+//!
+//! Metrics (each run uses a fresh `tartarus-vmm` process):
+//! - `api_ready_ms`: spawn → the first successful `connect()` on the API socket (polled tightly).
+//! - `instance_start_to_first_serial_ms`: `InstanceStart` sent → first byte on the VMM's stdout
+//!   (hello.elf with `wait_cad`, so it stays alive).
+//! - `vmm_private_overhead_kib`: with that guest waiting, the VMM's total Rss from
+//!   `/proc/<pid>/smaps` minus the Rss of the guest memory (`[anon:tartarus-guest-mem]`).
+//! - `vmm_private_dirty_overhead_kib`: Private_Dirty excluding the guest memory.
+//! - `guest_mem_rss_kib`: Rss of the guest memory, for context.
+//! - `instance_start_to_exit_ms`: `InstanceStart` sent → VMM exit, hello.elf without `wait_cad`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tartarus_tests::guest::{build_guests, default_guest_dir, Guests};
+use tartarus_tests::{repo_root, vmm_binary_near, Vmm, VmmBuilder, GUEST_TIMEOUT, VMM_BIN};
+
+/// Name under which the VMM's guest-memory mappings appear in smaps.
+const GUEST_MEM_NAME: &str = "[anon:tartarus-guest-mem]";
+const MEM_MIB: u64 = 128;
+
+struct Options {
+    runs: usize,
+    vmm: PathBuf,
+    guests: Guests,
+    out: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: tartarus-bench [--runs N] [--vmm PATH] [--guests DIR] [--out FILE]";
+
+fn parse_args() -> Result<Options, String> {
+    let mut runs = 20usize;
+    let mut vmm: Option<PathBuf> = None;
+    let mut guests_dir: Option<PathBuf> = None;
+    let mut out: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--runs" => {
+                let v = value("--runs")?;
+                runs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("--runs: not a positive number: {v}"))?;
+            }
+            "--vmm" => vmm = Some(value("--vmm")?.into()),
+            "--guests" => guests_dir = Some(value("--guests")?.into()),
+            "--out" => out = Some(value("--out")?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let vmm = match vmm.or_else(|| std::env::var_os("TARTARUS_VMM").map(PathBuf::from)) {
+        Some(p) => p,
+        None => default_vmm()?,
+    };
+    if !vmm.is_file() {
+        return Err(format!(
+            "{} not found: run `cargo build --release -p vmm` first, or pass --vmm",
+            vmm.display()
+        ));
+    }
+    let guests = match guests_dir {
+        Some(dir) => {
+            let g = Guests {
+                hello_elf: dir.join("hello.elf"),
+                hello_bzimage: dir.join("hello.bzImage"),
+                dir,
+            };
+            if !g.hello_elf.is_file() {
+                return Err(format!("{} not found", g.hello_elf.display()));
+            }
+            g
+        }
+        None => build_guests(&default_guest_dir())?,
+    };
+    Ok(Options {
+        runs,
+        vmm,
+        guests,
+        out,
+    })
+}
+
+/// The release VMM: next to this binary when it is a release build, else `<repo>/target/release`.
+fn default_vmm() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    if let Some(dir) = exe.parent() {
+        let p = vmm_binary_near(dir);
+        if dir.file_name().is_some_and(|n| n == "release") && p.is_file() {
+            return Ok(p);
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    Ok(target.join("release").join(VMM_BIN))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Linear-interpolated percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.len() == 1 {
+        return sorted[0];
+    }
+    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn summary(name: &str, unit: &str, samples: &[f64]) -> Value {
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN samples"));
+    json!({
+        "name": name,
+        "unit": unit,
+        "runs": s.len(),
+        "median": round3(percentile(&s, 50.0)),
+        "p10": round3(percentile(&s, 10.0)),
+        "p90": round3(percentile(&s, 90.0)),
+        "min": round3(s[0]),
+        "max": round3(s[s.len() - 1]),
+    })
+}
+
+fn spawn(opts: &Options) -> Vmm {
+    VmmBuilder::new().binary(&opts.vmm).spawn()
+}
+
+fn check(r: tartarus_tests::Response, what: &str, vmm: &Vmm) -> Result<(), String> {
+    if r.status == 204 || r.status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{what} -> {r}\n{}", vmm.diagnostics()))
+    }
+}
+
+fn configure(vmm: &Vmm, kernel: &Path, boot_args: &str) -> Result<(), String> {
+    check(
+        vmm.put(
+            "/machine-config",
+            &json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB}),
+        ),
+        "PUT /machine-config",
+        vmm,
+    )?;
+    check(
+        vmm.put(
+            "/boot-source",
+            &json!({"kernel_image_path": kernel, "boot_args": boot_args}),
+        ),
+        "PUT /boot-source",
+        vmm,
+    )
+}
+
+/// spawn → first successful connect().
+fn api_ready(opts: &Options) -> Result<f64, String> {
+    let mut vmm = spawn(opts);
+    let d = vmm
+        .try_wait_for_socket(Duration::from_secs(15), Duration::ZERO)
+        .map_err(|e| format!("API socket: {e}\n{}", vmm.diagnostics()))?;
+    vmm.kill();
+    Ok(ms(d))
+}
+
+#[derive(Default)]
+struct Smaps {
+    total_rss_kib: u64,
+    guest_rss_kib: u64,
+    private_dirty_kib: u64,
+    guest_private_dirty_kib: u64,
+    guest_mappings: usize,
+}
+
+fn parse_smaps(text: &str) -> Smaps {
+    let mut s = Smaps::default();
+    let mut in_guest = false;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if first.ends_with(':') {
+            let value: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match first {
+                "Rss:" => {
+                    s.total_rss_kib += value;
+                    if in_guest {
+                        s.guest_rss_kib += value;
+                    }
+                }
+                "Private_Dirty:" => {
+                    s.private_dirty_kib += value;
+                    if in_guest {
+                        s.guest_private_dirty_kib += value;
+                    }
+                }
+                _ => {}
+            }
+        } else if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping header: address perms offset dev inode [name...]
+            let name: Vec<&str> = fields.skip(4).collect();
+            in_guest = name.join(" ") == GUEST_MEM_NAME;
+            if in_guest {
+                s.guest_mappings += 1;
+            }
+        }
+    }
+    s
+}
+
+struct StartRun {
+    first_serial_ms: f64,
+    smaps: Smaps,
+}
+
+/// InstanceStart → first serial byte, then the memory overhead while the guest waits.
+fn start_to_first_serial(opts: &Options) -> Result<StartRun, String> {
+    let mut vmm = spawn(opts);
+    vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
+        .map_err(|e| format!("API socket: {e}\n{}", vmm.diagnostics()))?;
+    configure(&vmm, &opts.guests.hello_elf, "wait_cad")?;
+    let sent = Instant::now();
+    check(vmm.action("InstanceStart"), "InstanceStart", &vmm)?;
+    vmm.try_wait_for_output("waiting for ctrl-alt-del", GUEST_TIMEOUT)
+        .map_err(|e| format!("guest: {e}\n{}", vmm.diagnostics()))?;
+    let first = vmm.first_output_at().expect("output seen");
+    let smaps_path = format!("/proc/{}/smaps", vmm.pid());
+    let text = std::fs::read_to_string(&smaps_path).map_err(|e| format!("{smaps_path}: {e}"))?;
+    let smaps = parse_smaps(&text);
+    check(vmm.action("SendCtrlAltDel"), "SendCtrlAltDel", &vmm)?;
+    if vmm
+        .try_wait_exit(GUEST_TIMEOUT, Duration::from_millis(2))
+        .is_none()
+    {
+        return Err(format!(
+            "no exit after SendCtrlAltDel\n{}",
+            vmm.diagnostics()
+        ));
+    }
+    Ok(StartRun {
+        first_serial_ms: ms(first.saturating_duration_since(sent)),
+        smaps,
+    })
+}
+
+/// InstanceStart → process exit (the guest resets right after printing).
+fn start_to_exit(opts: &Options, kernel: &Path) -> Result<f64, String> {
+    let mut vmm = spawn(opts);
+    vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
+        .map_err(|e| format!("API socket: {e}\n{}", vmm.diagnostics()))?;
+    configure(&vmm, kernel, "bench")?;
+    let sent = Instant::now();
+    check(vmm.action("InstanceStart"), "InstanceStart", &vmm)?;
+    let status = vmm
+        .try_wait_exit(GUEST_TIMEOUT, Duration::from_micros(200))
+        .ok_or_else(|| format!("no exit within {GUEST_TIMEOUT:?}\n{}", vmm.diagnostics()))?;
+    let elapsed = sent.elapsed();
+    if status.code() != Some(0) {
+        return Err(format!("exit status {status}\n{}", vmm.diagnostics()));
+    }
+    Ok(ms(elapsed))
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn host_facts(opts: &Options) -> Value {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
+        "kvm_pvm"
+    } else if Path::new("/sys/module/kvm_intel").exists() {
+        "kvm_intel"
+    } else if Path::new("/sys/module/kvm_amd").exists() {
+        "kvm_amd"
+    } else {
+        "unknown"
+    };
+    let vmm_version = Command::new(&opts.vmm)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let mem_total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    json!({
+        "kernel": read_trim("/proc/sys/kernel/osrelease"),
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "cpu_model": cpu_model,
+        "mem_total_kib": mem_total_kib,
+        "kvm": kvm,
+        "vmm": opts.vmm,
+        "vmm_version": vmm_version,
+        "timestamp_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).ok(),
+    })
+}
+
+fn run(opts: &Options) -> Result<Value, String> {
+    let n = opts.runs;
+    let progress = |name: &str, i: usize| eprint!("\r{name}: {}/{n}   ", i + 1);
+
+    // Warm-up (page cache, guest build): one untimed run of each kind.
+    api_ready(opts)?;
+    start_to_exit(opts, &opts.guests.hello_elf)?;
+
+    let mut api = Vec::with_capacity(n);
+    for i in 0..n {
+        progress("api_ready_ms", i);
+        api.push(api_ready(opts)?);
+    }
+    eprintln!();
+
+    let mut first_serial = Vec::with_capacity(n);
+    let mut overhead = Vec::with_capacity(n);
+    let mut dirty = Vec::with_capacity(n);
+    let mut guest_rss = Vec::with_capacity(n);
+    let mut guest_mappings_found = true;
+    for i in 0..n {
+        progress("instance_start_to_first_serial_ms", i);
+        let r = start_to_first_serial(opts)?;
+        guest_mappings_found &= r.smaps.guest_mappings > 0;
+        first_serial.push(r.first_serial_ms);
+        overhead.push(r.smaps.total_rss_kib.saturating_sub(r.smaps.guest_rss_kib) as f64);
+        dirty.push(
+            r.smaps
+                .private_dirty_kib
+                .saturating_sub(r.smaps.guest_private_dirty_kib) as f64,
+        );
+        guest_rss.push(r.smaps.guest_rss_kib as f64);
+    }
+    eprintln!();
+    if !guest_mappings_found {
+        eprintln!(
+            "warning: no {GUEST_MEM_NAME} mapping in smaps: the memory overhead includes guest memory"
+        );
+    }
+
+    let mut exit = Vec::with_capacity(n);
+    for i in 0..n {
+        progress("instance_start_to_exit_ms", i);
+        exit.push(start_to_exit(opts, &opts.guests.hello_elf)?);
+    }
+    eprintln!();
+
+    Ok(json!({
+        "benchmark": "tartarus-bench",
+        "host": host_facts(opts),
+        "config": {
+            "runs": n,
+            "guest": opts.guests.hello_elf,
+            "vcpu_count": 1,
+            "mem_size_mib": MEM_MIB,
+            "guest_mem_mapping_found": guest_mappings_found,
+        },
+        "metrics": [
+            summary("api_ready_ms", "ms", &api),
+            summary("instance_start_to_first_serial_ms", "ms", &first_serial),
+            summary("vmm_private_overhead_kib", "KiB", &overhead),
+            summary("vmm_private_dirty_overhead_kib", "KiB", &dirty),
+            summary("guest_mem_rss_kib", "KiB", &guest_rss),
+            summary("instance_start_to_exit_ms", "ms", &exit),
+        ],
+    }))
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tartarus-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let doc = match run(&opts) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("\ntartarus-bench: run failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = serde_json::to_string_pretty(&doc).expect("serialisable") + "\n";
+    print!("{text}");
+    if let Some(out) = &opts.out {
+        if let Err(e) = std::fs::write(out, &text) {
+            eprintln!("tartarus-bench: writing {}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let s = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(percentile(&s, 50.0), 3.0);
+        assert_eq!(percentile(&s, 0.0), 1.0);
+        assert_eq!(percentile(&s, 100.0), 5.0);
+        assert!((percentile(&s, 10.0) - 1.4).abs() < 1e-9);
+        assert_eq!(percentile(&[7.0], 90.0), 7.0);
+        let v = summary("x", "ms", &[3.0, 1.0, 2.0]);
+        assert_eq!(v["median"], json!(2.0));
+        assert_eq!(v["min"], json!(1.0));
+        assert_eq!(v["max"], json!(3.0));
+        assert_eq!(v["runs"], json!(3));
+    }
+
+    #[test]
+    fn smaps_excludes_guest_memory() {
+        let text = "\
+00400000-00452000 r-xp 00000000 08:02 173521      /usr/bin/tartarus-vmm
+Size:                328 kB
+Rss:                 300 kB
+Private_Dirty:         0 kB
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0      [anon:tartarus-guest-mem]
+Size:             131072 kB
+Rss:                2048 kB
+Private_Dirty:      2048 kB
+7f0010000000-7f0010021000 rw-p 00000000 00:00 0 
+Size:                132 kB
+Rss:                  40 kB
+Private_Dirty:        40 kB
+VmFlags: rd wr mr mw me ac
+";
+        let s = parse_smaps(text);
+        assert_eq!(s.guest_mappings, 1);
+        assert_eq!(s.total_rss_kib, 2388);
+        assert_eq!(s.guest_rss_kib, 2048);
+        assert_eq!(s.private_dirty_kib, 2088);
+        assert_eq!(s.guest_private_dirty_kib, 2048);
+    }
+}

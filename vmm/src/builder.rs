@@ -1,0 +1,316 @@
+//! The one builder: turns a validated configuration into a running microVM (KVM VM, guest
+//! memory, kernel and boot data, legacy devices, vCPU threads).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use api::models::{BootSourceConfig, MachineConfig};
+use devices::legacy::{EventFdTrigger, SerialDevice, I8042};
+use devices::Bus;
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::{boot_params, cpuid, layout::*, mptable, msr, regs};
+use crate::memory;
+use crate::vcpu::{Vcpu, VcpuCounters, VcpuEvent};
+
+/// Boot arguments used when `boot-source` gives none.
+pub const DEFAULT_BOOT_ARGS: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("Cannot start the microVM without a kernel: PUT /boot-source first")]
+    MissingBootSource,
+    #[error("Cannot open kernel image {0}")]
+    OpenKernel(String, #[source] std::io::Error),
+    #[error("Kernel image {0} is neither an ELF vmlinux nor a bzImage")]
+    UnknownKernelFormat(String),
+    #[error("Cannot load kernel image {0}")]
+    LoadKernel(String, #[source] linux_loader::loader::Error),
+    #[error("Cannot read initrd {0}")]
+    ReadInitrd(String, #[source] std::io::Error),
+    #[error("Initrd {0} ({1} bytes) does not fit in guest memory")]
+    InitrdTooLarge(String, u64),
+    #[error("Invalid kernel command line: {0}")]
+    Cmdline(String),
+    #[error("Cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("The host's KVM lacks a required capability: {0:?}")]
+    MissingCap(Cap),
+    #[error("KVM {0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("Failed to create an EventFd")]
+    EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error("Failed to write boot data to guest memory")]
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    BootParams(#[from] boot_params::BootParamsError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Msr(#[from] msr::MsrError),
+    #[error("Failed to place a device on the bus")]
+    Bus(#[from] devices::BusError),
+    #[error(transparent)]
+    Vcpu(#[from] crate::vcpu::VcpuError),
+}
+
+type Result<T> = std::result::Result<T, BuildError>;
+
+/// What the builder needs from the VMM besides the configuration.
+pub struct BuildContext {
+    pub serial_out: Box<dyn Write + Send>,
+    pub reset_evt: EventFd,
+    pub vcpu_events: Sender<VcpuEvent>,
+    pub vcpu_wake: EventFd,
+}
+
+/// A booted microVM. Dropping it does not stop the vCPU threads: the VMM exits the process.
+pub struct MicroVm {
+    pub kvm: Kvm,
+    pub vm: VmFd,
+    pub mem: GuestMemoryMmap,
+    pub pio_bus: Bus,
+    pub mmio_bus: Bus,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub i8042: Arc<Mutex<I8042>>,
+    pub vcpu_counters: Arc<VcpuCounters>,
+    pub vcpu_threads: Vec<JoinHandle<()>>,
+    pub cmdline: String,
+    pub kernel_entry: u64,
+}
+
+struct LoadedKernel {
+    entry: u64,
+    setup_header: Option<linux_loader::loader::bootparam::setup_header>,
+    end: u64,
+}
+
+/// Recognises the image by its magic numbers and loads it with linux-loader.
+fn load_kernel(mem: &GuestMemoryMmap, path: &str) -> Result<LoadedKernel> {
+    let mut file = File::open(path).map_err(|e| BuildError::OpenKernel(path.to_string(), e))?;
+    let mut head = [0u8; 0x206];
+    let n = read_up_to(&mut file, &mut head).map_err(|e| BuildError::OpenKernel(path.into(), e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| BuildError::OpenKernel(path.into(), e))?;
+    let high = Some(GuestAddress(HIMEM_START));
+    if n >= 4 && head[..4] == *b"\x7fELF" {
+        let r = Elf::load(mem, None, &mut file, high)
+            .map_err(|e| BuildError::LoadKernel(path.into(), e))?;
+        Ok(LoadedKernel {
+            entry: r.kernel_load.0,
+            setup_header: None,
+            end: r.kernel_end,
+        })
+    } else if n >= 0x206 && head[0x202..0x206] == *b"HdrS" {
+        let r = BzImage::load(mem, None, &mut file, high)
+            .map_err(|e| BuildError::LoadKernel(path.into(), e))?;
+        // The 64-bit entry point (startup_64) sits 0x200 bytes into the protected-mode kernel.
+        Ok(LoadedKernel {
+            entry: r.kernel_load.0 + 0x200,
+            setup_header: r.setup_header,
+            end: r.kernel_end,
+        })
+    } else {
+        Err(BuildError::UnknownKernelFormat(path.to_string()))
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Loads the initrd page-aligned at the top of low RAM; returns (address, size).
+fn load_initrd(mem: &GuestMemoryMmap, path: &str, mem_bytes: u64, kernel_end: u64) -> Result<(u64, u64)> {
+    let mut file = File::open(path).map_err(|e| BuildError::ReadInitrd(path.into(), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| BuildError::ReadInitrd(path.into(), e))?
+        .len();
+    let low_end = mem_bytes.min(MMIO_GAP_START);
+    let addr = low_end
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|a| *a >= kernel_end.max(HIMEM_START))
+        .ok_or_else(|| BuildError::InitrdTooLarge(path.into(), size))?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(BuildError::GuestMemory)?;
+    Ok((addr, size))
+}
+
+fn kvm_checks(kvm: &Kvm) -> Result<()> {
+    for cap in [
+        Cap::Irqchip,
+        Cap::UserMemory,
+        Cap::SetTssAddr,
+        Cap::Pit2,
+        Cap::Irqfd,
+        Cap::Ioeventfd,
+        Cap::ImmediateExit,
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(BuildError::MissingCap(cap));
+        }
+    }
+    Ok(())
+}
+
+fn new_evt() -> Result<EventFd> {
+    EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
+}
+
+/// Builds the command line: the user's boot args (or the default), nothing hidden.
+pub fn kernel_cmdline(boot: &BootSourceConfig) -> Result<Cmdline> {
+    let args = boot.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS);
+    let mut cmdline =
+        Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    if !args.trim().is_empty() {
+        cmdline
+            .insert_str(args.trim())
+            .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    }
+    Ok(cmdline)
+}
+
+/// Creates and starts the microVM.
+pub fn build(machine: &MachineConfig, boot: Option<&BootSourceConfig>, ctx: BuildContext) -> Result<MicroVm> {
+    let boot = boot.ok_or(BuildError::MissingBootSource)?;
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    kvm_checks(&kvm)?;
+    let vm = kvm.create_vm().map_err(|e| BuildError::Kvm("create VM", e))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(|e| BuildError::Kvm("set TSS address", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| BuildError::Kvm("create irqchip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(|e| BuildError::Kvm("create PIT", e))?;
+
+    let mem = memory::create(machine.mem_size_mib)?;
+    memory::register(&vm, &mem, machine.track_dirty_pages)?;
+    let mem_bytes = (machine.mem_size_mib as u64) << 20;
+
+    // Kernel, initrd, command line, zero page, MP table, boot tables.
+    let kernel = load_kernel(&mem, &boot.kernel_image_path)?;
+    let initrd = match &boot.initrd_path {
+        Some(p) => Some(load_initrd(&mem, p, mem_bytes, kernel.end)?),
+        None => None,
+    };
+    let cmdline = kernel_cmdline(boot)?;
+    load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let cmdline_str = cmdline
+        .as_cstring()
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?
+        .into_string()
+        .unwrap_or_default();
+    let params = boot_params::build(&boot_params::BootInfo {
+        setup_header: kernel.setup_header,
+        cmdline_size: cmdline_str.len() + 1,
+        initrd,
+        mem_bytes,
+    })?;
+    boot_params::write(&mem, &params)?;
+    mptable::setup(&mem, machine.vcpu_count)?;
+    regs::write_boot_tables(&mem)?;
+
+    // Legacy devices on the port-I/O bus, interrupts through irqfds.
+    let mut pio_bus = Bus::new();
+    let com1_irq = new_evt()?;
+    vm.register_irqfd(&com1_irq, IRQ_COM1)
+        .map_err(|e| BuildError::Kvm("register COM1 irqfd", e))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger::new(com1_irq),
+        ctx.serial_out,
+    )));
+    pio_bus.insert(serial.clone(), 0x3f8, 8)?;
+    let kbd_irq = new_evt()?;
+    vm.register_irqfd(&kbd_irq, IRQ_KEYBOARD)
+        .map_err(|e| BuildError::Kvm("register keyboard irqfd", e))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        EventFdTrigger::new(ctx.reset_evt),
+        EventFdTrigger::new(kbd_irq),
+    )));
+    pio_bus.insert(i8042.clone(), 0x60, 5)?;
+    let mmio_bus = Bus::new();
+
+    // vCPUs.
+    let supported: CpuId = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| BuildError::Kvm("get supported CPUID", e))?;
+    let counters = Arc::new(VcpuCounters::default());
+    let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
+    for id in 0..machine.vcpu_count {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| BuildError::Kvm("create vCPU", e))?;
+        let topo = cpuid::Topology {
+            cpu_id: id,
+            count: machine.vcpu_count,
+            smt: machine.smt,
+        };
+        fd.set_cpuid2(&cpuid::for_vcpu(&supported, topo))
+            .map_err(|e| BuildError::Kvm("set CPUID", e))?;
+        msr::setup_msrs(&fd)?;
+        regs::setup_regs(&fd, kernel.entry)?;
+        regs::setup_sregs(&fd)?;
+        regs::setup_fpu(&fd)?;
+        regs::setup_lint(&fd)?;
+        let wake = ctx.vcpu_wake.try_clone().map_err(BuildError::EventFd)?;
+        vcpus.push(Vcpu::new(
+            id,
+            fd,
+            pio_bus.clone(),
+            mmio_bus.clone(),
+            counters.clone(),
+            ctx.vcpu_events.clone(),
+            wake,
+        ));
+    }
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        threads.push(vcpu.start()?);
+    }
+    tracing::info!(
+        "microVM started: {} vCPUs, {} MiB, kernel {} entered at {:#x}, cmdline \"{}\"",
+        machine.vcpu_count,
+        machine.mem_size_mib,
+        boot.kernel_image_path,
+        kernel.entry,
+        cmdline_str
+    );
+    Ok(MicroVm {
+        kvm,
+        vm,
+        mem,
+        pio_bus,
+        mmio_bus,
+        serial,
+        i8042,
+        vcpu_counters: counters,
+        vcpu_threads: threads,
+        cmdline: cmdline_str,
+        kernel_entry: kernel.entry,
+    })
+}

@@ -1,0 +1,504 @@
+//! The VMM thread's controller: it owns the configuration and the running microVM, applies API
+//! requests according to the state machine, and reacts to guest events (reset, vCPU stops,
+//! serial input, metrics timer) as an event-manager subscriber.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+
+use api::models::*;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::terminal::Terminal;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::builder::{self, BuildContext, MicroVm};
+use crate::logger::{self, LogSettings};
+use crate::metrics::{self, MetricsSink, VmmCounters};
+use crate::state::{accepts, valid_transition, RequestKind, VmState};
+use crate::vcpu::{VcpuEvent, VcpuStop};
+
+/// Version reported by `GET /` and `GET /version`.
+pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const APP_NAME: &str = "Tartarus";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Failed to create an event fd or timer")]
+    Setup(#[source] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Where the guest's serial output goes.
+#[derive(Clone, Debug)]
+pub enum SerialOut {
+    Stdout,
+    File(String),
+}
+
+/// The API thread's end of the request channel, as seen from the VMM thread.
+pub struct ApiLink {
+    pub evt: EventFd,
+    pub requests: Receiver<VmmAction>,
+    pub responses: Sender<VmmResponse>,
+}
+
+pub struct Vmm {
+    id: String,
+    state: VmState,
+    machine: MachineConfig,
+    boot: Option<BootSourceConfig>,
+    logger_cfg: Option<LoggerConfig>,
+    log: LogSettings,
+    metrics_cfg: Option<MetricsConfig>,
+    metrics: Option<MetricsSink>,
+    metrics_timer: TimerFd,
+    counters: VmmCounters,
+    serial_out: SerialOut,
+    reset_evt: EventFd,
+    vcpu_evt: EventFd,
+    vcpu_tx: Sender<VcpuEvent>,
+    vcpu_rx: Receiver<VcpuEvent>,
+    api: Option<ApiLink>,
+    stdin_registered: bool,
+    stdin_raw: bool,
+    vm: Option<MicroVm>,
+    exit_code: Option<i32>,
+}
+
+fn check_readable_file(field: &str, path: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("Invalid boot-source: {field} '{path}' cannot be accessed: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "Invalid boot-source: {field} '{path}' is not a regular file"
+        ));
+    }
+    File::open(path)
+        .map(|_| ())
+        .map_err(|e| format!("Invalid boot-source: {field} '{path}' cannot be opened: {e}"))
+}
+
+impl Vmm {
+    pub fn new(
+        id: String,
+        log: LogSettings,
+        serial_out: SerialOut,
+        api: Option<ApiLink>,
+    ) -> Result<Self, ControllerError> {
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(ControllerError::Setup);
+        let (vcpu_tx, vcpu_rx) = channel();
+        Ok(Vmm {
+            id,
+            state: VmState::NotStarted,
+            machine: MachineConfig::default(),
+            boot: None,
+            logger_cfg: None,
+            log,
+            metrics_cfg: None,
+            metrics: None,
+            metrics_timer: TimerFd::new().map_err(|e| ControllerError::Setup(e.into()))?,
+            counters: VmmCounters::default(),
+            serial_out,
+            reset_evt: evt()?,
+            vcpu_evt: evt()?,
+            vcpu_tx,
+            vcpu_rx,
+            api,
+            stdin_registered: false,
+            stdin_raw: false,
+            vm: None,
+            exit_code: None,
+        })
+    }
+
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    /// Some(code) once the microVM has ended and the process should exit.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit_code
+    }
+
+    fn transition(&mut self, to: VmState) {
+        if valid_transition(self.state, to) {
+            tracing::debug!("state {} -> {}", self.state, to);
+            self.state = to;
+        } else {
+            tracing::warn!("ignored invalid state transition {} -> {}", self.state, to);
+        }
+    }
+
+    /// Applies a whole configuration file, then boots.
+    pub fn boot_from_config(&mut self, cfg: VmConfig) -> Result<(), ControllerError> {
+        let mut actions = Vec::new();
+        if let Some(l) = cfg.logger {
+            actions.push(VmmAction::PutLogger(l));
+        }
+        if let Some(m) = cfg.metrics {
+            actions.push(VmmAction::PutMetrics(m));
+        }
+        if let Some(m) = cfg.machine_config {
+            actions.push(VmmAction::PutMachineConfig(m));
+        }
+        match cfg.boot_source {
+            Some(b) => actions.push(VmmAction::PutBootSource(b)),
+            None => {
+                return Err(ControllerError::Config(
+                    "the \"boot-source\" key is required".into(),
+                ))
+            }
+        }
+        actions.push(VmmAction::Action(ActionType::InstanceStart));
+        for a in actions {
+            if let VmmResponse::Error(_, msg) = self.handle(a) {
+                return Err(ControllerError::Config(msg));
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(action: &VmmAction) -> RequestKind {
+        use VmmAction::*;
+        match action {
+            PutMachineConfig(_) | PatchMachineConfig(_) | PutBootSource(_) => RequestKind::PreBoot,
+            Action(ActionType::InstanceStart) => RequestKind::Start,
+            Action(ActionType::SendCtrlAltDel) => RequestKind::Runtime,
+            _ => RequestKind::Always,
+        }
+    }
+
+    fn describe(action: &VmmAction) -> &'static str {
+        use VmmAction::*;
+        match action {
+            PutMachineConfig(_) | PatchMachineConfig(_) => "Changing the machine configuration",
+            PutBootSource(_) => "Changing the boot source",
+            Action(ActionType::InstanceStart) => "InstanceStart",
+            Action(ActionType::SendCtrlAltDel) => "SendCtrlAltDel",
+            _ => "This request",
+        }
+    }
+
+    /// Applies one request and answers it.
+    pub fn handle(&mut self, action: VmmAction) -> VmmResponse {
+        self.counters.api_requests += 1;
+        let resp = self.dispatch(action);
+        if matches!(resp, VmmResponse::Error(..)) {
+            self.counters.api_failures += 1;
+        }
+        resp
+    }
+
+    fn dispatch(&mut self, action: VmmAction) -> VmmResponse {
+        let kind = Self::kind(&action);
+        if !accepts(self.state, kind) {
+            let when = match kind {
+                RequestKind::PreBoot | RequestKind::Start => "only before the microVM starts",
+                RequestKind::Runtime => "only while the microVM is running",
+                RequestKind::Always => "only while the VMM is alive",
+            };
+            return VmmResponse::bad_request(format!(
+                "{} is not allowed in state {}: it is accepted {when}",
+                Self::describe(&action),
+                self.state
+            ));
+        }
+        use VmmAction::*;
+        match action {
+            GetInstanceInfo => json(&InstanceInfo {
+                id: self.id.clone(),
+                state: self.state.to_string(),
+                vmm_version: VMM_VERSION.to_string(),
+                app_name: APP_NAME.to_string(),
+            }),
+            GetVersion => json(&VersionInfo {
+                firecracker_version: VMM_VERSION.to_string(),
+                tartarus_version: VMM_VERSION.to_string(),
+            }),
+            GetMachineConfig => json(&self.machine),
+            GetVmConfig => json(&self.vm_config()),
+            PutMachineConfig(m) => match m.validate() {
+                Ok(()) => {
+                    self.machine = m;
+                    VmmResponse::Empty
+                }
+                Err(e) => VmmResponse::bad_request(e),
+            },
+            PatchMachineConfig(u) => match self.machine.apply(&u) {
+                Ok(m) => {
+                    self.machine = m;
+                    VmmResponse::Empty
+                }
+                Err(e) => VmmResponse::bad_request(e),
+            },
+            PutBootSource(b) => self.put_boot_source(b),
+            PutLogger(l) => match logger::apply(&self.log, &l) {
+                Ok(s) => {
+                    self.log = s;
+                    self.logger_cfg = Some(l);
+                    VmmResponse::Empty
+                }
+                Err(e) => VmmResponse::bad_request(format!("Invalid logger configuration: {e}: {}", source_text(&e))),
+            },
+            PutMetrics(m) => match MetricsSink::open(&m.metrics_path) {
+                Ok(sink) => {
+                    self.metrics = Some(sink);
+                    self.metrics_cfg = Some(m);
+                    let period = Duration::from_secs(metrics::FLUSH_INTERVAL_SECS);
+                    if let Err(e) = self.metrics_timer.reset(period, Some(period)) {
+                        tracing::warn!("periodic metrics flush disabled: {e}");
+                    }
+                    VmmResponse::Empty
+                }
+                Err(e) => VmmResponse::bad_request(format!("Invalid metrics configuration: {e}: {}", source_text(&e))),
+            },
+            Action(ActionType::InstanceStart) => self.start(),
+            Action(ActionType::SendCtrlAltDel) => self.ctrl_alt_del(),
+            Action(ActionType::FlushMetrics) => match self.flush_metrics() {
+                Ok(()) => VmmResponse::Empty,
+                Err(e) => VmmResponse::bad_request(e),
+            },
+        }
+    }
+
+    fn put_boot_source(&mut self, b: BootSourceConfig) -> VmmResponse {
+        if let Err(e) = check_readable_file("kernel_image_path", &b.kernel_image_path) {
+            return VmmResponse::bad_request(e);
+        }
+        if let Some(p) = &b.initrd_path {
+            if let Err(e) = check_readable_file("initrd_path", p) {
+                return VmmResponse::bad_request(e);
+            }
+        }
+        if let Err(e) = builder::kernel_cmdline(&b) {
+            return VmmResponse::bad_request(format!("Invalid boot-source: boot_args: {e}"));
+        }
+        self.boot = Some(b);
+        VmmResponse::Empty
+    }
+
+    fn vm_config(&self) -> VmConfig {
+        VmConfig {
+            boot_source: self.boot.clone(),
+            machine_config: Some(self.machine.clone()),
+            logger: self.logger_cfg.clone(),
+            metrics: self.metrics_cfg.clone(),
+        }
+    }
+
+    fn open_serial_out(&self) -> Result<Box<dyn Write + Send>, String> {
+        match &self.serial_out {
+            SerialOut::Stdout => Ok(Box::new(std::io::stdout())),
+            SerialOut::File(p) => OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map(|f| Box::new(f) as Box<dyn Write + Send>)
+                .map_err(|e| format!("Cannot open serial output file {p}: {e}")),
+        }
+    }
+
+    fn start(&mut self) -> VmmResponse {
+        self.counters.instance_starts += 1;
+        let result = (|| -> Result<MicroVm, String> {
+            let ctx = BuildContext {
+                serial_out: self.open_serial_out()?,
+                reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
+                vcpu_events: self.vcpu_tx.clone(),
+                vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
+            };
+            builder::build(&self.machine, self.boot.as_ref(), ctx).map_err(|e| error_chain(&e))
+        })();
+        match result {
+            Ok(vm) => {
+                self.vm = Some(vm);
+                self.transition(VmState::Running);
+                VmmResponse::Empty
+            }
+            Err(e) => {
+                self.counters.instance_start_failures += 1;
+                tracing::error!("InstanceStart failed: {e}");
+                VmmResponse::bad_request(format!("Cannot start microVM: {e}"))
+            }
+        }
+    }
+
+    fn ctrl_alt_del(&mut self) -> VmmResponse {
+        let Some(vm) = &self.vm else {
+            return VmmResponse::bad_request("SendCtrlAltDel needs a running microVM");
+        };
+        self.counters.ctrl_alt_del += 1;
+        match devices::bus::lock(&vm.i8042).trigger_ctrl_alt_del() {
+            Ok(()) => VmmResponse::Empty,
+            Err(e) => VmmResponse::bad_request(format!("Cannot send Ctrl-Alt-Del: {e}")),
+        }
+    }
+
+    fn flush_metrics(&mut self) -> Result<(), String> {
+        self.counters.flushes += 1;
+        let record = metrics::render(&self.counters, self.vm.as_ref());
+        let sink = self
+            .metrics
+            .as_mut()
+            .ok_or("Cannot flush metrics: the metrics file is not configured (PUT /metrics first)")?;
+        sink.write(&record).map_err(|e| format!("{e}: {}", source_text(&e)))
+    }
+
+    fn end(&mut self, code: i32, why: &str) {
+        if self.exit_code.is_none() {
+            tracing::info!("microVM {} exiting: {why} (exit code {code})", self.id);
+            if self.metrics.is_some() {
+                let _ = self.flush_metrics();
+            }
+            self.restore_terminal();
+            self.transition(VmState::Exited);
+            self.exit_code = Some(code);
+        }
+    }
+
+    fn restore_terminal(&mut self) {
+        if self.stdin_raw {
+            let _ = std::io::stdin().lock().set_canon_mode();
+            self.stdin_raw = false;
+        }
+    }
+
+    fn maybe_register_stdin(&mut self, ops: &mut EventOps) {
+        if self.stdin_registered || self.vm.is_none() || !matches!(self.serial_out, SerialOut::Stdout) {
+            return;
+        }
+        let stdin = std::io::stdin();
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(stdin.as_raw_fd()) } != 1 {
+            return;
+        }
+        if stdin.lock().set_raw_mode().is_ok() {
+            self.stdin_raw = true;
+        }
+        if ops.add(Events::new(&stdin, EventSet::IN)).is_ok() {
+            self.stdin_registered = true;
+        }
+    }
+
+    fn on_stdin(&mut self, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        let stdin = std::io::stdin();
+        let room = self
+            .vm
+            .as_ref()
+            .map(|vm| devices::bus::lock(&vm.serial).input_capacity())
+            .unwrap_or(0)
+            .min(buf.len());
+        if room == 0 {
+            return;
+        }
+        match stdin.lock().read(&mut buf[..room]) {
+            Ok(0) | Err(_) => {
+                let _ = ops.remove(Events::new(&stdin, EventSet::IN));
+                self.stdin_registered = false;
+            }
+            Ok(n) => {
+                if let Some(vm) = &self.vm {
+                    devices::bus::lock(&vm.serial).enqueue_input(&buf[..n]);
+                }
+            }
+        }
+    }
+
+    fn on_api(&mut self, ops: &mut EventOps) {
+        let Some(link) = &self.api else { return };
+        let _ = link.evt.read();
+        loop {
+            let Some(link) = &self.api else { return };
+            let Ok(req) = link.requests.try_recv() else {
+                break;
+            };
+            let resp = self.handle(req);
+            let Some(link) = &self.api else { return };
+            if link.responses.send(resp).is_err() {
+                tracing::warn!("the API thread is gone");
+            }
+        }
+        self.maybe_register_stdin(ops);
+    }
+
+    fn on_vcpu_event(&mut self) {
+        let _ = self.vcpu_evt.read();
+        while let Ok(ev) = self.vcpu_rx.try_recv() {
+            match ev.stop {
+                VcpuStop::GuestShutdown(why) => self.end(0, &format!("vCPU {}: {why}", ev.id)),
+                VcpuStop::Error(why) => self.end(1, &format!("vCPU {}: {why}", ev.id)),
+            }
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.restore_terminal();
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> VmmResponse {
+    match serde_json::to_value(v) {
+        Ok(v) => VmmResponse::Json(v),
+        Err(e) => VmmResponse::Error(500, format!("Cannot serialise the response: {e}")),
+    }
+}
+
+/// "error: cause: cause" for an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| s.to_string()).unwrap_or_default()
+}
+
+impl MutEventSubscriber for Vmm {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut add = |fd: &dyn AsRawFd, what: &str| {
+            if let Err(e) = ops.add(Events::new_raw(fd.as_raw_fd(), EventSet::IN)) {
+                tracing::error!("cannot watch the {what}: {e:?}");
+            }
+        };
+        if let Some(link) = &self.api {
+            add(&link.evt, "API event");
+        }
+        add(&self.reset_evt, "reset event");
+        add(&self.vcpu_evt, "vCPU event");
+        add(&self.metrics_timer, "metrics timer");
+        self.maybe_register_stdin(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if self.api.as_ref().is_some_and(|l| l.evt.as_raw_fd() == fd) {
+            self.on_api(ops);
+        } else if fd == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            self.end(0, "the guest reset the machine through the i8042");
+        } else if fd == self.vcpu_evt.as_raw_fd() {
+            self.on_vcpu_event();
+        } else if fd == self.metrics_timer.as_raw_fd() {
+            let _ = self.metrics_timer.wait();
+            if let Err(e) = self.flush_metrics() {
+                tracing::warn!("periodic metrics flush failed: {e}");
+            }
+        } else if fd == libc::STDIN_FILENO {
+            self.on_stdin(ops);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! `tartarus-vmm`: one process per microVM.
+//!
+//! Threads: the API thread serves HTTP on a Unix socket and hands typed requests to the VMM
+//! thread (channel + EventFd); the VMM thread runs an event-manager loop with the
+//! [`controller::Vmm`] as its subscriber; each vCPU runs `KVM_RUN` on its own thread.
+
+pub mod arch;
+pub mod builder;
+pub mod controller;
+pub mod logger;
+pub mod memory;
+pub mod metrics;
+pub mod state;
+pub mod vcpu;

@@ -1,0 +1,201 @@
+//! The `tartarus-vmm` binary: command line, logger, API thread and the VMM event loop.
+
+use std::path::PathBuf;
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
+
+use api::models::{LogLevel, VmConfig};
+use api::ApiServer;
+use clap::Parser;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use vmm::controller::{error_chain, ApiLink, SerialOut, Vmm};
+use vmm::logger::{self, LogSettings};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Largest API request body accepted unless told otherwise (Firecracker's default).
+const DEFAULT_MAX_PAYLOAD: usize = 51200;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tartarus-vmm",
+    version,
+    about = "Tartarus microVM monitor: one KVM microVM per process, driven by a \
+             Firecracker-compatible HTTP API on a Unix socket."
+)]
+struct Args {
+    /// Path of the API Unix socket (must not exist yet).
+    #[arg(long, value_name = "PATH", default_value = "/run/tartarus.socket")]
+    api_sock: PathBuf,
+    /// Boot from this JSON file (keys "boot-source", "machine-config", "logger", "metrics").
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Serve no API; requires --config-file.
+    #[arg(long, requires = "config_file")]
+    no_api: bool,
+    /// Identifier of this microVM.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+    /// Off, Error, Warning, Info, Debug or Trace.
+    #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = parse_level)]
+    log_level: LogLevel,
+    /// Write the log here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    log_path: Option<String>,
+    /// Write the guest's serial output here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    serial_out: Option<String>,
+    /// Largest API request body in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
+    http_api_max_payload_size: usize,
+}
+
+fn parse_level(s: &str) -> Result<LogLevel, String> {
+    s.parse()
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn main() {
+    let code = run();
+    std::process::exit(code);
+}
+
+fn fail(msg: String) -> i32 {
+    tracing::error!("{msg}");
+    eprintln!("tartarus-vmm: {msg}");
+    1
+}
+
+fn run() -> i32 {
+    let args = Args::parse();
+    if !valid_id(&args.id) {
+        eprintln!(
+            "tartarus-vmm: invalid --id '{}': use 1-64 characters from [A-Za-z0-9_-]",
+            args.id
+        );
+        return 2;
+    }
+    let file = match args.log_path.as_deref().map(logger::open_log_file).transpose() {
+        Ok(f) => f,
+        Err(e) => return fail(error_chain(&e)),
+    };
+    let settings = LogSettings {
+        level: args.log_level,
+        show_level: true,
+        show_log_origin: false,
+        module: None,
+        file,
+        id: args.id.clone(),
+    };
+    logger::init(&settings);
+
+    // Bind first, so the socket accepts connections as early as possible.
+    let server = if args.no_api {
+        None
+    } else {
+        match ApiServer::bind(&args.api_sock, args.http_api_max_payload_size) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(error_chain(&e)),
+        }
+    };
+
+    let serial_out = match args.serial_out {
+        Some(p) => SerialOut::File(p),
+        None => SerialOut::Stdout,
+    };
+    let mut api_thread_parts = None;
+    let link = match &server {
+        Some(_) => {
+            let evt = match EventFd::new(EFD_NONBLOCK) {
+                Ok(e) => e,
+                Err(e) => return fail(format!("Cannot create the API event: {e}")),
+            };
+            let (req_tx, req_rx) = channel();
+            let (resp_tx, resp_rx) = channel();
+            let wake = match evt.try_clone() {
+                Ok(e) => e,
+                Err(e) => return fail(format!("Cannot create the API event: {e}")),
+            };
+            api_thread_parts = Some((req_tx, resp_rx, wake));
+            Some(ApiLink {
+                evt,
+                requests: req_rx,
+                responses: resp_tx,
+            })
+        }
+        None => None,
+    };
+
+    let mut vmm = match Vmm::new(args.id.clone(), settings, serial_out, link) {
+        Ok(v) => v,
+        Err(e) => return fail(error_chain(&e)),
+    };
+
+    if let Some(path) = &args.config_file {
+        let cfg = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<VmConfig>(&t).map_err(|e| e.to_string()));
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => return fail(format!("Invalid config file {}: {e}", path.display())),
+        };
+        if let Err(e) = vmm.boot_from_config(cfg) {
+            return fail(format!("Cannot boot from config file {}: {e}", path.display()));
+        }
+    }
+
+    if let (Some(server), Some((tx, rx, wake))) = (server, api_thread_parts) {
+        let spawned = std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                if let Err(e) = server.run(tx, rx, wake) {
+                    tracing::error!("API server stopped: {}", error_chain(&e));
+                }
+            });
+        if let Err(e) = spawned {
+            return fail(format!("Cannot start the API thread: {e}"));
+        }
+    }
+
+    let code = event_loop(vmm);
+    if !args.no_api {
+        let _ = std::fs::remove_file(&args.api_sock);
+    }
+    code
+}
+
+fn event_loop(vmm: Vmm) -> i32 {
+    let mut manager = match EventManager::<Arc<Mutex<dyn MutEventSubscriber>>>::new() {
+        Ok(m) => m,
+        Err(e) => return fail(format!("Cannot create the event loop: {e:?}")),
+    };
+    let vmm = Arc::new(Mutex::new(vmm));
+    manager.add_subscriber(vmm.clone());
+    loop {
+        if let Some(code) = vmm.lock().unwrap_or_else(|e| e.into_inner()).exit_code() {
+            return code;
+        }
+        if let Err(e) = manager.run() {
+            return fail(format!("Event loop failed: {e:?}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("vm-1_a"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(&"x".repeat(65)));
+    }
+}
