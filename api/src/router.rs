@@ -15,6 +15,20 @@ use crate::models::{
     VmmAction,
 };
 
+/// Every route served, as (method, path).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/version"),
+    ("GET", "/machine-config"),
+    ("PUT", "/machine-config"),
+    ("PATCH", "/machine-config"),
+    ("PUT", "/boot-source"),
+    ("PUT", "/actions"),
+    ("GET", "/vm/config"),
+    ("PUT", "/logger"),
+    ("PUT", "/metrics"),
+];
+
 /// Turns one HTTP request into a [`VmmAction`].
 ///
 /// On error, the `String` is the `fault_message` of a 400 response. The messages are:
@@ -103,6 +117,31 @@ mod tests {
         match parse_request(method, path, body.as_bytes()) {
             Ok(a) => panic!("{method} {path} {body}: expected an error, got {a:?}"),
             Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn every_route_is_routed_and_in_the_openapi_spec() {
+        let spec = include_str!("../openapi.yaml");
+        let paths_end = spec.find("\ncomponents:").expect("components section");
+        for (method, path) in ROUTES {
+            let e = parse_request(method, path, b"").err().unwrap_or_default();
+            assert!(
+                !e.starts_with("Invalid request method"),
+                "{method} {path}: {e}"
+            );
+
+            let key = format!("\n  {path}:\n");
+            let start = spec
+                .find(&key)
+                .unwrap_or_else(|| panic!("{path} not in openapi.yaml"));
+            let rest = &spec[start + key.len()..paths_end];
+            let block = &rest[..rest.find("\n  /").unwrap_or(rest.len())];
+            let op = format!("\n    {}:\n", method.to_ascii_lowercase());
+            assert!(
+                format!("\n{block}").contains(&op),
+                "{method} {path} not in openapi.yaml"
+            );
         }
     }
 

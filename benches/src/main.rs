@@ -11,7 +11,9 @@
 //! - `instance_start_to_first_serial_ms`: `InstanceStart` sent → first byte on the VMM's stdout
 //!   (hello.elf with `wait_cad`, so it stays alive).
 //! - `vmm_private_overhead_kib`: with that guest waiting, the VMM's total Rss from
-//!   `/proc/<pid>/smaps` minus the Rss of the guest memory (`[anon:tartarus-guest-mem]`).
+//!   `/proc/<pid>/smaps` minus the Rss of the guest memory (`[anon:tartarus-guest-mem]`; on
+//!   hosts without CONFIG_ANON_VMA_NAME the name is missing and the guest mapping is found by
+//!   size instead, see `config.guest_mem_identified_by` in the output).
 //! - `vmm_private_dirty_overhead_kib`: Private_Dirty excluding the guest memory.
 //! - `guest_mem_rss_kib`: Rss of the guest memory, for context.
 //! - `instance_start_to_exit_ms`: `InstanceStart` sent → VMM exit, hello.elf without `wait_cad`.
@@ -189,48 +191,105 @@ fn api_ready(opts: &Options) -> Result<f64, String> {
     Ok(ms(d))
 }
 
-#[derive(Default)]
+/// One mapping of `/proc/<pid>/smaps`.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Mapping {
+    perms: String,
+    name: String,
+    size_kib: u64,
+    rss_kib: u64,
+    private_dirty_kib: u64,
+}
+
+fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut maps: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if first.ends_with(':') {
+            let Some(m) = maps.last_mut() else { continue };
+            let value: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match first {
+                "Size:" => m.size_kib = value,
+                "Rss:" => m.rss_kib = value,
+                "Private_Dirty:" => m.private_dirty_kib = value,
+                _ => {}
+            }
+        } else if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping header: address perms offset dev inode [name...]
+            let perms = fields.next().unwrap_or_default().to_string();
+            let name: Vec<&str> = fields.skip(3).collect();
+            maps.push(Mapping {
+                perms,
+                name: name.join(" "),
+                ..Default::default()
+            });
+        }
+    }
+    maps
+}
+
+/// How the guest-memory mappings were told apart from the VMM's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuestMemBy {
+    /// `[anon:tartarus-guest-mem]` (needs CONFIG_ANON_VMA_NAME in the host kernel).
+    Name,
+    /// Unnamed writable anonymous mappings of about the guest size. The kernel may merge the
+    /// guest mapping with an adjacent anonymous one (e.g. a malloc arena), so this
+    /// over-counts guest memory by at most that neighbour.
+    Size,
+    NotFound,
+}
+
+impl GuestMemBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            GuestMemBy::Name => "name",
+            GuestMemBy::Size => "size",
+            GuestMemBy::NotFound => "not found",
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Smaps {
     total_rss_kib: u64,
     guest_rss_kib: u64,
     private_dirty_kib: u64,
     guest_private_dirty_kib: u64,
-    guest_mappings: usize,
+    guest_by: GuestMemBy,
 }
 
-fn parse_smaps(text: &str) -> Smaps {
-    let mut s = Smaps::default();
-    let mut in_guest = false;
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else { continue };
-        if first.ends_with(':') {
-            let value: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            match first {
-                "Rss:" => {
-                    s.total_rss_kib += value;
-                    if in_guest {
-                        s.guest_rss_kib += value;
-                    }
-                }
-                "Private_Dirty:" => {
-                    s.private_dirty_kib += value;
-                    if in_guest {
-                        s.guest_private_dirty_kib += value;
-                    }
-                }
-                _ => {}
-            }
-        } else if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            // A mapping header: address perms offset dev inode [name...]
-            let name: Vec<&str> = fields.skip(4).collect();
-            in_guest = name.join(" ") == GUEST_MEM_NAME;
-            if in_guest {
-                s.guest_mappings += 1;
-            }
+/// Slack allowed above the guest size when guest memory is found by size.
+const MERGE_SLACK_KIB: u64 = 8 * 1024;
+
+fn classify(maps: &[Mapping], guest_mem_kib: u64) -> Smaps {
+    let named: Vec<&Mapping> = maps.iter().filter(|m| m.name == GUEST_MEM_NAME).collect();
+    let (guest, guest_by) = if !named.is_empty() {
+        (named, GuestMemBy::Name)
+    } else {
+        let sized: Vec<&Mapping> = maps
+            .iter()
+            .filter(|m| {
+                m.name.is_empty()
+                    && m.perms.starts_with("rw")
+                    && m.size_kib >= guest_mem_kib
+                    && m.size_kib <= guest_mem_kib + MERGE_SLACK_KIB
+            })
+            .collect();
+        if sized.is_empty() {
+            (sized, GuestMemBy::NotFound)
+        } else {
+            (sized, GuestMemBy::Size)
         }
+    };
+    Smaps {
+        total_rss_kib: maps.iter().map(|m| m.rss_kib).sum(),
+        guest_rss_kib: guest.iter().map(|m| m.rss_kib).sum(),
+        private_dirty_kib: maps.iter().map(|m| m.private_dirty_kib).sum(),
+        guest_private_dirty_kib: guest.iter().map(|m| m.private_dirty_kib).sum(),
+        guest_by,
     }
-    s
 }
 
 struct StartRun {
@@ -251,7 +310,7 @@ fn start_to_first_serial(opts: &Options) -> Result<StartRun, String> {
     let first = vmm.first_output_at().expect("output seen");
     let smaps_path = format!("/proc/{}/smaps", vmm.pid());
     let text = std::fs::read_to_string(&smaps_path).map_err(|e| format!("{smaps_path}: {e}"))?;
-    let smaps = parse_smaps(&text);
+    let smaps = classify(&parse_smaps(&text), MEM_MIB * 1024);
     check(vmm.action("SendCtrlAltDel"), "SendCtrlAltDel", &vmm)?;
     if vmm
         .try_wait_exit(GUEST_TIMEOUT, Duration::from_millis(2))
@@ -350,11 +409,13 @@ fn run(opts: &Options) -> Result<Value, String> {
     let mut overhead = Vec::with_capacity(n);
     let mut dirty = Vec::with_capacity(n);
     let mut guest_rss = Vec::with_capacity(n);
-    let mut guest_mappings_found = true;
+    let mut guest_by = GuestMemBy::Name;
     for i in 0..n {
         progress("instance_start_to_first_serial_ms", i);
         let r = start_to_first_serial(opts)?;
-        guest_mappings_found &= r.smaps.guest_mappings > 0;
+        if r.smaps.guest_by != GuestMemBy::Name && guest_by != GuestMemBy::NotFound {
+            guest_by = r.smaps.guest_by;
+        }
         first_serial.push(r.first_serial_ms);
         overhead.push(r.smaps.total_rss_kib.saturating_sub(r.smaps.guest_rss_kib) as f64);
         dirty.push(
@@ -365,10 +426,15 @@ fn run(opts: &Options) -> Result<Value, String> {
         guest_rss.push(r.smaps.guest_rss_kib as f64);
     }
     eprintln!();
-    if !guest_mappings_found {
-        eprintln!(
-            "warning: no {GUEST_MEM_NAME} mapping in smaps: the memory overhead includes guest memory"
-        );
+    match guest_by {
+        GuestMemBy::Name => {}
+        GuestMemBy::Size => eprintln!(
+            "note: no {GUEST_MEM_NAME} mapping in smaps (host kernel without \
+             CONFIG_ANON_VMA_NAME?); guest memory found by size instead"
+        ),
+        GuestMemBy::NotFound => eprintln!(
+            "warning: guest memory not found in smaps: the overhead includes guest memory"
+        ),
     }
 
     let mut exit = Vec::with_capacity(n);
@@ -386,7 +452,7 @@ fn run(opts: &Options) -> Result<Value, String> {
             "guest": opts.guests.hello_elf,
             "vcpu_count": 1,
             "mem_size_mib": MEM_MIB,
-            "guest_mem_mapping_found": guest_mappings_found,
+            "guest_mem_identified_by": guest_by.as_str(),
         },
         "metrics": [
             summary("api_ready_ms", "ms", &api),
@@ -444,9 +510,7 @@ mod tests {
         assert_eq!(v["runs"], json!(3));
     }
 
-    #[test]
-    fn smaps_excludes_guest_memory() {
-        let text = "\
+    const SMAPS: &str = "\
 00400000-00452000 r-xp 00000000 08:02 173521      /usr/bin/tartarus-vmm
 Size:                328 kB
 Rss:                 300 kB
@@ -461,11 +525,34 @@ Rss:                  40 kB
 Private_Dirty:        40 kB
 VmFlags: rd wr mr mw me ac
 ";
-        let s = parse_smaps(text);
-        assert_eq!(s.guest_mappings, 1);
+
+    #[test]
+    fn smaps_excludes_named_guest_memory() {
+        let maps = parse_smaps(SMAPS);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(maps[1].name, GUEST_MEM_NAME);
+        assert_eq!(maps[2].name, "");
+        assert_eq!(maps[2].perms, "rw-p");
+        let s = classify(&maps, 131072);
+        assert_eq!(s.guest_by, GuestMemBy::Name);
         assert_eq!(s.total_rss_kib, 2388);
         assert_eq!(s.guest_rss_kib, 2048);
         assert_eq!(s.private_dirty_kib, 2088);
         assert_eq!(s.guest_private_dirty_kib, 2048);
+    }
+
+    #[test]
+    fn smaps_finds_unnamed_guest_memory_by_size() {
+        // Without CONFIG_ANON_VMA_NAME the guest mapping is unnamed and may be merged with an
+        // adjacent malloc arena.
+        let text = SMAPS
+            .replace("131072 kB", "131204 kB")
+            .replace("      [anon:tartarus-guest-mem]", "");
+        let s = classify(&parse_smaps(&text), 131072);
+        assert_eq!(s.guest_by, GuestMemBy::Size);
+        assert_eq!(s.guest_rss_kib, 2048);
+        let s = classify(&parse_smaps(&text), 262144);
+        assert_eq!(s.guest_by, GuestMemBy::NotFound);
+        assert_eq!(s.guest_rss_kib, 0);
     }
 }

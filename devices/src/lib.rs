@@ -5,5 +5,10 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
+
+/// Guest memory as every device and the VMM see it. The bitmap marks pages the VMM itself
+/// writes (device DMA, boot data), which KVM's dirty log does not see; diff snapshots use both.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -5,6 +5,13 @@
 //! - [`http`]: a minimal HTTP/1.1 client over a Unix socket.
 //! - [`guest`]: building the test guests once per process and parsing what they print.
 //!
+//! Running:
+//! ```text
+//! cargo build --workspace --bins            # the tests start target/<profile>/tartarus-vmm
+//! cargo test -p tartarus-tests -- --test-threads=2
+//! ```
+//! The test guests are built with make on first use (once per test process).
+//!
 //! Environment:
 //! - `TARTARUS_VMM`: path of the `tartarus-vmm` binary (default: next to the test executable).
 //! - `TARTARUS_GUESTS`: directory with prebuilt guests (default: built with make into

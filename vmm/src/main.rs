@@ -140,7 +140,8 @@ fn run() -> i32 {
     if let Some(path) = &args.config_file {
         let cfg = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<VmConfig>(&t).map_err(|e| e.to_string()));
+            .and_then(|t| serde_json::from_str::<VmConfig>(&t).map_err(|e| e.to_string()))
+            .and_then(|c| c.validate().map(|()| c));
         let cfg = match cfg {
             Ok(c) => c,
             Err(e) => return fail(format!("Invalid config file {}: {e}", path.display())),

@@ -1,7 +1,8 @@
 //! The Linux zero page (struct boot_params): setup header, command line, initrd and e820 map.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::*;
 

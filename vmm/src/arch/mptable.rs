@@ -1,7 +1,8 @@
 //! The Intel MultiProcessor Specification (1.4) table, written into the EBDA so that the guest
 //! finds its CPUs, its IOAPIC and how legacy IRQs are wired without ACPI.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{EBDA_START, IOAPIC_ADDR, IOAPIC_PINS, LAPIC_ADDR};
 

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the benchmarks on release builds and writes the JSON results to build/bench.json.
+#   scripts/bench.sh [--runs N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --release
+cargo run --release --quiet -p tartarus-benches --bin tartarus-bench -- \
+  --vmm "$PWD/target/release/tartarus-vmm" --guests "$PWD/build/guests" --out "$PWD/build/bench.json" "$@"

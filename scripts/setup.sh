@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what Tartarus needs on a fresh Debian machine and builds it.
+#   scripts/setup.sh            debug build (what the tests use)
+#   scripts/setup.sh --release  release build as well (demo, benchmarks)
+# Safe to run again: packages already present are not reinstalled, builds are incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# gcc/binutils/make/python3 build the test guests; curl drives the API in the demo;
+# libclang-dev is needed by the userfaultfd crate's bindgen step.
+PACKAGES=(build-essential binutils make python3 curl libclang-dev pkg-config)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+
+for dev in /dev/kvm; do
+  [ -r "$dev" ] && [ -w "$dev" ] || { echo "setup: $dev is missing or not accessible to $(id -un)" >&2; exit 1; }
+done
+
+echo "setup: building test guests"
+make -s -C tests/guests OUT="$PWD/build/guests"
+
+echo "setup: building tartarus (debug)"
+cargo build --workspace --bins --quiet
+if [ "${1:-}" = "--release" ]; then
+  echo "setup: building tartarus (release)"
+  cargo build --workspace --bins --release --quiet
+fi
