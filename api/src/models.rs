@@ -249,6 +249,20 @@ impl VmConfig {
     }
 }
 
+/// The state a `PATCH /vm` request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestedVmState {
+    Paused,
+    Resumed,
+}
+
+/// `PATCH /vm` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStateUpdate {
+    pub state: RequestedVmState,
+}
+
 /// A typed request handed from the API thread to the VMM thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmmAction {
@@ -262,6 +276,7 @@ pub enum VmmAction {
     PutMetrics(MetricsConfig),
     Action(ActionType),
     GetVmConfig,
+    PatchVmState(RequestedVmState),
 }
 
 /// The VMM thread's answer to a [`VmmAction`].

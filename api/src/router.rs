@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::models::{
     ActionInfo, BootSourceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    VmmAction,
+    VmStateUpdate, VmmAction,
 };
 
 /// Every route served, as (method, path).
@@ -27,6 +27,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/vm/config"),
     ("PUT", "/logger"),
     ("PUT", "/metrics"),
+    ("PATCH", "/vm"),
 ];
 
 /// Turns one HTTP request into a [`VmmAction`].
@@ -82,6 +83,10 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
             config.validate()?;
             VmmAction::PutMetrics(config)
         }
+        ("PATCH", "/vm") => {
+            let update: VmStateUpdate = parse_body(method, "vm", body)?;
+            VmmAction::PatchVmState(update.state)
+        }
         _ => {
             return Err(format!(
                 "Invalid request method and/or path: {method} {path}"
@@ -99,6 +104,10 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
 fn parse_body<T: DeserializeOwned>(method: &str, name: &str, body: &[u8]) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(format!("Empty {method} request."));
+    }
+    // serde maps a JSON array onto a struct field by field; only objects are valid bodies.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(format!("Invalid {name} body: expected a JSON object"));
     }
     serde_json::from_slice(body).map_err(|e| format!("Invalid {name} body: {e}"))
 }
@@ -475,6 +484,18 @@ mod tests {
         assert!(
             e.contains("invalid type: integer `7`, expected a string"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn arrays_are_not_bodies() {
+        let e = err("PUT", "/machine-config", "[1, 64]");
+        assert_eq!(e, "Invalid machine-config body: expected a JSON object");
+        let e = err("PATCH", "/vm", r#""Paused""#);
+        assert_eq!(e, "Invalid vm body: expected a JSON object");
+        assert_eq!(
+            ok("PATCH", "/vm", r#"{"state": "Paused"}"#),
+            VmmAction::PatchVmState(crate::models::RequestedVmState::Paused)
         );
     }
 

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tartarus_tests::guest::{build_guests, default_guest_dir, Guests};
-use tartarus_tests::{repo_root, vmm_binary_near, Vmm, VmmBuilder, GUEST_TIMEOUT, VMM_BIN};
+use tartarus_tests::{
+    repo_root, vmm_binary_near, TempDir, Vmm, VmmBuilder, GUEST_TIMEOUT, VMM_BIN,
+};
 
 /// Name under which the VMM's guest-memory mappings appear in smaps.
 const GUEST_MEM_NAME: &str = "[anon:tartarus-guest-mem]";
@@ -73,6 +75,7 @@ fn parse_args() -> Result<Options, String> {
         Some(p) => p,
         None => default_vmm()?,
     };
+    let vmm = std::path::absolute(&vmm).unwrap_or(vmm);
     if !vmm.is_file() {
         return Err(format!(
             "{} not found: run `cargo build --release -p vmm` first, or pass --vmm",
@@ -81,6 +84,7 @@ fn parse_args() -> Result<Options, String> {
     }
     let guests = match guests_dir {
         Some(dir) => {
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
             let g = Guests {
                 hello_elf: dir.join("hello.elf"),
                 hello_bzimage: dir.join("hello.bzImage"),
@@ -150,40 +154,47 @@ fn summary(name: &str, unit: &str, samples: &[f64]) -> Value {
     })
 }
 
-fn spawn(opts: &Options) -> Vmm {
-    VmmBuilder::new().binary(&opts.vmm).spawn()
+// The release profile aborts on panic, so nothing here may panic while a VMM runs: every
+// step returns an error instead, and the handles are dropped (VMMs killed, directories removed).
+
+fn spawn(opts: &Options) -> Result<Vmm, String> {
+    VmmBuilder::new()
+        .binary(&opts.vmm)
+        .try_spawn_in(TempDir::new("bench"))
 }
 
-fn check(r: tartarus_tests::Response, what: &str, vmm: &Vmm) -> Result<(), String> {
+/// A PUT that must answer 204 (or 200).
+fn put(vmm: &Vmm, path: &str, body: Value) -> Result<(), String> {
+    let r = vmm
+        .try_request("PUT", path, Some(body.to_string().as_bytes()))
+        .map_err(|e| format!("{e}\n{}", vmm.diagnostics()))?;
     if r.status == 204 || r.status == 200 {
         Ok(())
     } else {
-        Err(format!("{what} -> {r}\n{}", vmm.diagnostics()))
+        Err(format!("PUT {path} {body} -> {r}\n{}", vmm.diagnostics()))
     }
 }
 
+fn action(vmm: &Vmm, action_type: &str) -> Result<(), String> {
+    put(vmm, "/actions", json!({ "action_type": action_type }))
+}
+
 fn configure(vmm: &Vmm, kernel: &Path, boot_args: &str) -> Result<(), String> {
-    check(
-        vmm.put(
-            "/machine-config",
-            &json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB}),
-        ),
-        "PUT /machine-config",
+    put(
         vmm,
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB}),
     )?;
-    check(
-        vmm.put(
-            "/boot-source",
-            &json!({"kernel_image_path": kernel, "boot_args": boot_args}),
-        ),
-        "PUT /boot-source",
+    put(
         vmm,
+        "/boot-source",
+        json!({"kernel_image_path": kernel, "boot_args": boot_args}),
     )
 }
 
 /// spawn → first successful connect().
 fn api_ready(opts: &Options) -> Result<f64, String> {
-    let mut vmm = spawn(opts);
+    let mut vmm = spawn(opts)?;
     let d = vmm
         .try_wait_for_socket(Duration::from_secs(15), Duration::ZERO)
         .map_err(|e| format!("API socket: {e}\n{}", vmm.diagnostics()))?;
@@ -299,19 +310,21 @@ struct StartRun {
 
 /// InstanceStart → first serial byte, then the memory overhead while the guest waits.
 fn start_to_first_serial(opts: &Options) -> Result<StartRun, String> {
-    let mut vmm = spawn(opts);
+    let mut vmm = spawn(opts)?;
     vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
         .map_err(|e| format!("API socket: {e}\n{}", vmm.diagnostics()))?;
     configure(&vmm, &opts.guests.hello_elf, "wait_cad")?;
     let sent = Instant::now();
-    check(vmm.action("InstanceStart"), "InstanceStart", &vmm)?;
+    action(&vmm, "InstanceStart")?;
     vmm.try_wait_for_output("waiting for ctrl-alt-del", GUEST_TIMEOUT)
         .map_err(|e| format!("guest: {e}\n{}", vmm.diagnostics()))?;
-    let first = vmm.first_output_at().expect("output seen");
+    let first = vmm
+        .first_output_at()
+        .ok_or("serial output seen but no first-byte time")?;
     let smaps_path = format!("/proc/{}/smaps", vmm.pid());
     let text = std::fs::read_to_string(&smaps_path).map_err(|e| format!("{smaps_path}: {e}"))?;
     let smaps = classify(&parse_smaps(&text), MEM_MIB * 1024);
-    check(vmm.action("SendCtrlAltDel"), "SendCtrlAltDel", &vmm)?;
+    action(&vmm, "SendCtrlAltDel")?;
     if vmm
         .try_wait_exit(GUEST_TIMEOUT, Duration::from_millis(2))
         .is_none()
@@ -329,12 +342,12 @@ fn start_to_first_serial(opts: &Options) -> Result<StartRun, String> {
 
 /// InstanceStart → process exit (the guest resets right after printing).
 fn start_to_exit(opts: &Options, kernel: &Path) -> Result<f64, String> {
-    let mut vmm = spawn(opts);
+    let mut vmm = spawn(opts)?;
     vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
         .map_err(|e| format!("API socket: {e}\n{}", vmm.diagnostics()))?;
     configure(&vmm, kernel, "bench")?;
     let sent = Instant::now();
-    check(vmm.action("InstanceStart"), "InstanceStart", &vmm)?;
+    action(&vmm, "InstanceStart")?;
     let status = vmm
         .try_wait_exit(GUEST_TIMEOUT, Duration::from_micros(200))
         .ok_or_else(|| format!("no exit within {GUEST_TIMEOUT:?}\n{}", vmm.diagnostics()))?;

@@ -119,8 +119,10 @@ mod tests {
     #[test]
     fn dispatch_and_overlap() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Probe(10))), 0x100, 8).unwrap();
-        bus.insert(Arc::new(Mutex::new(Probe(20))), 0x108, 8).unwrap();
+        bus.insert(Arc::new(Mutex::new(Probe(10))), 0x100, 8)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Probe(20))), 0x108, 8)
+            .unwrap();
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Probe(0))), 0x104, 8),
             Err(BusError::Overlap {

@@ -4,6 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -88,16 +89,28 @@ impl VmmBuilder {
     }
 
     /// Spawns the VMM with `dir` as its temporary directory (files that arguments refer to may
-    /// already be in it). The directory is removed when the handle is dropped.
+    /// already be in it). The directory is removed when the handle is dropped. Panics if the
+    /// VMM cannot be started.
     pub fn spawn_in(self, dir: TempDir) -> Vmm {
+        self.try_spawn_in(dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`VmmBuilder::spawn_in`], returning an error instead of panicking.
+    ///
+    /// The VMM gets SIGKILL when the thread that spawned it exits (PR_SET_PDEATHSIG), so a
+    /// test process that dies without unwinding leaves no VMM behind; keep the handle on the
+    /// spawning thread.
+    pub fn try_spawn_in(self, dir: TempDir) -> Result<Vmm, String> {
         let binary = match self.binary {
             Some(b) => b,
             None => vmm_binary(),
         };
+        // The VMM runs in `dir`, so a relative binary path must not be resolved from there.
+        let binary = std::path::absolute(&binary).unwrap_or(binary);
         let socket = dir.path().join("api.sock");
         let log_path = dir.path().join("vmm.stderr");
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        let log =
+            File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
         let mut cmd = Command::new(&binary);
         if self.api {
             cmd.arg("--api-sock").arg(&socket);
@@ -107,10 +120,20 @@ impl VmmBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+        // which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let spawned_at = Instant::now();
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary.display()));
+            .map_err(|e| format!("cannot spawn {}: {e}", binary.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let serial: SharedSerial = Arc::new((Mutex::new(Serial::default()), Condvar::new()));
         let reader = {
@@ -126,7 +149,7 @@ impl VmmBuilder {
             command_line.push(socket.display().to_string());
         }
         command_line.extend(self.args.iter().map(|a| a.to_string_lossy().into_owned()));
-        Vmm {
+        Ok(Vmm {
             child,
             exit: None,
             dir,
@@ -136,7 +159,7 @@ impl VmmBuilder {
             reader: Some(reader),
             spawned_at,
             command_line: command_line.join(" "),
-        }
+        })
     }
 }
 
@@ -304,6 +327,17 @@ impl Vmm {
             return Some(ExitStatus::from_raw(raw));
         }
         self.exit
+    }
+
+    /// Sends a request and returns the response, or the I/O error as text.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, String> {
+        http::request(&self.socket, method, path, body)
+            .map_err(|e| format!("{method} {path}: I/O error: {e}"))
     }
 
     /// Sends a request and returns the response. Panics on I/O errors.

@@ -5,22 +5,21 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use api::models::{BootSourceConfig, MachineConfig};
 use devices::legacy::{EventFdTrigger, SerialDevice, I8042};
 use devices::Bus;
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
-use devices::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{boot_params, cpuid, layout::*, mptable, msr, regs};
 use crate::memory;
-use crate::vcpu::{Vcpu, VcpuCounters, VcpuEvent};
+use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuEvent, VcpuHandle};
 
 /// Boot arguments used when `boot-source` gives none.
 pub const DEFAULT_BOOT_ARGS: &str =
@@ -88,7 +87,7 @@ pub struct MicroVm {
     pub serial: Arc<Mutex<SerialDevice>>,
     pub i8042: Arc<Mutex<I8042>>,
     pub vcpu_counters: Arc<VcpuCounters>,
-    pub vcpu_threads: Vec<JoinHandle<()>>,
+    pub vcpus: Vec<VcpuHandle>,
     pub cmdline: String,
     pub kernel_entry: u64,
 }
@@ -141,7 +140,12 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Loads the initrd page-aligned at the top of low RAM; returns (address, size).
-fn load_initrd(mem: &GuestMemoryMmap, path: &str, mem_bytes: u64, kernel_end: u64) -> Result<(u64, u64)> {
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &str,
+    mem_bytes: u64,
+    kernel_end: u64,
+) -> Result<(u64, u64)> {
     let mut file = File::open(path).map_err(|e| BuildError::ReadInitrd(path.into(), e))?;
     let size = file
         .metadata()
@@ -193,11 +197,17 @@ pub fn kernel_cmdline(boot: &BootSourceConfig) -> Result<Cmdline> {
 }
 
 /// Creates and starts the microVM.
-pub fn build(machine: &MachineConfig, boot: Option<&BootSourceConfig>, ctx: BuildContext) -> Result<MicroVm> {
+pub fn build(
+    machine: &MachineConfig,
+    boot: Option<&BootSourceConfig>,
+    ctx: BuildContext,
+) -> Result<MicroVm> {
     let boot = boot.ok_or(BuildError::MissingBootSource)?;
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     kvm_checks(&kvm)?;
-    let vm = kvm.create_vm().map_err(|e| BuildError::Kvm("create VM", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| BuildError::Kvm("create VM", e))?;
     vm.set_tss_address(KVM_TSS_ADDRESS as usize)
         .map_err(|e| BuildError::Kvm("set TSS address", e))?;
     vm.create_irq_chip()
@@ -206,7 +216,8 @@ pub fn build(machine: &MachineConfig, boot: Option<&BootSourceConfig>, ctx: Buil
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(|e| BuildError::Kvm("create PIT", e))?;
+    vm.create_pit2(pit)
+        .map_err(|e| BuildError::Kvm("create PIT", e))?;
 
     let mem = memory::create(machine.mem_size_mib)?;
     memory::register(&vm, &mem, machine.track_dirty_pages)?;
@@ -289,9 +300,10 @@ pub fn build(machine: &MachineConfig, boot: Option<&BootSourceConfig>, ctx: Buil
             wake,
         ));
     }
-    let mut threads = Vec::with_capacity(vcpus.len());
+    vcpu::register_kick_signal()?;
+    let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
-        threads.push(vcpu.start()?);
+        handles.push(vcpu.start()?);
     }
     tracing::info!(
         "microVM started: {} vCPUs, {} MiB, kernel {} entered at {:#x}, cmdline \"{}\"",
@@ -310,7 +322,7 @@ pub fn build(machine: &MachineConfig, boot: Option<&BootSourceConfig>, ctx: Buil
         serial,
         i8042,
         vcpu_counters: counters,
-        vcpu_threads: threads,
+        vcpus: handles,
         cmdline: cmdline_str,
         kernel_entry: kernel.entry,
     })

@@ -19,7 +19,7 @@ use crate::builder::{self, BuildContext, MicroVm};
 use crate::logger::{self, LogSettings};
 use crate::metrics::{self, MetricsSink, VmmCounters};
 use crate::state::{accepts, valid_transition, RequestKind, VmState};
-use crate::vcpu::{VcpuEvent, VcpuStop};
+use crate::vcpu::{VcpuCommand, VcpuEvent, VcpuResponse, VcpuStop};
 
 /// Version reported by `GET /` and `GET /version`.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -169,6 +169,8 @@ impl Vmm {
             PutMachineConfig(_) | PatchMachineConfig(_) | PutBootSource(_) => RequestKind::PreBoot,
             Action(ActionType::InstanceStart) => RequestKind::Start,
             Action(ActionType::SendCtrlAltDel) => RequestKind::Runtime,
+            PatchVmState(RequestedVmState::Paused) => RequestKind::Pause,
+            PatchVmState(RequestedVmState::Resumed) => RequestKind::Resume,
             _ => RequestKind::Always,
         }
     }
@@ -180,6 +182,8 @@ impl Vmm {
             PutBootSource(_) => "Changing the boot source",
             Action(ActionType::InstanceStart) => "InstanceStart",
             Action(ActionType::SendCtrlAltDel) => "SendCtrlAltDel",
+            PatchVmState(RequestedVmState::Paused) => "Pausing",
+            PatchVmState(RequestedVmState::Resumed) => "Resuming",
             _ => "This request",
         }
     }
@@ -199,7 +203,8 @@ impl Vmm {
         if !accepts(self.state, kind) {
             let when = match kind {
                 RequestKind::PreBoot | RequestKind::Start => "only before the microVM starts",
-                RequestKind::Runtime => "only while the microVM is running",
+                RequestKind::Runtime | RequestKind::Pause => "only while the microVM is running",
+                RequestKind::Resume => "only while the microVM is paused",
                 RequestKind::Always => "only while the VMM is alive",
             };
             return VmmResponse::bad_request(format!(
@@ -243,7 +248,10 @@ impl Vmm {
                     self.logger_cfg = Some(l);
                     VmmResponse::Empty
                 }
-                Err(e) => VmmResponse::bad_request(format!("Invalid logger configuration: {e}: {}", source_text(&e))),
+                Err(e) => VmmResponse::bad_request(format!(
+                    "Invalid logger configuration: {e}: {}",
+                    source_text(&e)
+                )),
             },
             PutMetrics(m) => match MetricsSink::open(&m.metrics_path) {
                 Ok(sink) => {
@@ -255,9 +263,14 @@ impl Vmm {
                     }
                     VmmResponse::Empty
                 }
-                Err(e) => VmmResponse::bad_request(format!("Invalid metrics configuration: {e}: {}", source_text(&e))),
+                Err(e) => VmmResponse::bad_request(format!(
+                    "Invalid metrics configuration: {e}: {}",
+                    source_text(&e)
+                )),
             },
             Action(ActionType::InstanceStart) => self.start(),
+            PatchVmState(RequestedVmState::Paused) => self.pause(),
+            PatchVmState(RequestedVmState::Resumed) => self.resume(),
             Action(ActionType::SendCtrlAltDel) => self.ctrl_alt_del(),
             Action(ActionType::FlushMetrics) => match self.flush_metrics() {
                 Ok(()) => VmmResponse::Empty,
@@ -328,6 +341,57 @@ impl Vmm {
         }
     }
 
+    /// Stops every vCPU at an instruction boundary; answers once all have stopped.
+    fn pause(&mut self) -> VmmResponse {
+        let Some(vm) = &self.vm else {
+            return VmmResponse::bad_request("Pausing needs a running microVM");
+        };
+        let result = vm
+            .vcpus
+            .iter()
+            .try_for_each(|v| v.send(VcpuCommand::Pause))
+            .and_then(|()| {
+                vm.vcpus
+                    .iter()
+                    .try_for_each(|v| v.expect(VcpuResponse::Paused))
+            });
+        match result {
+            Ok(()) => {
+                self.transition(VmState::Paused);
+                VmmResponse::Empty
+            }
+            Err(e) => {
+                // Let whoever did stop run again rather than leave the VM half paused.
+                for v in &vm.vcpus {
+                    let _ = v.send(VcpuCommand::Resume);
+                }
+                VmmResponse::bad_request(format!("Cannot pause the microVM: {e}"))
+            }
+        }
+    }
+
+    fn resume(&mut self) -> VmmResponse {
+        let Some(vm) = &self.vm else {
+            return VmmResponse::bad_request("Resuming needs a paused microVM");
+        };
+        let result = vm
+            .vcpus
+            .iter()
+            .try_for_each(|v| v.send(VcpuCommand::Resume))
+            .and_then(|()| {
+                vm.vcpus
+                    .iter()
+                    .try_for_each(|v| v.expect(VcpuResponse::Resumed))
+            });
+        match result {
+            Ok(()) => {
+                self.transition(VmState::Running);
+                VmmResponse::Empty
+            }
+            Err(e) => VmmResponse::bad_request(format!("Cannot resume the microVM: {e}")),
+        }
+    }
+
     fn ctrl_alt_del(&mut self) -> VmmResponse {
         let Some(vm) = &self.vm else {
             return VmmResponse::bad_request("SendCtrlAltDel needs a running microVM");
@@ -342,11 +406,11 @@ impl Vmm {
     fn flush_metrics(&mut self) -> Result<(), String> {
         self.counters.flushes += 1;
         let record = metrics::render(&self.counters, self.vm.as_ref());
-        let sink = self
-            .metrics
-            .as_mut()
-            .ok_or("Cannot flush metrics: the metrics file is not configured (PUT /metrics first)")?;
-        sink.write(&record).map_err(|e| format!("{e}: {}", source_text(&e)))
+        let sink = self.metrics.as_mut().ok_or(
+            "Cannot flush metrics: the metrics file is not configured (PUT /metrics first)",
+        )?;
+        sink.write(&record)
+            .map_err(|e| format!("{e}: {}", source_text(&e)))
     }
 
     fn end(&mut self, code: i32, why: &str) {
@@ -369,7 +433,10 @@ impl Vmm {
     }
 
     fn maybe_register_stdin(&mut self, ops: &mut EventOps) {
-        if self.stdin_registered || self.vm.is_none() || !matches!(self.serial_out, SerialOut::Stdout) {
+        if self.stdin_registered
+            || self.vm.is_none()
+            || !matches!(self.serial_out, SerialOut::Stdout)
+        {
             return;
         }
         let stdin = std::io::stdin();

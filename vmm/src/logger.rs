@@ -83,7 +83,11 @@ pub fn open_log_file(path: &str) -> Result<Arc<File>, LoggerError> {
 /// Installs the global logger. Called once, first thing in main.
 pub fn init(settings: &LogSettings) {
     let (layer, handle) = reload::Layer::new(build_layer(settings));
-    if tracing_subscriber::registry().with(layer).try_init().is_ok() {
+    if tracing_subscriber::registry()
+        .with(layer)
+        .try_init()
+        .is_ok()
+    {
         let _ = HANDLE.set(handle);
     }
 }

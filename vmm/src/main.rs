@@ -81,7 +81,12 @@ fn run() -> i32 {
         );
         return 2;
     }
-    let file = match args.log_path.as_deref().map(logger::open_log_file).transpose() {
+    let file = match args
+        .log_path
+        .as_deref()
+        .map(logger::open_log_file)
+        .transpose()
+    {
         Ok(f) => f,
         Err(e) => return fail(error_chain(&e)),
     };
@@ -147,7 +152,10 @@ fn run() -> i32 {
             Err(e) => return fail(format!("Invalid config file {}: {e}", path.display())),
         };
         if let Err(e) = vmm.boot_from_config(cfg) {
-            return fail(format!("Cannot boot from config file {}: {e}", path.display()));
+            return fail(format!(
+                "Cannot boot from config file {}: {e}",
+                path.display()
+            ));
         }
     }
 

@@ -2,9 +2,9 @@
 
 use std::ffi::CStr;
 
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use devices::GuestMemoryMmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::layout::ram_ranges;
@@ -28,7 +28,8 @@ pub fn create(mem_mib: usize) -> Result<GuestMemoryMmap, MemoryError> {
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
         .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(bytes >> 20, e))?;
+    let mem =
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(bytes >> 20, e))?;
     for region in mem.iter() {
         name_mapping(region.as_ptr() as usize, region.len() as usize);
     }
@@ -62,7 +63,11 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, track_dirty: bool) -> Result<(
         let slot = slot as u32;
         let region_desc = kvm_userspace_memory_region {
             slot,
-            flags: if track_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if track_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,

@@ -28,7 +28,10 @@ pub fn valid_transition(from: VmState, to: VmState) -> bool {
     use VmState::*;
     matches!(
         (from, to),
-        (NotStarted, Running) | (Running, Paused) | (Paused, Running) | (NotStarted | Running | Paused, Exited)
+        (NotStarted, Running)
+            | (Running, Paused)
+            | (Paused, Running)
+            | (NotStarted | Running | Paused, Exited)
     )
 }
 
@@ -43,6 +46,10 @@ pub enum RequestKind {
     Start,
     /// Requests that need a running guest (SendCtrlAltDel).
     Runtime,
+    /// Pausing: needs a running guest.
+    Pause,
+    /// Resuming: needs a paused guest.
+    Resume,
 }
 
 /// Whether a request of `kind` is accepted in `state`.
@@ -52,7 +59,8 @@ pub fn accepts(state: VmState, kind: RequestKind) -> bool {
     match kind {
         Always => state != Exited,
         PreBoot | Start => state == NotStarted,
-        Runtime => state == Running,
+        Runtime | Pause => state == Running,
+        Resume => state == Paused,
     }
 }
 

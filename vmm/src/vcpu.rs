@@ -2,15 +2,63 @@
 //! exits to the buses. When the guest stops (reset, shutdown, error) the thread reports why to
 //! the VMM thread over a channel and wakes it through an EventFd.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use devices::Bus;
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// The real-time signal (SIGRTMIN + this) that kicks a vCPU out of KVM_RUN.
+const KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// How long the VMM waits for a vCPU to answer a command before giving up on it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// This thread's kvm_run area, for the kick signal handler.
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN_PTR.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping, set by the vCPU thread
+            // before its first KVM_RUN and valid for as long as the VcpuFd it belongs to, which
+            // outlives the thread's run loop. A volatile byte store is async-signal-safe.
+            unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 1) };
+        }
+    });
+}
+
+/// Installs the kick handler; call once before starting vCPUs.
+pub fn register_kick_signal() -> Result<(), VcpuError> {
+    register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler)
+        .map_err(VcpuError::Signal)
+}
+
+/// Requests the VMM thread sends to a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuCommand {
+    Pause,
+    Resume,
+}
+
+/// A vCPU thread's answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VcpuResponse {
+    Paused,
+    Resumed,
+}
 
 /// Why a vCPU stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +79,49 @@ pub struct VcpuEvent {
 pub enum VcpuError {
     #[error("Failed to spawn the thread of vCPU {0}")]
     Spawn(u8, #[source] std::io::Error),
+    #[error("Failed to install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    #[error("Failed to kick vCPU {0}")]
+    Kick(u8, #[source] vmm_sys_util::errno::Error),
+    #[error("vCPU {0} did not answer within {1:?}")]
+    Timeout(u8, Duration),
+    #[error("vCPU {0} has stopped")]
+    Gone(u8),
+    #[error("vCPU {0} answered {1:?}")]
+    Unexpected(u8, VcpuResponse),
+}
+
+/// The VMM thread's handle on a running vCPU thread.
+pub struct VcpuHandle {
+    pub id: u8,
+    thread: JoinHandle<()>,
+    commands: Sender<VcpuCommand>,
+    responses: Receiver<VcpuResponse>,
+}
+
+impl VcpuHandle {
+    /// Sends a command and kicks the thread out of KVM_RUN so it sees it.
+    pub fn send(&self, cmd: VcpuCommand) -> Result<(), VcpuError> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| VcpuError::Gone(self.id))?;
+        if self.thread.is_finished() {
+            return Err(VcpuError::Gone(self.id));
+        }
+        self.thread
+            .kill(SIGRTMIN() + KICK_SIGNAL_OFFSET)
+            .map_err(|e| VcpuError::Kick(self.id, e))
+    }
+
+    /// Waits for the thread's answer and checks it is `expected`.
+    pub fn expect(&self, expected: VcpuResponse) -> Result<(), VcpuError> {
+        match self.responses.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(r) if r == expected => Ok(()),
+            Ok(r) => Err(VcpuError::Unexpected(self.id, r)),
+            Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout(self.id, COMMAND_TIMEOUT)),
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuError::Gone(self.id)),
+        }
+    }
 }
 
 /// Exit counters, shared by all vCPUs, reported in the metrics.
@@ -76,12 +167,17 @@ impl Vcpu {
     }
 
     /// Starts the vCPU on its own thread.
-    pub fn start(mut self) -> Result<JoinHandle<()>, VcpuError> {
+    pub fn start(mut self) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
-        std::thread::Builder::new()
+        let (cmd_tx, cmd_rx) = channel();
+        let (resp_tx, resp_rx) = channel();
+        let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let stop = self.run();
+                let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+                KVM_RUN_PTR.with(|p| p.set(run_ptr));
+                let stop = self.run(&cmd_rx, &resp_tx);
+                KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
                 match &stop {
                     VcpuStop::GuestShutdown(why) => tracing::info!("vCPU {id} stopped: {why}"),
                     VcpuStop::Error(why) => {
@@ -93,13 +189,58 @@ impl Vcpu {
                 let _ = self.events.send(VcpuEvent { id, stop });
                 let _ = self.wake.write(1);
             })
-            .map_err(|e| VcpuError::Spawn(id, e))
+            .map_err(|e| VcpuError::Spawn(id, e))?;
+        Ok(VcpuHandle {
+            id,
+            thread,
+            commands: cmd_tx,
+            responses: resp_rx,
+        })
     }
 
-    fn run(&mut self) -> VcpuStop {
+    fn run(
+        &mut self,
+        commands: &Receiver<VcpuCommand>,
+        responses: &Sender<VcpuResponse>,
+    ) -> VcpuStop {
         loop {
+            while let Ok(cmd) = commands.try_recv() {
+                if let Some(stop) = self.command(cmd, commands, responses) {
+                    return stop;
+                }
+            }
             if let Some(stop) = self.run_once() {
                 return stop;
+            }
+        }
+    }
+
+    /// Handles one command; a pause blocks here until the matching resume.
+    fn command(
+        &mut self,
+        cmd: VcpuCommand,
+        commands: &Receiver<VcpuCommand>,
+        responses: &Sender<VcpuResponse>,
+    ) -> Option<VcpuStop> {
+        match cmd {
+            VcpuCommand::Resume => {
+                let _ = responses.send(VcpuResponse::Resumed);
+                None
+            }
+            VcpuCommand::Pause => {
+                let _ = responses.send(VcpuResponse::Paused);
+                loop {
+                    match commands.recv() {
+                        Ok(VcpuCommand::Pause) => {
+                            let _ = responses.send(VcpuResponse::Paused);
+                        }
+                        Ok(VcpuCommand::Resume) => {
+                            let _ = responses.send(VcpuResponse::Resumed);
+                            return None;
+                        }
+                        Err(_) => return Some(VcpuStop::Error("the VMM thread is gone".into())),
+                    }
+                }
             }
         }
     }
@@ -164,7 +305,11 @@ impl Vcpu {
             }
             Ok(VcpuExit::Intr) => None,
             Ok(other) => Some(VcpuStop::Error(format!("unexpected vCPU exit {other:?}"))),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked: clear the flag the signal handler set, then look at the commands.
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
             Err(e) => Some(VcpuStop::Error(format!("KVM_RUN failed: {e}"))),
         }
     }

@@ -63,7 +63,9 @@ impl SerialDevice {
     pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
         match self.inner.enqueue_raw_bytes(input) {
             Ok(n) => {
-                self.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                self.counters
+                    .bytes_in
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 n
             }
             Err(e) => {

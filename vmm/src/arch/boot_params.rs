@@ -1,7 +1,7 @@
 //! The Linux zero page (struct boot_params): setup header, command line, initrd and e820 map.
 
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use devices::GuestMemoryMmap;
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::*;

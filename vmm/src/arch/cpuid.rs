@@ -127,8 +127,8 @@ mod tests {
 
     #[test]
     fn apic_ids_and_topology() {
-        let base = CpuId::from_entries(&[entry(0, 0), entry(1, 0), entry(0xb, 0), entry(0xb, 1)])
-            .unwrap();
+        let base =
+            CpuId::from_entries(&[entry(0, 0), entry(1, 0), entry(0xb, 0), entry(0xb, 1)]).unwrap();
         let c = for_vcpu(
             &base,
             Topology {

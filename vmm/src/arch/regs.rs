@@ -1,8 +1,8 @@
 //! Boot-time vCPU state for a 64-bit entry: GDT, identity page tables, registers, FPU, LAPIC.
 
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use devices::GuestMemoryMmap;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::layout::*;
@@ -164,7 +164,9 @@ fn set_lapic_reg(regs: &mut [std::os::raw::c_char], off: usize, val: u32) {
 
 /// LINT0 delivers ExtINT (the PIC), LINT1 delivers NMI, as a PC's BIOS leaves them.
 pub fn setup_lint(vcpu: &VcpuFd) -> Result<()> {
-    let mut lapic = vcpu.get_lapic().map_err(|e| RegsError::Kvm("get LAPIC", e))?;
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(|e| RegsError::Kvm("get LAPIC", e))?;
     let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
     set_lapic_reg(
         &mut lapic.regs,
