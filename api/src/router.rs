@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::models::{
     ActionInfo, BootSourceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    VmStateUpdate, VmmAction,
+    SnapshotCreateParams, SnapshotLoadParams, VmStateUpdate, VmmAction,
 };
 
 /// Every route served, as (method, path).
@@ -28,6 +28,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/logger"),
     ("PUT", "/metrics"),
     ("PATCH", "/vm"),
+    ("PUT", "/snapshot/create"),
+    ("PUT", "/snapshot/load"),
 ];
 
 /// Turns one HTTP request into a [`VmmAction`].
@@ -82,6 +84,16 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
             let config: MetricsConfig = parse_body(method, "metrics", body)?;
             config.validate()?;
             VmmAction::PutMetrics(config)
+        }
+        ("PUT", "/snapshot/create") => {
+            let params: SnapshotCreateParams = parse_body(method, "snapshot/create", body)?;
+            params.validate()?;
+            VmmAction::CreateSnapshot(params)
+        }
+        ("PUT", "/snapshot/load") => {
+            let params: SnapshotLoadParams = parse_body(method, "snapshot/load", body)?;
+            params.validate()?;
+            VmmAction::LoadSnapshot(params)
         }
         ("PATCH", "/vm") => {
             let update: VmStateUpdate = parse_body(method, "vm", body)?;
@@ -485,6 +497,47 @@ mod tests {
             e.contains("invalid type: integer `7`, expected a string"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn snapshot_bodies() {
+        let a = ok(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        );
+        assert!(matches!(a, VmmAction::CreateSnapshot(p) if p.snapshot_type == crate::models::SnapshotType::Diff));
+        let a = ok(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "version": "1.0.0"}"#,
+        );
+        assert!(matches!(a, VmmAction::CreateSnapshot(p) if p.snapshot_type == crate::models::SnapshotType::Full));
+        let e = err("PUT", "/snapshot/create", r#"{"snapshot_path": "/s", "mem_file_path": "/s"}"#);
+        assert!(e.contains("must differ"), "{e}");
+        let e = err("PUT", "/snapshot/create", r#"{"snapshot_type": "Half", "snapshot_path": "/s", "mem_file_path": "/m"}"#);
+        assert!(e.contains("Half"), "{e}");
+        let a = ok(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/m"}, "resume_vm": true}"#,
+        );
+        assert!(matches!(a, VmmAction::LoadSnapshot(p) if p.resume_vm));
+        ok("PUT", "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#);
+        let e = err("PUT", "/snapshot/load", r#"{"snapshot_path": "/s"}"#);
+        assert!(e.contains("mem_backend"), "{e}");
+        let e = err(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#,
+        );
+        assert!(e.contains("not both"), "{e}");
+        let e = err(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "prefetch": {"working_set_path": "/w"}}"#,
+        );
+        assert!(e.contains("Uffd"), "{e}");
     }
 
     #[test]

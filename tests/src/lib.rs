@@ -70,6 +70,18 @@ pub fn vmm_binary() -> PathBuf {
     p
 }
 
+/// Another workspace binary (e.g. `tartarus-uffd-handler`), found next to `tartarus-vmm`.
+pub fn bin_path(name: &str) -> PathBuf {
+    let vmm = vmm_binary();
+    let p = vmm.with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{name} not built: run `cargo build --workspace --bins` first (looked for {})",
+        p.display()
+    );
+    p
+}
+
 /// A fresh directory under `std::env::temp_dir()`, removed on drop.
 #[derive(Debug)]
 pub struct TempDir {

@@ -7,6 +7,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use api::models::{BootSourceConfig, MachineConfig};
+use devices::legacy::i8042::I8042State;
+use devices::legacy::serial::SerialDeviceState;
 use devices::legacy::{EventFdTrigger, SerialDevice, I8042};
 use devices::Bus;
 use devices::GuestMemoryMmap;
@@ -19,7 +21,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{boot_params, cpuid, layout::*, mptable, msr, regs};
 use crate::memory;
-use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuEvent, VcpuHandle};
+use crate::persist;
+use crate::snapshot_state::MicroVmState;
+use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuEvent, VcpuHandle, VcpuResponse};
 
 /// Boot arguments used when `boot-source` gives none.
 pub const DEFAULT_BOOT_ARGS: &str =
@@ -65,6 +69,10 @@ pub enum BuildError {
     Bus(#[from] devices::BusError),
     #[error(transparent)]
     Vcpu(#[from] crate::vcpu::VcpuError),
+    #[error("Cannot restore device state: {0}")]
+    DeviceState(String),
+    #[error(transparent)]
+    Persist(#[from] persist::PersistError),
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
@@ -89,7 +97,6 @@ pub struct MicroVm {
     pub vcpu_counters: Arc<VcpuCounters>,
     pub vcpus: Vec<VcpuHandle>,
     pub cmdline: String,
-    pub kernel_entry: u64,
 }
 
 struct LoadedKernel {
@@ -196,13 +203,32 @@ pub fn kernel_cmdline(boot: &BootSourceConfig) -> Result<Cmdline> {
     Ok(cmdline)
 }
 
-/// Creates and starts the microVM.
-pub fn build(
+/// Saved state of the legacy devices, for a restore.
+pub struct LegacyState<'a> {
+    pub serial: &'a SerialDeviceState,
+    pub i8042: &'a I8042State,
+}
+
+/// What boot and restore share: the KVM VM with its in-kernel devices, guest memory registered
+/// with KVM, the legacy devices on their bus, and the vCPU fds (not yet configured).
+struct VmCore {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    pio_bus: Bus,
+    mmio_bus: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+    counters: Arc<VcpuCounters>,
+    vcpus: Vec<Vcpu>,
+}
+
+fn create_core(
     machine: &MachineConfig,
-    boot: Option<&BootSourceConfig>,
+    mem: GuestMemoryMmap,
     ctx: BuildContext,
-) -> Result<MicroVm> {
-    let boot = boot.ok_or(BuildError::MissingBootSource)?;
+    legacy: Option<LegacyState>,
+) -> Result<VmCore> {
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     kvm_checks(&kvm)?;
     let vm = kvm
@@ -218,9 +244,100 @@ pub fn build(
     };
     vm.create_pit2(pit)
         .map_err(|e| BuildError::Kvm("create PIT", e))?;
-
-    let mem = memory::create(machine.mem_size_mib)?;
     memory::register(&vm, &mem, machine.track_dirty_pages)?;
+
+    // Legacy devices on the port-I/O bus, interrupts through irqfds.
+    let mut pio_bus = Bus::new();
+    let com1_irq = new_evt()?;
+    vm.register_irqfd(&com1_irq, IRQ_COM1)
+        .map_err(|e| BuildError::Kvm("register COM1 irqfd", e))?;
+    let kbd_irq = new_evt()?;
+    vm.register_irqfd(&kbd_irq, IRQ_KEYBOARD)
+        .map_err(|e| BuildError::Kvm("register keyboard irqfd", e))?;
+    let com1 = EventFdTrigger::new(com1_irq);
+    let reset = EventFdTrigger::new(ctx.reset_evt);
+    let kbd = EventFdTrigger::new(kbd_irq);
+    let (serial, i8042) = match legacy {
+        Some(s) => (
+            SerialDevice::from_state(s.serial, com1, ctx.serial_out)
+                .map_err(BuildError::DeviceState)?,
+            I8042::from_state(s.i8042, reset, kbd),
+        ),
+        None => (
+            SerialDevice::new(com1, ctx.serial_out),
+            I8042::new(reset, kbd),
+        ),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let i8042 = Arc::new(Mutex::new(i8042));
+    pio_bus.insert(serial.clone(), 0x3f8, 8)?;
+    pio_bus.insert(i8042.clone(), 0x60, 5)?;
+    let mmio_bus = Bus::new();
+
+    let counters = Arc::new(VcpuCounters::default());
+    let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
+    for id in 0..machine.vcpu_count {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| BuildError::Kvm("create vCPU", e))?;
+        let wake = ctx.vcpu_wake.try_clone().map_err(BuildError::EventFd)?;
+        vcpus.push(Vcpu::new(
+            id,
+            fd,
+            pio_bus.clone(),
+            mmio_bus.clone(),
+            counters.clone(),
+            ctx.vcpu_events.clone(),
+            wake,
+        ));
+    }
+    Ok(VmCore {
+        kvm,
+        vm,
+        mem,
+        pio_bus,
+        mmio_bus,
+        serial,
+        i8042,
+        counters,
+        vcpus,
+    })
+}
+
+/// Starts the vCPU threads (paused or running) and hands out the finished microVM.
+fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
+    vcpu::register_kick_signal()?;
+    let mut handles = Vec::with_capacity(core.vcpus.len());
+    for vcpu in core.vcpus {
+        handles.push(vcpu.start(paused)?);
+    }
+    if paused {
+        for h in &handles {
+            h.expect(VcpuResponse::Paused)?;
+        }
+    }
+    Ok(MicroVm {
+        kvm: core.kvm,
+        vm: core.vm,
+        mem: core.mem,
+        pio_bus: core.pio_bus,
+        mmio_bus: core.mmio_bus,
+        serial: core.serial,
+        i8042: core.i8042,
+        vcpu_counters: core.counters,
+        vcpus: handles,
+        cmdline,
+    })
+}
+
+/// Boots a new microVM from its configuration.
+pub fn build(
+    machine: &MachineConfig,
+    boot: Option<&BootSourceConfig>,
+    ctx: BuildContext,
+) -> Result<MicroVm> {
+    let boot = boot.ok_or(BuildError::MissingBootSource)?;
+    let mem = memory::create(machine.mem_size_mib)?;
     let mem_bytes = (machine.mem_size_mib as u64) << 20;
 
     // Kernel, initrd, command line, zero page, MP table, boot tables.
@@ -247,63 +364,24 @@ pub fn build(
     mptable::setup(&mem, machine.vcpu_count)?;
     regs::write_boot_tables(&mem)?;
 
-    // Legacy devices on the port-I/O bus, interrupts through irqfds.
-    let mut pio_bus = Bus::new();
-    let com1_irq = new_evt()?;
-    vm.register_irqfd(&com1_irq, IRQ_COM1)
-        .map_err(|e| BuildError::Kvm("register COM1 irqfd", e))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        EventFdTrigger::new(com1_irq),
-        ctx.serial_out,
-    )));
-    pio_bus.insert(serial.clone(), 0x3f8, 8)?;
-    let kbd_irq = new_evt()?;
-    vm.register_irqfd(&kbd_irq, IRQ_KEYBOARD)
-        .map_err(|e| BuildError::Kvm("register keyboard irqfd", e))?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        EventFdTrigger::new(ctx.reset_evt),
-        EventFdTrigger::new(kbd_irq),
-    )));
-    pio_bus.insert(i8042.clone(), 0x60, 5)?;
-    let mmio_bus = Bus::new();
-
-    // vCPUs.
-    let supported: CpuId = kvm
+    let core = create_core(machine, mem, ctx, None)?;
+    let supported: CpuId = core
+        .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| BuildError::Kvm("get supported CPUID", e))?;
-    let counters = Arc::new(VcpuCounters::default());
-    let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
-    for id in 0..machine.vcpu_count {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(|e| BuildError::Kvm("create vCPU", e))?;
+    for v in &core.vcpus {
         let topo = cpuid::Topology {
-            cpu_id: id,
+            cpu_id: v.id,
             count: machine.vcpu_count,
             smt: machine.smt,
         };
-        fd.set_cpuid2(&cpuid::for_vcpu(&supported, topo))
+        v.fd.set_cpuid2(&cpuid::for_vcpu(&supported, topo))
             .map_err(|e| BuildError::Kvm("set CPUID", e))?;
-        msr::setup_msrs(&fd)?;
-        regs::setup_regs(&fd, kernel.entry)?;
-        regs::setup_sregs(&fd)?;
-        regs::setup_fpu(&fd)?;
-        regs::setup_lint(&fd)?;
-        let wake = ctx.vcpu_wake.try_clone().map_err(BuildError::EventFd)?;
-        vcpus.push(Vcpu::new(
-            id,
-            fd,
-            pio_bus.clone(),
-            mmio_bus.clone(),
-            counters.clone(),
-            ctx.vcpu_events.clone(),
-            wake,
-        ));
-    }
-    vcpu::register_kick_signal()?;
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        handles.push(vcpu.start()?);
+        msr::setup_msrs(&v.fd)?;
+        regs::setup_regs(&v.fd, kernel.entry)?;
+        regs::setup_sregs(&v.fd)?;
+        regs::setup_fpu(&v.fd)?;
+        regs::setup_lint(&v.fd)?;
     }
     tracing::info!(
         "microVM started: {} vCPUs, {} MiB, kernel {} entered at {:#x}, cmdline \"{}\"",
@@ -313,17 +391,33 @@ pub fn build(
         kernel.entry,
         cmdline_str
     );
-    Ok(MicroVm {
-        kvm,
-        vm,
-        mem,
-        pio_bus,
-        mmio_bus,
-        serial,
-        i8042,
-        vcpu_counters: counters,
-        vcpus: handles,
-        cmdline: cmdline_str,
-        kernel_entry: kernel.entry,
-    })
+    finish(core, false, cmdline_str)
+}
+
+/// Re-creates a microVM from a snapshot: the same VM as `build`, with the saved state applied
+/// instead of boot data. `mem` already holds (or will serve) the guest's memory.
+pub fn restore(
+    state: &MicroVmState,
+    machine: &MachineConfig,
+    mem: GuestMemoryMmap,
+    ctx: BuildContext,
+    paused: bool,
+) -> Result<MicroVm> {
+    if state.vcpus.len() != machine.vcpu_count as usize {
+        return Err(BuildError::DeviceState(format!(
+            "the snapshot holds {} vCPU states for {} vCPUs",
+            state.vcpus.len(),
+            machine.vcpu_count
+        )));
+    }
+    let legacy = LegacyState {
+        serial: &state.serial,
+        i8042: &state.i8042,
+    };
+    let core = create_core(machine, mem, ctx, Some(legacy))?;
+    persist::restore_vm(&core.vm, &state.vm)?;
+    for (v, s) in core.vcpus.iter().zip(&state.vcpus) {
+        persist::restore_vcpu(&v.fd, s)?;
+    }
+    finish(core, paused, state.cmdline.clone())
 }

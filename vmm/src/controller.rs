@@ -18,6 +18,9 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::builder::{self, BuildContext, MicroVm};
 use crate::logger::{self, LogSettings};
 use crate::metrics::{self, MetricsSink, VmmCounters};
+use crate::persist;
+use crate::snapshot_io;
+use crate::snapshot_state::MicroVmState;
 use crate::state::{accepts, valid_transition, RequestKind, VmState};
 use crate::vcpu::{VcpuCommand, VcpuEvent, VcpuResponse, VcpuStop};
 
@@ -168,9 +171,11 @@ impl Vmm {
         match action {
             PutMachineConfig(_) | PatchMachineConfig(_) | PutBootSource(_) => RequestKind::PreBoot,
             Action(ActionType::InstanceStart) => RequestKind::Start,
-            Action(ActionType::SendCtrlAltDel) => RequestKind::Runtime,
-            PatchVmState(RequestedVmState::Paused) => RequestKind::Pause,
-            PatchVmState(RequestedVmState::Resumed) => RequestKind::Resume,
+            Action(ActionType::SendCtrlAltDel) => RequestKind::Running,
+            PatchVmState(RequestedVmState::Paused) => RequestKind::Running,
+            PatchVmState(RequestedVmState::Resumed) => RequestKind::Paused,
+            CreateSnapshot(_) => RequestKind::Paused,
+            LoadSnapshot(_) => RequestKind::Start,
             _ => RequestKind::Always,
         }
     }
@@ -184,6 +189,8 @@ impl Vmm {
             Action(ActionType::SendCtrlAltDel) => "SendCtrlAltDel",
             PatchVmState(RequestedVmState::Paused) => "Pausing",
             PatchVmState(RequestedVmState::Resumed) => "Resuming",
+            CreateSnapshot(_) => "Creating a snapshot",
+            LoadSnapshot(_) => "Loading a snapshot",
             _ => "This request",
         }
     }
@@ -203,8 +210,8 @@ impl Vmm {
         if !accepts(self.state, kind) {
             let when = match kind {
                 RequestKind::PreBoot | RequestKind::Start => "only before the microVM starts",
-                RequestKind::Runtime | RequestKind::Pause => "only while the microVM is running",
-                RequestKind::Resume => "only while the microVM is paused",
+                RequestKind::Running => "only while the microVM is running",
+                RequestKind::Paused => "only while the microVM is paused",
                 RequestKind::Always => "only while the VMM is alive",
             };
             return VmmResponse::bad_request(format!(
@@ -271,6 +278,14 @@ impl Vmm {
             Action(ActionType::InstanceStart) => self.start(),
             PatchVmState(RequestedVmState::Paused) => self.pause(),
             PatchVmState(RequestedVmState::Resumed) => self.resume(),
+            CreateSnapshot(p) => match self.create_snapshot(&p) {
+                Ok(()) => VmmResponse::Empty,
+                Err(e) => VmmResponse::bad_request(format!("Cannot create snapshot: {e}")),
+            },
+            LoadSnapshot(p) => match self.load_snapshot(&p) {
+                Ok(()) => VmmResponse::Empty,
+                Err(e) => VmmResponse::bad_request(format!("Cannot load snapshot: {e}")),
+            },
             Action(ActionType::SendCtrlAltDel) => self.ctrl_alt_del(),
             Action(ActionType::FlushMetrics) => match self.flush_metrics() {
                 Ok(()) => VmmResponse::Empty,
@@ -390,6 +405,81 @@ impl Vmm {
             }
             Err(e) => VmmResponse::bad_request(format!("Cannot resume the microVM: {e}")),
         }
+    }
+
+    fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), String> {
+        let vm = self.vm.as_ref().ok_or("no microVM is running")?;
+        if p.snapshot_type == SnapshotType::Diff && !self.machine.track_dirty_pages {
+            return Err(
+                "a Diff snapshot needs track_dirty_pages (set it in machine-config, or when loading)"
+                    .into(),
+            );
+        }
+        let vcpus = vm
+            .vcpus
+            .iter()
+            .map(|v| v.save_state())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let arch = persist::save_vm(&vm.vm).map_err(|e| error_chain(&e))?;
+        let state = MicroVmState {
+            vmm_version: VMM_VERSION.to_string(),
+            id: self.id.clone(),
+            machine: self.machine.clone(),
+            boot: self.boot.clone(),
+            cmdline: vm.cmdline.clone(),
+            memory: snapshot_io::memory_layout(&vm.mem),
+            vm: arch,
+            vcpus,
+            serial: devices::bus::lock(&vm.serial).save(),
+            i8042: devices::bus::lock(&vm.i8042).save(),
+        };
+        // Memory first: a state file only ever exists next to complete memory.
+        match p.snapshot_type {
+            SnapshotType::Full => snapshot_io::write_full_memory(vm, &p.mem_file_path, self.machine.track_dirty_pages)?,
+            SnapshotType::Diff => snapshot_io::write_diff_memory(vm, &p.mem_file_path)?,
+        }
+        snapshot_io::write_state(&p.snapshot_path, &state)?;
+        tracing::info!(
+            "{:?} snapshot written to {} (memory {})",
+            p.snapshot_type,
+            p.snapshot_path,
+            p.mem_file_path
+        );
+        Ok(())
+    }
+
+    fn load_snapshot(&mut self, p: &SnapshotLoadParams) -> Result<(), String> {
+        if self.boot.is_some() {
+            return Err(
+                "a boot source is configured: load a snapshot into a fresh VMM instead".into(),
+            );
+        }
+        let state: MicroVmState = snapshot_io::read_state(&p.snapshot_path)?;
+        let mut machine = state.machine.clone();
+        machine.track_dirty_pages = p.track_dirty_pages || p.enable_diff_snapshots;
+        machine.validate()?;
+        let backend = p.backend()?;
+        let memory = snapshot_io::open_memory(&state, &backend, p.prefetch.as_ref())?;
+        let ctx = BuildContext {
+            serial_out: self.open_serial_out()?,
+            reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
+            vcpu_events: self.vcpu_tx.clone(),
+            vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
+        };
+        let mut vm = builder::restore(&state, &machine, memory.mem.clone(), ctx, true)
+            .map_err(|e| error_chain(&e))?;
+        vm.memory_backend = memory.backend;
+        self.machine = machine;
+        self.vm = Some(vm);
+        self.transition(VmState::Paused);
+        tracing::info!("snapshot {} loaded", p.snapshot_path);
+        if p.resume_vm {
+            if let VmmResponse::Error(_, e) = self.resume() {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn ctrl_alt_del(&mut self) -> VmmResponse {

@@ -10,5 +10,7 @@ pub mod controller;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
+pub mod persist;
+pub mod snapshot_state;
 pub mod state;
 pub mod vcpu;

@@ -44,12 +44,10 @@ pub enum RequestKind {
     PreBoot,
     /// InstanceStart.
     Start,
-    /// Requests that need a running guest (SendCtrlAltDel).
-    Runtime,
-    /// Pausing: needs a running guest.
-    Pause,
-    /// Resuming: needs a paused guest.
-    Resume,
+    /// Requests that need a running guest (SendCtrlAltDel, pausing).
+    Running,
+    /// Requests that need a paused guest (resuming, creating a snapshot).
+    Paused,
 }
 
 /// Whether a request of `kind` is accepted in `state`.
@@ -59,8 +57,8 @@ pub fn accepts(state: VmState, kind: RequestKind) -> bool {
     match kind {
         Always => state != Exited,
         PreBoot | Start => state == NotStarted,
-        Runtime | Pause => state == Running,
-        Resume => state == Paused,
+        Running => state == VmState::Running,
+        Paused => state == VmState::Paused,
     }
 }
 
@@ -86,8 +84,11 @@ mod tests {
         assert!(accepts(NotStarted, RequestKind::PreBoot));
         assert!(!accepts(Running, RequestKind::PreBoot));
         assert!(!accepts(Running, RequestKind::Start));
-        assert!(accepts(Running, RequestKind::Runtime));
-        assert!(!accepts(NotStarted, RequestKind::Runtime));
+        assert!(accepts(Running, RequestKind::Running));
+        assert!(!accepts(NotStarted, RequestKind::Running));
+        assert!(accepts(Paused, RequestKind::Paused));
+        assert!(!accepts(Running, RequestKind::Paused));
+        assert!(valid_transition(NotStarted, Paused));
         assert!(accepts(Paused, RequestKind::Always));
         assert_eq!(NotStarted.to_string(), "Not started");
     }

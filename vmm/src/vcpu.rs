@@ -17,6 +17,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::persist::{self, VcpuState};
+
 /// The real-time signal (SIGRTMIN + this) that kicks a vCPU out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: i32 = 0;
 
@@ -51,13 +53,24 @@ pub fn register_kick_signal() -> Result<(), VcpuError> {
 pub enum VcpuCommand {
     Pause,
     Resume,
+    /// Save the vCPU's state; only answered while paused.
+    SaveState,
 }
 
 /// A vCPU thread's answers.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     Paused,
     Resumed,
+    State(Box<Result<VcpuState, String>>),
+    /// The command does not fit the vCPU's current state.
+    NotAllowed(&'static str),
+}
+
+impl VcpuResponse {
+    fn same_kind(&self, other: &VcpuResponse) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
 }
 
 /// Why a vCPU stopped running.
@@ -89,6 +102,8 @@ pub enum VcpuError {
     Gone(u8),
     #[error("vCPU {0} answered {1:?}")]
     Unexpected(u8, VcpuResponse),
+    #[error("Cannot save the state of vCPU {0}: {1}")]
+    Save(u8, String),
 }
 
 /// The VMM thread's handle on a running vCPU thread.
@@ -113,10 +128,23 @@ impl VcpuHandle {
             .map_err(|e| VcpuError::Kick(self.id, e))
     }
 
+    /// Asks a paused vCPU for its state.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        self.commands
+            .send(VcpuCommand::SaveState)
+            .map_err(|_| VcpuError::Gone(self.id))?;
+        match self.responses.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(VcpuResponse::State(s)) => (*s).map_err(|e| VcpuError::Save(self.id, e)),
+            Ok(r) => Err(VcpuError::Unexpected(self.id, r)),
+            Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout(self.id, COMMAND_TIMEOUT)),
+            Err(RecvTimeoutError::Disconnected) => Err(VcpuError::Gone(self.id)),
+        }
+    }
+
     /// Waits for the thread's answer and checks it is `expected`.
     pub fn expect(&self, expected: VcpuResponse) -> Result<(), VcpuError> {
         match self.responses.recv_timeout(COMMAND_TIMEOUT) {
-            Ok(r) if r == expected => Ok(()),
+            Ok(r) if r.same_kind(&expected) => Ok(()),
             Ok(r) => Err(VcpuError::Unexpected(self.id, r)),
             Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout(self.id, COMMAND_TIMEOUT)),
             Err(RecvTimeoutError::Disconnected) => Err(VcpuError::Gone(self.id)),
@@ -138,6 +166,7 @@ pub struct VcpuCounters {
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
+    msr_indices: Option<Vec<u32>>,
     pio: Bus,
     mmio: Bus,
     counters: Arc<VcpuCounters>,
@@ -158,6 +187,7 @@ impl Vcpu {
         Vcpu {
             id,
             fd,
+            msr_indices: None,
             pio,
             mmio,
             counters,
@@ -167,7 +197,9 @@ impl Vcpu {
     }
 
     /// Starts the vCPU on its own thread.
-    pub fn start(mut self) -> Result<VcpuHandle, VcpuError> {
+    /// With `paused`, the thread stops before its first KVM_RUN (answering `Paused`) and waits
+    /// for a resume.
+    pub fn start(mut self, paused: bool) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let (cmd_tx, cmd_rx) = channel();
         let (resp_tx, resp_rx) = channel();
@@ -176,7 +208,15 @@ impl Vcpu {
             .spawn(move || {
                 let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
                 KVM_RUN_PTR.with(|p| p.set(run_ptr));
-                let stop = self.run(&cmd_rx, &resp_tx);
+                let early_stop = if paused {
+                    self.command(VcpuCommand::Pause, &cmd_rx, &resp_tx)
+                } else {
+                    None
+                };
+                let stop = match early_stop {
+                    Some(stop) => stop,
+                    None => self.run(&cmd_rx, &resp_tx),
+                };
                 KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
                 match &stop {
                     VcpuStop::GuestShutdown(why) => tracing::info!("vCPU {id} stopped: {why}"),
@@ -227,12 +267,20 @@ impl Vcpu {
                 let _ = responses.send(VcpuResponse::Resumed);
                 None
             }
+            VcpuCommand::SaveState => {
+                let _ = responses.send(VcpuResponse::NotAllowed("save state while running"));
+                None
+            }
             VcpuCommand::Pause => {
                 let _ = responses.send(VcpuResponse::Paused);
                 loop {
                     match commands.recv() {
                         Ok(VcpuCommand::Pause) => {
                             let _ = responses.send(VcpuResponse::Paused);
+                        }
+                        Ok(VcpuCommand::SaveState) => {
+                            let state = self.save_state();
+                            let _ = responses.send(VcpuResponse::State(Box::new(state)));
                         }
                         Ok(VcpuCommand::Resume) => {
                             let _ = responses.send(VcpuResponse::Resumed);
@@ -243,6 +291,16 @@ impl Vcpu {
                 }
             }
         }
+    }
+
+    fn save_state(&mut self) -> Result<VcpuState, String> {
+        if self.msr_indices.is_none() {
+            let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+            let list = persist::readable_msrs(&kvm, &self.fd).map_err(|e| e.to_string())?;
+            self.msr_indices = Some(list);
+        }
+        let indices = self.msr_indices.as_deref().unwrap_or_default();
+        persist::save_vcpu(self.id, &self.fd, indices).map_err(|e| e.to_string())
     }
 
     /// One KVM_RUN and the handling of its exit; Some when the vCPU must stop.

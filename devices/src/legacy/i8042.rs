@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use vm_superio::Trigger;
 
 use super::EventFdTrigger;
@@ -65,11 +66,21 @@ pub struct I8042Counters {
 }
 
 /// What the next byte written to the data port means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pending {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pending {
     None,
     ControllerByte(u8),
     KeyboardArg,
+}
+
+/// The controller's registers and queued bytes, as saved in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    pub status: u8,
+    pub ctr: u8,
+    pub out: Vec<u8>,
+    pub last_out: u8,
+    pub pending: Pending,
 }
 
 pub struct I8042 {
@@ -96,6 +107,28 @@ impl I8042 {
             pending: Pending::None,
             counters: Arc::new(I8042Counters::default()),
         }
+    }
+
+    /// The state to save in a snapshot.
+    pub fn save(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            ctr: self.ctr,
+            out: self.out.iter().copied().collect(),
+            last_out: self.last_out,
+            pending: self.pending,
+        }
+    }
+
+    /// A controller in the saved state `s`; a queue longer than the controller's is cut.
+    pub fn from_state(s: &I8042State, reset: EventFdTrigger, kbd_interrupt: EventFdTrigger) -> Self {
+        let mut dev = I8042::new(reset, kbd_interrupt);
+        dev.status = s.status;
+        dev.ctr = s.ctr;
+        dev.out = s.out.iter().copied().take(BUFFER_SIZE).collect();
+        dev.last_out = s.last_out;
+        dev.pending = s.pending;
+        dev
     }
 
     pub fn counters(&self) -> Arc<I8042Counters> {
@@ -285,6 +318,31 @@ mod tests {
             dev.trigger_ctrl_alt_del().unwrap();
         }
         assert!(dev.trigger_ctrl_alt_del().is_err());
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let (mut dev, reset, irq) = device();
+        dev.write(COMMAND, &[CMD_WRITE_CTR]);
+        dev.trigger_ctrl_alt_del().unwrap();
+        let s = dev.save();
+        let json = serde_json::to_string(&s).unwrap();
+        let back: I8042State = serde_json::from_str(&json).unwrap();
+        let mut restored = I8042::from_state(
+            &back,
+            EventFdTrigger::new(reset.try_clone().unwrap()),
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+        );
+        assert_eq!(restored.save(), s);
+        assert_eq!(rd(&mut restored, DATA), CTRL_ALT_DEL[0]);
+        // The pending "write CTR" byte survived.
+        restored.write(DATA, &[0x00]);
+        restored.write(COMMAND, &[CMD_READ_CTR]);
+        let mut got = vec![];
+        while rd(&mut restored, COMMAND) & SB_OUT_FULL != 0 {
+            got.push(rd(&mut restored, DATA));
+        }
+        assert_eq!(got.last(), Some(&0x00));
     }
 
     #[test]

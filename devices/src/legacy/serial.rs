@@ -4,7 +4,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vm_superio::serial::SerialEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::Serial;
 
 use super::EventFdTrigger;
@@ -36,6 +37,21 @@ impl SerialEvents for SerialEventSink {
     fn in_buffer_empty(&self) {}
 }
 
+/// The UART's registers and pending input, as saved in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialDeviceState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 /// The serial device as it sits on the port-I/O bus (8 registers at 0x3f8).
 pub struct SerialDevice {
     inner: Serial<EventFdTrigger, SerialEventSink, Box<dyn Write + Send>>,
@@ -48,6 +64,52 @@ impl SerialDevice {
         let counters = Arc::new(SerialCounters::default());
         let inner = Serial::with_events(interrupt, SerialEventSink(counters.clone()), out);
         SerialDevice { inner, counters }
+    }
+
+    /// A UART in the saved state `s`.
+    pub fn from_state(
+        s: &SerialDeviceState,
+        interrupt: EventFdTrigger,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, String> {
+        let counters = Arc::new(SerialCounters::default());
+        let state = SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let inner = Serial::from_state(
+            &state,
+            interrupt,
+            SerialEventSink(counters.clone()),
+            out,
+        )
+        .map_err(|e| format!("invalid serial state: {e:?}"))?;
+        Ok(SerialDevice { inner, counters })
+    }
+
+    /// The state to save in a snapshot.
+    pub fn save(&self) -> SerialDeviceState {
+        let s = self.inner.state();
+        SerialDeviceState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
     }
 
     pub fn counters(&self) -> Arc<SerialCounters> {
@@ -138,5 +200,31 @@ mod tests {
         let mut b = [0u8];
         dev.read(0, &mut b);
         assert_eq!(b[0], b'x');
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(
+            EventFdTrigger::new(evt.try_clone().unwrap()),
+            Box::new(SharedBuf::default()),
+        );
+        dev.write(7, &[0x5a]); // scratch register
+        dev.write(1, &[1]);
+        dev.enqueue_input(b"ab");
+        let saved = dev.save();
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: SerialDeviceState = serde_json::from_str(&json).unwrap();
+        let mut restored = SerialDevice::from_state(
+            &back,
+            EventFdTrigger::new(evt.try_clone().unwrap()),
+            Box::new(SharedBuf::default()),
+        )
+        .unwrap();
+        let mut b = [0u8];
+        restored.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        restored.read(0, &mut b);
+        assert_eq!(b[0], b'a');
     }
 }
