@@ -20,6 +20,7 @@
 
 pub mod guest;
 pub mod http;
+pub mod jail;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};
