@@ -378,9 +378,7 @@ impl SnapshotLoadParams {
                 );
             }
             if backend.backend_type != MemBackendType::Uffd {
-                return Err(
-                    "Invalid snapshot/load body: prefetch needs a Uffd mem_backend".into(),
-                );
+                return Err("Invalid snapshot/load body: prefetch needs a Uffd mem_backend".into());
             }
         }
         Ok(())

@@ -506,16 +506,28 @@ mod tests {
             "/snapshot/create",
             r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
         );
-        assert!(matches!(a, VmmAction::CreateSnapshot(p) if p.snapshot_type == crate::models::SnapshotType::Diff));
+        assert!(
+            matches!(a, VmmAction::CreateSnapshot(p) if p.snapshot_type == crate::models::SnapshotType::Diff)
+        );
         let a = ok(
             "PUT",
             "/snapshot/create",
             r#"{"snapshot_path": "/s", "mem_file_path": "/m", "version": "1.0.0"}"#,
         );
-        assert!(matches!(a, VmmAction::CreateSnapshot(p) if p.snapshot_type == crate::models::SnapshotType::Full));
-        let e = err("PUT", "/snapshot/create", r#"{"snapshot_path": "/s", "mem_file_path": "/s"}"#);
+        assert!(
+            matches!(a, VmmAction::CreateSnapshot(p) if p.snapshot_type == crate::models::SnapshotType::Full)
+        );
+        let e = err(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/s"}"#,
+        );
         assert!(e.contains("must differ"), "{e}");
-        let e = err("PUT", "/snapshot/create", r#"{"snapshot_type": "Half", "snapshot_path": "/s", "mem_file_path": "/m"}"#);
+        let e = err(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_type": "Half", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        );
         assert!(e.contains("Half"), "{e}");
         let a = ok(
             "PUT",
@@ -523,7 +535,11 @@ mod tests {
             r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/m"}, "resume_vm": true}"#,
         );
         assert!(matches!(a, VmmAction::LoadSnapshot(p) if p.resume_vm));
-        ok("PUT", "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#);
+        ok(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        );
         let e = err("PUT", "/snapshot/load", r#"{"snapshot_path": "/s"}"#);
         assert!(e.contains("mem_backend"), "{e}");
         let e = err(

@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::{boot_params, cpuid, layout::*, mptable, msr, regs};
 use crate::memory;
 use crate::persist;
+use crate::snapshot_io::MemoryBackendHandle;
 use crate::snapshot_state::MicroVmState;
 use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuEvent, VcpuHandle, VcpuResponse};
 
@@ -97,6 +98,8 @@ pub struct MicroVm {
     pub vcpu_counters: Arc<VcpuCounters>,
     pub vcpus: Vec<VcpuHandle>,
     pub cmdline: String,
+    /// What serves guest memory after a restore (kept alive with the VM).
+    pub memory_backend: Option<MemoryBackendHandle>,
 }
 
 struct LoadedKernel {
@@ -327,6 +330,7 @@ fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
         vcpu_counters: core.counters,
         vcpus: handles,
         cmdline,
+        memory_backend: None,
     })
 }
 

@@ -60,6 +60,8 @@ pub struct Vmm {
     metrics_cfg: Option<MetricsConfig>,
     metrics: Option<MetricsSink>,
     metrics_timer: TimerFd,
+    /// Ends working-set recording after a restore.
+    record_timer: TimerFd,
     counters: VmmCounters,
     serial_out: SerialOut,
     reset_evt: EventFd,
@@ -105,6 +107,7 @@ impl Vmm {
             metrics_cfg: None,
             metrics: None,
             metrics_timer: TimerFd::new().map_err(|e| ControllerError::Setup(e.into()))?,
+            record_timer: TimerFd::new().map_err(|e| ControllerError::Setup(e.into()))?,
             counters: VmmCounters::default(),
             serial_out,
             reset_evt: evt()?,
@@ -373,6 +376,7 @@ impl Vmm {
         match result {
             Ok(()) => {
                 self.transition(VmState::Paused);
+                self.stop_recording();
                 VmmResponse::Empty
             }
             Err(e) => {
@@ -401,9 +405,28 @@ impl Vmm {
         match result {
             Ok(()) => {
                 self.transition(VmState::Running);
+                let record_for = self
+                    .vm
+                    .as_ref()
+                    .and_then(|vm| vm.memory_backend.as_ref())
+                    .and_then(|b| b.record_for());
+                if let Some(d) = record_for {
+                    if let Err(e) = self.record_timer.reset(d, None) {
+                        tracing::warn!("cannot time the working-set recording: {e}");
+                    }
+                }
                 VmmResponse::Empty
             }
             Err(e) => VmmResponse::bad_request(format!("Cannot resume the microVM: {e}")),
+        }
+    }
+
+    fn stop_recording(&mut self) {
+        let _ = self.record_timer.clear();
+        if let Some(b) = self.vm.as_mut().and_then(|vm| vm.memory_backend.as_mut()) {
+            if let Err(e) = b.stop_recording() {
+                tracing::warn!("working-set recording failed: {e}");
+            }
         }
     }
 
@@ -436,7 +459,11 @@ impl Vmm {
         };
         // Memory first: a state file only ever exists next to complete memory.
         match p.snapshot_type {
-            SnapshotType::Full => snapshot_io::write_full_memory(vm, &p.mem_file_path, self.machine.track_dirty_pages)?,
+            SnapshotType::Full => snapshot_io::write_full_memory(
+                vm,
+                &p.mem_file_path,
+                self.machine.track_dirty_pages,
+            )?,
             SnapshotType::Diff => snapshot_io::write_diff_memory(vm, &p.mem_file_path)?,
         }
         snapshot_io::write_state(&p.snapshot_path, &state)?;
@@ -469,7 +496,7 @@ impl Vmm {
         };
         let mut vm = builder::restore(&state, &machine, memory.mem.clone(), ctx, true)
             .map_err(|e| error_chain(&e))?;
-        vm.memory_backend = memory.backend;
+        vm.memory_backend = Some(memory.backend);
         self.machine = machine;
         self.vm = Some(vm);
         self.transition(VmState::Paused);
@@ -637,6 +664,7 @@ impl MutEventSubscriber for Vmm {
         add(&self.reset_evt, "reset event");
         add(&self.vcpu_evt, "vCPU event");
         add(&self.metrics_timer, "metrics timer");
+        add(&self.record_timer, "working-set timer");
         self.maybe_register_stdin(ops);
     }
 
@@ -654,6 +682,9 @@ impl MutEventSubscriber for Vmm {
             if let Err(e) = self.flush_metrics() {
                 tracing::warn!("periodic metrics flush failed: {e}");
             }
+        } else if fd == self.record_timer.as_raw_fd() {
+            let _ = self.record_timer.wait();
+            self.stop_recording();
         } else if fd == libc::STDIN_FILENO {
             self.on_stdin(ops);
         }

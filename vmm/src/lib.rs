@@ -11,6 +11,7 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod persist;
+pub mod snapshot_io;
 pub mod snapshot_state;
 pub mod state;
 pub mod vcpu;

@@ -44,6 +44,9 @@ struct Args {
     /// Write the guest's serial output here instead of stdout.
     #[arg(long, value_name = "FILE")]
     serial_out: Option<String>,
+    /// Print a summary of a snapshot state file and exit.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    describe_snapshot: Option<PathBuf>,
     /// Largest API request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
     http_api_max_payload_size: usize,
@@ -72,8 +75,62 @@ fn fail(msg: String) -> i32 {
     1
 }
 
+/// `--describe-snapshot`: version, integrity and what the snapshot holds.
+fn describe_snapshot(path: &std::path::Path) -> i32 {
+    let summary = match snapshot::describe(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tartarus-vmm: {}: {e}", path.display());
+            return 1;
+        }
+    };
+    let b = &summary.body;
+    println!("snapshot: {}", path.display());
+    println!(
+        "format version: {}.{}{}",
+        summary.version.0,
+        summary.version.1,
+        if summary.supported {
+            ""
+        } else {
+            " (not readable by this VMM)"
+        }
+    );
+    println!("crc: {}", if summary.crc_ok { "ok" } else { "MISMATCH" });
+    println!("body: {} bytes", summary.body_len);
+    let field = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    println!("written by: tartarus-vmm {}", field(&b["vmm_version"]));
+    println!("id: {}", field(&b["id"]));
+    println!("vcpus: {}", b["machine"]["vcpu_count"]);
+    println!("memory: {} MiB", b["machine"]["mem_size_mib"]);
+    println!("track_dirty_pages: {}", b["machine"]["track_dirty_pages"]);
+    if let Some(regions) = b["memory"]["regions"].as_array() {
+        for r in regions {
+            println!(
+                "  region guest {:#x} size {:#x} at file offset {:#x}",
+                r["guest_base"].as_u64().unwrap_or(0),
+                r["size"].as_u64().unwrap_or(0),
+                r["file_offset"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    println!("kernel command line: {}", field(&b["cmdline"]));
+    if summary.crc_ok && summary.supported {
+        0
+    } else {
+        1
+    }
+}
+
 fn run() -> i32 {
     let args = Args::parse();
+    if let Some(path) = &args.describe_snapshot {
+        return describe_snapshot(path);
+    }
     if !valid_id(&args.id) {
         eprintln!(
             "tartarus-vmm: invalid --id '{}': use 1-64 characters from [A-Za-z0-9_-]",

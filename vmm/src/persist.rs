@@ -76,7 +76,8 @@ pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>> {
                     ..Default::default()
                 })
                 .collect();
-            let mut msrs = Msrs::from_entries(&entries).map_err(|e| PersistError::Fam("MSRs", e))?;
+            let mut msrs =
+                Msrs::from_entries(&entries).map_err(|e| PersistError::Fam("MSRs", e))?;
             let n = vcpu
                 .get_msrs(&mut msrs)
                 .map_err(|e| PersistError::Kvm("read MSRs", e))?;
@@ -112,16 +113,24 @@ pub fn save_vcpu(id: u8, vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState
     let mp_state = vcpu
         .get_mp_state()
         .map_err(|e| PersistError::Kvm("read MP state", e))?;
-    let regs = vcpu.get_regs().map_err(|e| PersistError::Kvm("read registers", e))?;
+    let regs = vcpu
+        .get_regs()
+        .map_err(|e| PersistError::Kvm("read registers", e))?;
     let sregs = vcpu
         .get_sregs()
         .map_err(|e| PersistError::Kvm("read special registers", e))?;
-    let xsave = vcpu.get_xsave().map_err(|e| PersistError::Kvm("read XSAVE", e))?;
-    let xcrs = vcpu.get_xcrs().map_err(|e| PersistError::Kvm("read XCRs", e))?;
+    let xsave = vcpu
+        .get_xsave()
+        .map_err(|e| PersistError::Kvm("read XSAVE", e))?;
+    let xcrs = vcpu
+        .get_xcrs()
+        .map_err(|e| PersistError::Kvm("read XCRs", e))?;
     let debug_regs = vcpu
         .get_debug_regs()
         .map_err(|e| PersistError::Kvm("read debug registers", e))?;
-    let lapic = vcpu.get_lapic().map_err(|e| PersistError::Kvm("read LAPIC", e))?;
+    let lapic = vcpu
+        .get_lapic()
+        .map_err(|e| PersistError::Kvm("read LAPIC", e))?;
     let msrs = get_msrs(vcpu, msr_indices)?;
     let events = vcpu
         .get_vcpu_events()
@@ -218,8 +227,12 @@ pub fn save_vm(vm: &VmFd) -> Result<VmArchState> {
         pic_master: get_chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: get_chip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
         ioapic: get_chip(vm, KVM_IRQCHIP_IOAPIC)?,
-        pit: vm.get_pit2().map_err(|e| PersistError::Kvm("read the PIT", e))?,
-        clock: vm.get_clock().map_err(|e| PersistError::Kvm("read the clock", e))?,
+        pit: vm
+            .get_pit2()
+            .map_err(|e| PersistError::Kvm("read the PIT", e))?,
+        clock: vm
+            .get_clock()
+            .map_err(|e| PersistError::Kvm("read the clock", e))?,
     })
 }
 
@@ -251,7 +264,12 @@ mod tests {
             index,
             ..Default::default()
         };
-        let v = restore_order(&[e(MSR_IA32_TSC_DEADLINE), e(0x174), e(MSR_IA32_TSC), e(0x175)]);
+        let v = restore_order(&[
+            e(MSR_IA32_TSC_DEADLINE),
+            e(0x174),
+            e(MSR_IA32_TSC),
+            e(0x175),
+        ]);
         let idx: Vec<u32> = v.iter().map(|e| e.index).collect();
         assert_eq!(idx, vec![MSR_IA32_TSC, 0x174, 0x175, MSR_IA32_TSC_DEADLINE]);
     }

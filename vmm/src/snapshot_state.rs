@@ -6,16 +6,9 @@ use api::models::{BootSourceConfig, MachineConfig};
 use devices::legacy::i8042::I8042State;
 use devices::legacy::serial::SerialDeviceState;
 use serde::{Deserialize, Serialize};
+use snapshot::MemoryLayout;
 
 use crate::persist::{VcpuState, VmArchState};
-
-/// One guest memory region and where its bytes sit in the memory file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemoryRegionState {
-    pub guest_addr: u64,
-    pub size: u64,
-    pub file_offset: u64,
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MicroVmState {
@@ -28,16 +21,10 @@ pub struct MicroVmState {
     #[serde(default)]
     pub boot: Option<BootSourceConfig>,
     pub cmdline: String,
-    pub memory: Vec<MemoryRegionState>,
+    /// Guest memory regions and where each sits in the memory file.
+    pub memory: MemoryLayout,
     pub vm: VmArchState,
     pub vcpus: Vec<VcpuState>,
     pub serial: SerialDeviceState,
     pub i8042: I8042State,
-}
-
-impl MicroVmState {
-    /// Total guest memory in bytes.
-    pub fn mem_bytes(&self) -> u64 {
-        self.memory.iter().map(|r| r.size).sum()
-    }
 }

@@ -29,6 +29,7 @@ pub fn valid_transition(from: VmState, to: VmState) -> bool {
     matches!(
         (from, to),
         (NotStarted, Running)
+            | (NotStarted, Paused) // a snapshot restored without resuming
             | (Running, Paused)
             | (Paused, Running)
             | (NotStarted | Running | Paused, Exited)
@@ -52,13 +53,11 @@ pub enum RequestKind {
 
 /// Whether a request of `kind` is accepted in `state`.
 pub fn accepts(state: VmState, kind: RequestKind) -> bool {
-    use RequestKind::*;
-    use VmState::*;
     match kind {
-        Always => state != Exited,
-        PreBoot | Start => state == NotStarted,
-        Running => state == VmState::Running,
-        Paused => state == VmState::Paused,
+        RequestKind::Always => state != VmState::Exited,
+        RequestKind::PreBoot | RequestKind::Start => state == VmState::NotStarted,
+        RequestKind::Running => state == VmState::Running,
+        RequestKind::Paused => state == VmState::Paused,
     }
 }
 
@@ -74,8 +73,10 @@ mod tests {
         assert!(valid_transition(Paused, Running));
         assert!(valid_transition(Running, Exited));
         assert!(!valid_transition(Running, NotStarted));
-        assert!(!valid_transition(NotStarted, Paused));
+        // A snapshot loaded without resume_vm goes straight to Paused.
+        assert!(valid_transition(NotStarted, Paused));
         assert!(!valid_transition(Exited, Running));
+        assert!(!valid_transition(Paused, NotStarted));
         assert!(!valid_transition(Running, Running));
     }
 

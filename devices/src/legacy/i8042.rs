@@ -121,7 +121,11 @@ impl I8042 {
     }
 
     /// A controller in the saved state `s`; a queue longer than the controller's is cut.
-    pub fn from_state(s: &I8042State, reset: EventFdTrigger, kbd_interrupt: EventFdTrigger) -> Self {
+    pub fn from_state(
+        s: &I8042State,
+        reset: EventFdTrigger,
+        kbd_interrupt: EventFdTrigger,
+    ) -> Self {
         let mut dev = I8042::new(reset, kbd_interrupt);
         dev.status = s.status;
         dev.ctr = s.ctr;

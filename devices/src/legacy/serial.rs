@@ -85,13 +85,8 @@ impl SerialDevice {
             scratch: s.scratch,
             in_buffer: s.in_buffer.clone(),
         };
-        let inner = Serial::from_state(
-            &state,
-            interrupt,
-            SerialEventSink(counters.clone()),
-            out,
-        )
-        .map_err(|e| format!("invalid serial state: {e:?}"))?;
+        let inner = Serial::from_state(&state, interrupt, SerialEventSink(counters.clone()), out)
+            .map_err(|e| format!("invalid serial state: {e:?}"))?;
         Ok(SerialDevice { inner, counters })
     }
 
