@@ -14,6 +14,7 @@ use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use seccomp::ThreadKind;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -44,6 +45,18 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 pub fn register_kick_signal() -> Result<(), VcpuError> {
     register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler)
         .map_err(VcpuError::Signal)
+}
+
+/// Installs this thread's seccomp filter from the process-wide set (if any) and logs it.
+pub fn install_seccomp(kind: ThreadKind) -> Result<(), String> {
+    match seccomp::install_thread(kind) {
+        Ok(true) => {
+            tracing::info!("seccomp: installed the {kind} filter");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(crate::controller::error_chain(&e)),
+    }
 }
 
 /// Requests the VMM thread sends to a vCPU thread.
@@ -174,10 +187,16 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
-                KVM_RUN_PTR.with(|p| p.set(run_ptr));
-                let stop = self.run(&cmd_rx, &resp_tx);
-                KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+                let stop = match install_seccomp(ThreadKind::Vcpu) {
+                    Ok(()) => {
+                        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+                        KVM_RUN_PTR.with(|p| p.set(run_ptr));
+                        let stop = self.run(&cmd_rx, &resp_tx);
+                        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+                        stop
+                    }
+                    Err(e) => VcpuStop::Error(e),
+                };
                 match &stop {
                     VcpuStop::GuestShutdown(why) => tracing::info!("vCPU {id} stopped: {why}"),
                     VcpuStop::Error(why) => {
