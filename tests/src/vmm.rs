@@ -37,6 +37,7 @@ pub struct VmmBuilder {
     binary: Option<PathBuf>,
     api: bool,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
 }
 
 impl Default for VmmBuilder {
@@ -45,6 +46,7 @@ impl Default for VmmBuilder {
             binary: None,
             api: true,
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 }
@@ -83,6 +85,13 @@ impl VmmBuilder {
         self
     }
 
+    /// Sets an environment variable for the VMM.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
     /// Spawns the VMM in a fresh temporary directory. Panics if it cannot be started.
     pub fn spawn(self) -> Vmm {
         self.spawn_in(TempDir::new("vmm"))
@@ -116,6 +125,7 @@ impl VmmBuilder {
             cmd.arg("--api-sock").arg(&socket);
         }
         cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

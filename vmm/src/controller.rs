@@ -438,10 +438,13 @@ impl Vmm {
                     .into(),
             );
         }
+        let msr_list = std::sync::Arc::new(
+            persist::msr_index_list(&vm.kvm).map_err(|e| error_chain(&e))?,
+        );
         let vcpus = vm
             .vcpus
             .iter()
-            .map(|v| v.save_state())
+            .map(|v| v.save_state(msr_list.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let arch = persist::save_vm(&vm.vm).map_err(|e| error_chain(&e))?;

@@ -8,8 +8,10 @@ use api::models::{LogLevel, VmConfig};
 use api::ApiServer;
 use clap::Parser;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use seccomp::{Filters, ThreadKind};
 use vmm::controller::{error_chain, ApiLink, SerialOut, Vmm};
 use vmm::logger::{self, LogSettings};
+use vmm::vcpu::install_seccomp;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Largest API request body accepted unless told otherwise (Firecracker's default).
@@ -50,6 +52,13 @@ struct Args {
     /// Largest API request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
     http_api_max_payload_size: usize,
+    /// Run without seccomp filters (for debugging only).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+    /// Seccomp filters from this JSON file (seccompiler's format, one filter per thread:
+    /// "api", "vmm", "vcpu") instead of the built-in ones.
+    #[arg(long, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
 }
 
 fn parse_level(s: &str) -> Result<LogLevel, String> {
@@ -157,6 +166,24 @@ fn run() -> i32 {
     };
     logger::init(&settings);
 
+    // Every thread installs its own filter from this set: api and vCPU threads first thing,
+    // the VMM thread right before its event loop.
+    let filters = if args.no_seccomp {
+        Ok(Filters::disabled())
+    } else if let Some(path) = &args.seccomp_filter {
+        Filters::from_json_file(path)
+    } else {
+        Filters::built_in()
+    };
+    let filters = match filters {
+        Ok(f) => f,
+        Err(e) => return fail(error_chain(&e)),
+    };
+    tracing::info!("{}", filters.summary());
+    if let Err(e) = seccomp::set_global(filters) {
+        return fail(error_chain(&e));
+    }
+
     // Bind first, so the socket accepts connections as early as possible.
     let server = if args.no_api {
         None
@@ -220,6 +247,10 @@ fn run() -> i32 {
         let spawned = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                if let Err(e) = install_seccomp(ThreadKind::Api) {
+                    // Never serve untrusted requests unfiltered.
+                    std::process::exit(fail(e));
+                }
                 if let Err(e) = server.run(tx, rx, wake) {
                     tracing::error!("API server stopped: {}", error_chain(&e));
                 }
@@ -229,6 +260,9 @@ fn run() -> i32 {
         }
     }
 
+    if let Err(e) = install_seccomp(ThreadKind::Vmm) {
+        return fail(e);
+    }
     let code = event_loop(vmm);
     if !args.no_api {
         let _ = std::fs::remove_file(&args.api_sock);

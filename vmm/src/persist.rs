@@ -59,13 +59,19 @@ pub struct VmArchState {
     pub clock: kvm_clock_data,
 }
 
-/// The MSRs worth saving: every index KVM lists that this vCPU can actually read.
-pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>> {
-    let list = kvm
+/// KVM's list of MSR indices (from /dev/kvm).
+pub fn msr_index_list(kvm: &Kvm) -> Result<Vec<u32>> {
+    Ok(kvm
         .get_msr_index_list()
-        .map_err(|e| PersistError::Kvm("list MSRs", e))?;
+        .map_err(|e| PersistError::Kvm("list MSRs", e))?
+        .as_slice()
+        .to_vec())
+}
+
+/// The MSRs worth saving: every index of `list` that this vCPU can actually read.
+pub fn readable_msrs(list: &[u32], vcpu: &VcpuFd) -> Result<Vec<u32>> {
     let mut readable = Vec::new();
-    for chunk in list.as_slice().chunks(MSR_CHUNK) {
+    for chunk in list.chunks(MSR_CHUNK) {
         let mut pending: Vec<u32> = chunk.to_vec();
         // KVM_GET_MSRS stops at the first MSR it cannot read: drop that one and go on.
         while !pending.is_empty() {
@@ -288,7 +294,7 @@ mod tests {
         regs.rax = 0x1234_5678;
         regs.rip = 0x10_0000;
         a.set_regs(&regs).unwrap();
-        let msrs = readable_msrs(&kvm, &a).unwrap();
+        let msrs = readable_msrs(&msr_index_list(&kvm).unwrap(), &a).unwrap();
         assert!(!msrs.is_empty());
         let s = save_vcpu(0, &a, &msrs).unwrap();
         let json = serde_json::to_string(&s).unwrap();

@@ -14,6 +14,7 @@ use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use seccomp::ThreadKind;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -48,13 +49,26 @@ pub fn register_kick_signal() -> Result<(), VcpuError> {
         .map_err(VcpuError::Signal)
 }
 
+/// Installs this thread's seccomp filter from the process-wide set (if any) and logs it.
+pub fn install_seccomp(kind: ThreadKind) -> Result<(), String> {
+    match seccomp::install_thread(kind) {
+        Ok(true) => {
+            tracing::info!("seccomp: installed the {kind} filter");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(crate::controller::error_chain(&e)),
+    }
+}
+
 /// Requests the VMM thread sends to a vCPU thread.
 #[derive(Debug)]
 pub enum VcpuCommand {
     Pause,
     Resume,
-    /// Save the vCPU's state; only answered while paused.
-    SaveState,
+    /// Save the vCPU's state; only answered while paused. Carries KVM's MSR index list (read
+    /// on the VMM thread: vCPU threads may not open /dev/kvm under their seccomp filter).
+    SaveState(Arc<Vec<u32>>),
 }
 
 /// A vCPU thread's answers.
@@ -129,9 +143,9 @@ impl VcpuHandle {
     }
 
     /// Asks a paused vCPU for its state.
-    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+    pub fn save_state(&self, msr_list: Arc<Vec<u32>>) -> Result<VcpuState, VcpuError> {
         self.commands
-            .send(VcpuCommand::SaveState)
+            .send(VcpuCommand::SaveState(msr_list))
             .map_err(|_| VcpuError::Gone(self.id))?;
         match self.responses.recv_timeout(COMMAND_TIMEOUT) {
             Ok(VcpuResponse::State(s)) => (*s).map_err(|e| VcpuError::Save(self.id, e)),
@@ -206,18 +220,24 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
-                KVM_RUN_PTR.with(|p| p.set(run_ptr));
-                let early_stop = if paused {
-                    self.command(VcpuCommand::Pause, &cmd_rx, &resp_tx)
-                } else {
-                    None
+let stop = match install_seccomp(ThreadKind::Vcpu) {
+                    Ok(()) => {
+                        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+                        KVM_RUN_PTR.with(|p| p.set(run_ptr));
+                        let early_stop = if paused {
+                            self.command(VcpuCommand::Pause, &cmd_rx, &resp_tx)
+                        } else {
+                            None
+                        };
+                        let stop = match early_stop {
+                            Some(stop) => stop,
+                            None => self.run(&cmd_rx, &resp_tx),
+                        };
+                        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+                        stop
+                    }
+                    Err(e) => VcpuStop::Error(e),
                 };
-                let stop = match early_stop {
-                    Some(stop) => stop,
-                    None => self.run(&cmd_rx, &resp_tx),
-                };
-                KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
                 match &stop {
                     VcpuStop::GuestShutdown(why) => tracing::info!("vCPU {id} stopped: {why}"),
                     VcpuStop::Error(why) => {
@@ -267,7 +287,7 @@ impl Vcpu {
                 let _ = responses.send(VcpuResponse::Resumed);
                 None
             }
-            VcpuCommand::SaveState => {
+            VcpuCommand::SaveState(_) => {
                 let _ = responses.send(VcpuResponse::NotAllowed("save state while running"));
                 None
             }
@@ -278,8 +298,8 @@ impl Vcpu {
                         Ok(VcpuCommand::Pause) => {
                             let _ = responses.send(VcpuResponse::Paused);
                         }
-                        Ok(VcpuCommand::SaveState) => {
-                            let state = self.save_state();
+                        Ok(VcpuCommand::SaveState(list)) => {
+                            let state = self.save_state(&list);
                             let _ = responses.send(VcpuResponse::State(Box::new(state)));
                         }
                         Ok(VcpuCommand::Resume) => {
@@ -293,10 +313,9 @@ impl Vcpu {
         }
     }
 
-    fn save_state(&mut self) -> Result<VcpuState, String> {
+    fn save_state(&mut self, msr_list: &[u32]) -> Result<VcpuState, String> {
         if self.msr_indices.is_none() {
-            let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-            let list = persist::readable_msrs(&kvm, &self.fd).map_err(|e| e.to_string())?;
+            let list = persist::readable_msrs(msr_list, &self.fd).map_err(|e| e.to_string())?;
             self.msr_indices = Some(list);
         }
         let indices = self.msr_indices.as_deref().unwrap_or_default();
