@@ -1,1 +1,205 @@
 //! virtio devices and the virtio-mmio transport.
+//!
+//! # Pieces
+//! - [`VirtioDevice`]: what a device model (virtio-blk, later net and vsock) implements. It knows
+//!   nothing of the transport: it offers features, exposes a config space, and once activated it
+//!   owns its queues and guest memory until it is reset.
+//! - [`mmio::MmioTransport`]: the virtio-mmio (register layout version 2) transport. It is a
+//!   [`BusDevice`](crate::BusDevice) on the MMIO bus, negotiates features, runs the driver status
+//!   state machine, collects queue configuration and activates/resets the device. It owns one
+//!   `EventFd` per queue (the ioeventfds) and the interrupt `EventFd` (the irqfd).
+//! - [`handler::VirtioEventHandler`]: an event-manager subscriber that watches the queue EventFds
+//!   and any device-side fds (rate-limiter timer, io_uring completions) and calls into the device
+//!   on the VMM thread.
+//! - [`block::Block`]: virtio-blk with a synchronous and an io_uring engine.
+//!
+//! # Wiring a device into the VMM (one call site per device)
+//! ```text
+//! let block = Arc::new(Mutex::new(Block::new(block_config)?));      // Err → 400 for PUT /drives
+//! let transport = MmioTransport::new(mem.clone(), block.clone())?;  // Arc<Mutex<dyn VirtioDevice>>
+//! for (i, evt) in transport.queue_evts().iter().enumerate() {
+//!     vm_fd.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), i as u32)?;
+//! }
+//! vm_fd.register_irqfd(transport.interrupt_evt(), irq)?;
+//! event_manager.add_subscriber(Arc::new(Mutex::new(transport.event_handler()?)));
+//! mmio_bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_DEVICE_SIZE)?;
+//! cmdline.push(mmio::cmdline_entry(base, irq));
+//! ```
+//! The ioeventfd is registered at `base + 0x50` (QueueNotify), 4 bytes wide, with datamatch equal
+//! to the queue index. If the VMM does not register it, the transport writes the EventFd itself when
+//! the guest's QueueNotify write reaches it through the bus, so behaviour is the same, only slower.
+//!
+//! # Locking
+//! The transport (vCPU threads, through the bus) locks the device while it holds its own lock; the
+//! event handler (VMM thread) locks only the device. Nobody locks the transport while holding the
+//! device, so the order transport → device is deadlock free. The VMM keeps its own
+//! `Arc<Mutex<Block>>` for PATCH (`update_backing_file`, `update_rate_limiter`) and metrics.
+
+pub mod block;
+pub mod handler;
+pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::GuestMemoryMmap;
+
+pub use handler::VirtioEventHandler;
+pub use mmio::MmioTransport;
+
+/// Device type: block device (virtio spec 5).
+pub const TYPE_BLOCK: u32 = 2;
+/// Device type: network card.
+pub const TYPE_NET: u32 = 1;
+/// Device type: socket device.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Feature bit: the device complies with virtio 1.x.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: used/avail event index notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Driver status bits (virtio spec 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// InterruptStatus bit: a used buffer was added to a queue.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+/// InterruptStatus bit: the configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
+
+/// Errors of device activation.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("Expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("Device is already active")]
+    AlreadyActive,
+    #[error("Device backend failed to start")]
+    Backend(#[source] io::Error),
+}
+
+/// Which interrupt cause to raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// A used buffer notification (InterruptStatus bit 0).
+    Vring,
+    /// A configuration change notification (InterruptStatus bit 1).
+    Config,
+}
+
+/// The interrupt state shared by a transport and its active device: the InterruptStatus register,
+/// the ConfigGeneration counter and the irqfd.
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    config_generation: AtomicU32,
+    irq_evt: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// Wraps `irq_evt`, the EventFd the VMM registers with KVM as an irqfd.
+    pub fn new(irq_evt: EventFd) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
+            irq_evt,
+        }
+    }
+
+    /// Sets the cause bit in InterruptStatus and signals the irqfd.
+    pub fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
+        let bit = match kind {
+            InterruptKind::Vring => VIRTIO_MMIO_INT_VRING,
+            InterruptKind::Config => VIRTIO_MMIO_INT_CONFIG,
+        };
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.irq_evt.write(1)
+    }
+
+    /// Bumps ConfigGeneration and raises a configuration change interrupt. Devices call this when
+    /// their config space changes while active (e.g. a new backing file changes the capacity).
+    pub fn notify_config_change(&self) -> io::Result<()> {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
+        self.trigger(InterruptKind::Config)
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The irqfd.
+    pub fn irq_evt(&self) -> &EventFd {
+        &self.irq_evt
+    }
+}
+
+/// A virtio device model, independent of its transport.
+///
+/// Life cycle: created inactive; [`activate`](Self::activate) hands it guest memory, the queues
+/// the driver configured and the interrupt; [`reset`](Self::reset) stops it and drops them, after
+/// which it can be activated again. All methods must tolerate any guest behaviour without panicking.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (e.g. [`TYPE_BLOCK`]).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device feature bits offered to the driver. The transport adds VERSION_1 and EVENT_IDX.
+    fn avail_features(&self) -> u64;
+    /// Features the driver accepted (a subset of the offered ones), set at FEATURES_OK.
+    fn set_acked_features(&mut self, features: u64);
+    /// Reads the device config space at `offset`; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device config space at `offset`; read-only fields ignore writes.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device. `queues` are validated against `mem` by the transport and have event-idx
+    /// set as negotiated.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError>;
+    /// Whether [`activate`](Self::activate) succeeded and no reset happened since.
+    fn is_activated(&self) -> bool;
+    /// Stops the device: in-flight work is drained, queues, memory and interrupt are dropped.
+    fn reset(&mut self);
+    /// Called on the VMM thread when queue `index`'s notification EventFd fired. A no-op when the
+    /// device is not active.
+    fn process_queue(&mut self, index: usize);
+    /// Extra fds the event loop must watch for this device (timers, completion eventfds). They
+    /// must stay the same for the device's whole life, across resets.
+    fn aux_event_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Called when `aux_event_fds()[index]` is readable.
+    fn handle_aux_event(&mut self, _index: usize) {}
+}
