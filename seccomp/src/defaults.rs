@@ -181,6 +181,29 @@ pub fn vmm() -> AllowList {
         sys!(SYS_lseek),
         sys!(SYS_unlink),
         sys!(SYS_unlinkat),
+        // Snapshots: memory and state files (written whole, renamed into place, synced), the
+        // page-server thread (poll on the uffd, pread of sparse files).
+        sys!(SYS_ftruncate),
+        sys!(SYS_fsync),
+        sys!(SYS_fdatasync),
+        sys!(SYS_pread64),
+        sys!(SYS_pwrite64),
+        sys!(SYS_rename),
+        sys!(SYS_renameat),
+        sys!(SYS_renameat2),
+        sys!(SYS_poll),
+        sys!(SYS_ppoll),
+        sys!(SYS_userfaultfd),
+        // The external page-fault handler: connect and pass the uffd over a Unix socket.
+        sys!(SYS_connect),
+        sys!(SYS_sendmsg),
+        sys!(SYS_recvmsg),
+        // virtio-blk: vectored I/O (Sync engine) and io_uring (Async engine).
+        sys!(SYS_preadv),
+        sys!(SYS_pwritev),
+        sys!(SYS_io_uring_setup),
+        sys!(SYS_io_uring_enter),
+        sys!(SYS_io_uring_register),
         // vCPU threads (glibc's pthread_create uses clone3, whose flags BPF cannot see) and
         // what a new thread does before installing its own filter.
         sys!(SYS_clone3),
@@ -221,7 +244,10 @@ pub fn vmm() -> AllowList {
         &[("vCPU kick (SIGRTMIN)", libc::SIGRTMIN() as u64)],
     );
     l.one_of(sys!(SYS_fcntl), 1, &fcntl_cmds());
+    // Unix sockets only (the external userfaultfd handler).
+    l.one_of(sys!(SYS_socket), 0, &[("AF_UNIX", libc::AF_UNIX as u64)]);
     l.one_of(sys!(SYS_ioctl), 1, &named(VMM_KVM_IOCTLS));
+    l.one_of(sys!(SYS_ioctl), 1, &named(UFFD_IOCTLS));
     l.one_of(
         sys!(SYS_ioctl),
         1,

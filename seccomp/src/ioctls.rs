@@ -102,11 +102,24 @@ ioctls! { OTHER_IOCTLS:
     FIOCLEX = 0x5451;
 }
 
+// userfaultfd (<linux/userfaultfd.h>, type 0xAA): snapshot restore with a Uffd backend.
+const UFFDIO: u32 = 0xaa;
+ioctls! { UFFD_IOCTLS:
+    USERFAULTFD_IOC_NEW = ioc(IOC_NONE, UFFDIO, 0x00, 0);
+    UFFDIO_REGISTER = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x00, 32);
+    UFFDIO_UNREGISTER = ioc(IOC_READ, UFFDIO, 0x01, 16);
+    UFFDIO_WAKE = ioc(IOC_READ, UFFDIO, 0x02, 16);
+    UFFDIO_COPY = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x03, 40);
+    UFFDIO_ZEROPAGE = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x04, 32);
+    UFFDIO_API = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x3f, 24);
+}
+
 /// The request number strace prints as `name`, if known.
 pub fn by_name(name: &str) -> Option<u32> {
     KVM_IOCTLS
         .iter()
         .chain(OTHER_IOCTLS)
+        .chain(UFFD_IOCTLS)
         .find(|(n, _)| *n == name)
         .map(|(_, v)| *v)
 }
@@ -116,6 +129,7 @@ pub fn name_of(value: u32) -> Option<&'static str> {
     KVM_IOCTLS
         .iter()
         .chain(OTHER_IOCTLS)
+        .chain(UFFD_IOCTLS)
         .find(|(_, v)| *v == value)
         .map(|(n, _)| *n)
 }
@@ -123,6 +137,18 @@ pub fn name_of(value: u32) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uffd_numbers_match_the_kernel_headers() {
+        // Values printed by a C program including <linux/userfaultfd.h> on x86_64.
+        assert_eq!(UFFDIO_API, 0xc018_aa3f);
+        assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
+        assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
+        assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
+        assert_eq!(UFFDIO_COPY, 0xc028_aa03);
+        assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
+        assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00);
+    }
 
     #[test]
     fn numbers_match_the_kernel_headers() {
