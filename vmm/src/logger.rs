@@ -5,13 +5,23 @@ use std::sync::{Arc, OnceLock};
 
 use api::models::{LogLevel, LoggerConfig};
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, Layer, Registry};
 
-type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+// The level filter is a global filter with its own reload handle; the formatting layer above it
+// carries no per-layer filter, so it can be swapped whole. (A per-layer filter inside a reload
+// layer loses its filter id on reload and panics on the next event.)
+type FilterLayer = reload::Layer<Targets, Registry>;
+type Base = Layered<FilterLayer, Registry>;
+type FmtLayer = Box<dyn Layer<Base> + Send + Sync>;
 
-static HANDLE: OnceLock<reload::Handle<BoxedLayer, Registry>> = OnceLock::new();
+struct Handles {
+    filter: reload::Handle<Targets, Registry>,
+    fmt: reload::Handle<FmtLayer, Base>,
+}
+
+static HANDLES: OnceLock<Handles> = OnceLock::new();
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
@@ -45,11 +55,14 @@ fn level_filter(l: LogLevel) -> LevelFilter {
     }
 }
 
-fn build_layer(s: &LogSettings) -> BoxedLayer {
-    let filter = match &s.module {
+fn build_filter(s: &LogSettings) -> Targets {
+    match &s.module {
         Some(m) => Targets::new().with_target(m.clone(), level_filter(s.level)),
         None => Targets::new().with_default(level_filter(s.level)),
-    };
+    }
+}
+
+fn build_layer(s: &LogSettings) -> FmtLayer {
     let base = fmt::layer()
         .with_level(s.show_level)
         .with_file(s.show_log_origin)
@@ -57,16 +70,8 @@ fn build_layer(s: &LogSettings) -> BoxedLayer {
         .with_target(false)
         .with_thread_names(true);
     match &s.file {
-        Some(f) => base
-            .with_ansi(false)
-            .with_writer(f.clone())
-            .with_filter(filter)
-            .boxed(),
-        None => base
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed(),
+        Some(f) => base.with_ansi(false).with_writer(f.clone()).boxed(),
+        None => base.with_ansi(false).with_writer(std::io::stderr).boxed(),
     }
 }
 
@@ -82,13 +87,18 @@ pub fn open_log_file(path: &str) -> Result<Arc<File>, LoggerError> {
 
 /// Installs the global logger. Called once, first thing in main.
 pub fn init(settings: &LogSettings) {
-    let (layer, handle) = reload::Layer::new(build_layer(settings));
+    let (filter, filter_handle) = reload::Layer::new(build_filter(settings));
+    let (layer, fmt_handle) = reload::Layer::new(build_layer(settings));
     if tracing_subscriber::registry()
+        .with(filter)
         .with(layer)
         .try_init()
         .is_ok()
     {
-        let _ = HANDLE.set(handle);
+        let _ = HANDLES.set(Handles {
+            filter: filter_handle,
+            fmt: fmt_handle,
+        });
     }
 }
 
@@ -110,9 +120,14 @@ pub fn apply(current: &LogSettings, cfg: &LoggerConfig) -> Result<LogSettings, L
     if cfg.module.is_some() {
         s.module = cfg.module.clone();
     }
-    let handle = HANDLE.get().ok_or(LoggerError::NotInitialised)?;
-    handle
+    let handles = HANDLES.get().ok_or(LoggerError::NotInitialised)?;
+    handles
+        .fmt
         .reload(build_layer(&s))
+        .map_err(|e| LoggerError::Reload(e.to_string()))?;
+    handles
+        .filter
+        .reload(build_filter(&s))
         .map_err(|e| LoggerError::Reload(e.to_string()))?;
     Ok(s)
 }
