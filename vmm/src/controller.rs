@@ -438,9 +438,8 @@ impl Vmm {
                     .into(),
             );
         }
-        let msr_list = std::sync::Arc::new(
-            persist::msr_index_list(&vm.kvm).map_err(|e| error_chain(&e))?,
-        );
+        let msr_list =
+            std::sync::Arc::new(persist::msr_index_list(&vm.kvm).map_err(|e| error_chain(&e))?);
         let vcpus = vm
             .vcpus
             .iter()

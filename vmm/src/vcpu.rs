@@ -220,7 +220,7 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-let stop = match install_seccomp(ThreadKind::Vcpu) {
+                let stop = match install_seccomp(ThreadKind::Vcpu) {
                     Ok(()) => {
                         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
                         KVM_RUN_PTR.with(|p| p.set(run_ptr));
