@@ -1,12 +1,13 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--runs N] [--vmm PATH] [--guests DIR] [--out FILE]
+//! tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
 //! and, for each metric, `{"name","unit","runs","median","p10","p90","min","max"}`.
 //!
-//! Metrics (each run uses a fresh `tartarus-vmm` process):
+//! Boot suite metrics (each run uses a fresh `tartarus-vmm` process):
 //! - `api_ready_ms`: spawn → the first successful `connect()` on the API socket (polled tightly).
 //! - `instance_start_to_first_serial_ms`: `InstanceStart` sent → first byte on the VMM's stdout
 //!   (hello.elf with `wait_cad`, so it stays alive).
@@ -17,6 +18,11 @@
 //! - `vmm_private_dirty_overhead_kib`: Private_Dirty excluding the guest memory.
 //! - `guest_mem_rss_kib`: Rss of the guest memory, for context.
 //! - `instance_start_to_exit_ms`: `InstanceStart` sent → VMM exit, hello.elf without `wait_cad`.
+//!
+//! The snapshot suite (snapshot create, load and wake latency, restores per second, private
+//! memory of a restored VMM, peer baselines, targets) is described in [`snapshot`].
+
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -32,17 +38,38 @@ use tartarus_tests::{
 const GUEST_MEM_NAME: &str = "[anon:tartarus-guest-mem]";
 const MEM_MIB: u64 = 128;
 
+/// Which benchmarks to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Suite {
+    Boot,
+    Snapshot,
+    All,
+}
+
 struct Options {
+    suite: Suite,
     runs: usize,
+    /// Restores per concurrency level for `restores_per_second`.
+    restores: usize,
     vmm: PathBuf,
     guests: Guests,
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: tartarus-bench [--runs N] [--vmm PATH] [--guests DIR] [--out FILE]";
+const USAGE: &str = "usage: tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] \
+[--vmm PATH] [--guests DIR] [--out FILE]";
+
+fn positive(name: &str, v: &str) -> Result<usize, String> {
+    v.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{name}: not a positive number: {v}"))
+}
 
 fn parse_args() -> Result<Options, String> {
     let mut runs = 20usize;
+    let mut restores = 40usize;
+    let mut suite = Suite::All;
     let mut vmm: Option<PathBuf> = None;
     let mut guests_dir: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
@@ -53,13 +80,15 @@ fn parse_args() -> Result<Options, String> {
                 .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
         };
         match a.as_str() {
-            "--runs" => {
-                let v = value("--runs")?;
-                runs = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("--runs: not a positive number: {v}"))?;
+            "--runs" => runs = positive("--runs", &value("--runs")?)?,
+            "--restores" => restores = positive("--restores", &value("--restores")?)?,
+            "--suite" => {
+                suite = match value("--suite")?.as_str() {
+                    "boot" => Suite::Boot,
+                    "snapshot" => Suite::Snapshot,
+                    "all" => Suite::All,
+                    other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
+                }
             }
             "--vmm" => vmm = Some(value("--vmm")?.into()),
             "--guests" => guests_dir = Some(value("--guests")?.into()),
@@ -98,7 +127,9 @@ fn parse_args() -> Result<Options, String> {
         None => build_guests(&default_guest_dir())?,
     };
     Ok(Options {
+        suite,
         runs,
+        restores,
         vmm,
         guests,
         out,
@@ -157,7 +188,7 @@ fn summary(name: &str, unit: &str, samples: &[f64]) -> Value {
 // The release profile aborts on panic, so nothing here may panic while a VMM runs: every
 // step returns an error instead, and the handles are dropped (VMMs killed, directories removed).
 
-fn spawn(opts: &Options) -> Result<Vmm, String> {
+pub(crate) fn spawn(opts: &Options) -> Result<Vmm, String> {
     VmmBuilder::new()
         .binary(&opts.vmm)
         .try_spawn_in(TempDir::new("bench"))
@@ -209,6 +240,7 @@ struct Mapping {
     name: String,
     size_kib: u64,
     rss_kib: u64,
+    private_clean_kib: u64,
     private_dirty_kib: u64,
 }
 
@@ -223,6 +255,7 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
             match first {
                 "Size:" => m.size_kib = value,
                 "Rss:" => m.rss_kib = value,
+                "Private_Clean:" => m.private_clean_kib = value,
                 "Private_Dirty:" => m.private_dirty_kib = value,
                 _ => {}
             }
@@ -243,7 +276,8 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
 /// How the guest-memory mappings were told apart from the VMM's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum GuestMemBy {
-    /// `[anon:tartarus-guest-mem]` (needs CONFIG_ANON_VMA_NAME in the host kernel).
+    /// `[anon:tartarus-guest-mem]` (needs CONFIG_ANON_VMA_NAME in the host kernel), or the
+    /// memory file's path for a File-backed restore.
     Name,
     /// Unnamed writable anonymous mappings of about the guest size. The kernel may merge the
     /// guest mapping with an adjacent anonymous one (e.g. a malloc arena), so this
@@ -268,14 +302,27 @@ struct Smaps {
     guest_rss_kib: u64,
     private_dirty_kib: u64,
     guest_private_dirty_kib: u64,
+    /// Private_Clean + Private_Dirty of every mapping.
+    private_kib: u64,
+    guest_private_kib: u64,
     guest_by: GuestMemBy,
 }
 
 /// Slack allowed above the guest size when guest memory is found by size.
 const MERGE_SLACK_KIB: u64 = 8 * 1024;
 
-fn classify(maps: &[Mapping], guest_mem_kib: u64) -> Smaps {
-    let named: Vec<&Mapping> = maps.iter().filter(|m| m.name == GUEST_MEM_NAME).collect();
+/// Splits `maps` into guest memory and the rest. `mem_file` is the memory file of a File-backed
+/// restore, whose guest mapping carries the file's path (` (deleted)` once it is unlinked).
+fn classify(maps: &[Mapping], guest_mem_kib: u64, mem_file: Option<&Path>) -> Smaps {
+    let file = mem_file.map(|p| p.display().to_string());
+    let is_guest_file = |name: &str| {
+        file.as_deref()
+            .is_some_and(|f| name == f || name.strip_suffix(" (deleted)") == Some(f))
+    };
+    let named: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.name == GUEST_MEM_NAME || is_guest_file(&m.name))
+        .collect();
     let (guest, guest_by) = if !named.is_empty() {
         (named, GuestMemBy::Name)
     } else {
@@ -299,6 +346,14 @@ fn classify(maps: &[Mapping], guest_mem_kib: u64) -> Smaps {
         guest_rss_kib: guest.iter().map(|m| m.rss_kib).sum(),
         private_dirty_kib: maps.iter().map(|m| m.private_dirty_kib).sum(),
         guest_private_dirty_kib: guest.iter().map(|m| m.private_dirty_kib).sum(),
+        private_kib: maps
+            .iter()
+            .map(|m| m.private_clean_kib + m.private_dirty_kib)
+            .sum(),
+        guest_private_kib: guest
+            .iter()
+            .map(|m| m.private_clean_kib + m.private_dirty_kib)
+            .sum(),
         guest_by,
     }
 }
@@ -323,7 +378,7 @@ fn start_to_first_serial(opts: &Options) -> Result<StartRun, String> {
         .ok_or("serial output seen but no first-byte time")?;
     let smaps_path = format!("/proc/{}/smaps", vmm.pid());
     let text = std::fs::read_to_string(&smaps_path).map_err(|e| format!("{smaps_path}: {e}"))?;
-    let smaps = classify(&parse_smaps(&text), MEM_MIB * 1024);
+    let smaps = classify(&parse_smaps(&text), MEM_MIB * 1024, None);
     action(&vmm, "SendCtrlAltDel")?;
     if vmm
         .try_wait_exit(GUEST_TIMEOUT, Duration::from_millis(2))
@@ -403,7 +458,8 @@ fn host_facts(opts: &Options) -> Value {
     })
 }
 
-fn run(opts: &Options) -> Result<Value, String> {
+/// The boot suite: its configuration and metrics.
+fn run_boot(opts: &Options) -> Result<(Value, Vec<Value>), String> {
     let n = opts.runs;
     let progress = |name: &str, i: usize| eprint!("\r{name}: {}/{n}   ", i + 1);
 
@@ -457,25 +513,46 @@ fn run(opts: &Options) -> Result<Value, String> {
     }
     eprintln!();
 
-    Ok(json!({
+    let config = json!({
+        "guest": opts.guests.hello_elf,
+        "vcpu_count": 1,
+        "mem_size_mib": MEM_MIB,
+        "guest_mem_identified_by": guest_by.as_str(),
+    });
+    let metrics = vec![
+        summary("api_ready_ms", "ms", &api),
+        summary("instance_start_to_first_serial_ms", "ms", &first_serial),
+        summary("vmm_private_overhead_kib", "KiB", &overhead),
+        summary("vmm_private_dirty_overhead_kib", "KiB", &dirty),
+        summary("guest_mem_rss_kib", "KiB", &guest_rss),
+        summary("instance_start_to_exit_ms", "ms", &exit),
+    ];
+    Ok((config, metrics))
+}
+
+fn run(opts: &Options) -> Result<Value, String> {
+    let mut doc = json!({
         "benchmark": "tartarus-bench",
         "host": host_facts(opts),
-        "config": {
-            "runs": n,
-            "guest": opts.guests.hello_elf,
-            "vcpu_count": 1,
-            "mem_size_mib": MEM_MIB,
-            "guest_mem_identified_by": guest_by.as_str(),
-        },
-        "metrics": [
-            summary("api_ready_ms", "ms", &api),
-            summary("instance_start_to_first_serial_ms", "ms", &first_serial),
-            summary("vmm_private_overhead_kib", "KiB", &overhead),
-            summary("vmm_private_dirty_overhead_kib", "KiB", &dirty),
-            summary("guest_mem_rss_kib", "KiB", &guest_rss),
-            summary("instance_start_to_exit_ms", "ms", &exit),
-        ],
-    }))
+        "config": { "runs": opts.runs, "suite": format!("{:?}", opts.suite).to_lowercase() },
+        "metrics": [],
+    });
+    let mut metrics = Vec::new();
+    if opts.suite != Suite::Snapshot {
+        let (config, m) = run_boot(opts)?;
+        if let (Some(doc_config), Some(boot)) = (doc["config"].as_object_mut(), config.as_object())
+        {
+            doc_config.extend(boot.clone());
+        }
+        metrics.extend(m);
+    }
+    if opts.suite != Suite::Boot {
+        let (report, m) = snapshot::run(opts)?;
+        doc["snapshot"] = report;
+        metrics.extend(m);
+    }
+    doc["metrics"] = Value::Array(metrics);
+    Ok(doc)
 }
 
 fn main() -> ExitCode {
@@ -546,7 +623,7 @@ VmFlags: rd wr mr mw me ac
         assert_eq!(maps[1].name, GUEST_MEM_NAME);
         assert_eq!(maps[2].name, "");
         assert_eq!(maps[2].perms, "rw-p");
-        let s = classify(&maps, 131072);
+        let s = classify(&maps, 131072, None);
         assert_eq!(s.guest_by, GuestMemBy::Name);
         assert_eq!(s.total_rss_kib, 2388);
         assert_eq!(s.guest_rss_kib, 2048);
@@ -561,10 +638,10 @@ VmFlags: rd wr mr mw me ac
         let text = SMAPS
             .replace("131072 kB", "131204 kB")
             .replace("      [anon:tartarus-guest-mem]", "");
-        let s = classify(&parse_smaps(&text), 131072);
+        let s = classify(&parse_smaps(&text), 131072, None);
         assert_eq!(s.guest_by, GuestMemBy::Size);
         assert_eq!(s.guest_rss_kib, 2048);
-        let s = classify(&parse_smaps(&text), 262144);
+        let s = classify(&parse_smaps(&text), 262144, None);
         assert_eq!(s.guest_by, GuestMemBy::NotFound);
         assert_eq!(s.guest_rss_kib, 0);
     }
