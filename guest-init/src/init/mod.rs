@@ -1,0 +1,279 @@
+//! PID 1: mounts, hostname, network, the agent, signals, reaping and power-off.
+
+mod net;
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::agent::Agent;
+use crate::cmdline::Cmdline;
+use crate::reaper::Reaper;
+use crate::vsock::VsockListener;
+use crate::DEFAULT_AGENT_PORT;
+
+pub use net::NetError;
+
+/// Errors of PID 1 set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("Cannot mount {what} on {target}")]
+    Mount {
+        what: &'static str,
+        target: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot set the hostname to '{0}'")]
+    Hostname(String, #[source] io::Error),
+    #[error("Cannot read the kernel command line")]
+    Cmdline(#[source] io::Error),
+    #[error("Bad kernel command line")]
+    BadCmdline(#[from] crate::cmdline::CmdlineError),
+    #[error("Cannot start the reaper")]
+    Reaper(#[from] crate::reaper::ReaperError),
+}
+
+/// The line printed on the console once the guest is up.
+pub const READY_LINE: &str = "tartarus-init: ready";
+const DEFAULT_HOSTNAME: &str = "tartarus";
+
+/// Prints a line on the console (stdout, which the kernel points at /dev/console).
+pub fn log(msg: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "tartarus-init: {msg}");
+    let _ = out.flush();
+}
+
+static POWERING_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Syncs file systems and ends the VM. Never returns.
+///
+/// A microVM without ACPI (the usual case) has no power-off device: the kernel would only halt
+/// the CPU. There the VM is ended with a reset instead (`reboot=k` on the command line makes it
+/// a keyboard-controller reset, on which the VMM exits with code 0). With ACPI it powers off.
+pub fn power_off() -> ! {
+    POWERING_OFF.store(true, Ordering::SeqCst);
+    // SAFETY: sync has no arguments and no memory effects.
+    unsafe { libc::sync() };
+    let cmd = if Path::new("/sys/firmware/acpi").exists() {
+        libc::RB_POWER_OFF
+    } else {
+        libc::RB_AUTOBOOT
+    };
+    // SAFETY: reboot(2) only acts on the system; on success it does not return.
+    unsafe { libc::reboot(cmd) };
+    log(&format!("reboot failed: {}", io::Error::last_os_error()));
+    // As PID 1, exiting makes the kernel panic, and `panic=1` resets the VM.
+    std::process::exit(1);
+}
+
+fn mount(
+    what: &'static str,
+    target: &'static str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), InitError> {
+    let err = |source| InitError::Mount {
+        what,
+        target,
+        source,
+    };
+    std::fs::create_dir_all(target).map_err(err)?;
+    let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
+    let (src, tgt, fs, dat) = (c(what), c(target), c(fstype), c(data));
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fs.as_ptr(),
+            flags,
+            dat.as_ptr().cast(),
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // Already mounted (e.g. devtmpfs with DEVTMPFS_MOUNT on a disk root) is fine.
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(err(e));
+        }
+    }
+    Ok(())
+}
+
+fn mount_all() {
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mounts: [(&'static str, &'static str, &str, libc::c_ulong, &str); 7] = [
+        ("proc", "/proc", "proc", nodev, ""),
+        ("sysfs", "/sys", "sysfs", nodev, ""),
+        ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0620,ptmxmode=0666",
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        ),
+    ];
+    for (what, target, fstype, flags, data) in mounts {
+        if let Err(e) = mount(what, target, fstype, flags, data) {
+            log(&error_chain(&e));
+        }
+    }
+}
+
+fn set_hostname(name: &str) -> Result<(), InitError> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } < 0 {
+        return Err(InitError::Hostname(name.into(), io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Formats an error with its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+const HANDLED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPWR];
+
+/// Blocks the signals PID 1 waits for (before any thread starts, so all threads inherit the mask).
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the handler is a valid extern "C" fn. A handler other
+    // than SIG_DFL is needed because the kernel drops default-action signals sent to init.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+            libc::signal(
+                sig,
+                ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// SIGTERM to every other process, a grace period, SIGKILL to the rest.
+fn stop_everything(grace: Duration) {
+    // SAFETY: kill(-1, ...) signals every process but init; no memory effects.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        // SAFETY: as above; signal 0 only checks whether any process is left.
+        if unsafe { libc::kill(-1, 0) } < 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+}
+
+/// The whole life of PID 1. Never returns.
+pub fn run() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        log(&format!("panic: {info}"));
+        if !POWERING_OFF.load(Ordering::SeqCst) {
+            power_off();
+        }
+    }));
+    let set = block_signals();
+    mount_all();
+    std::env::set_var(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    std::env::set_var("HOME", "/root");
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(InitError::Cmdline)
+        .and_then(|l| Cmdline::parse(&l).map_err(InitError::from))
+        .unwrap_or_else(|e| {
+            log(&error_chain(&e));
+            Cmdline::default()
+        });
+    let hostname = cmdline
+        .hostname
+        .clone()
+        .or_else(|| cmdline.ip.as_ref().and_then(|ip| ip.hostname.clone()))
+        .unwrap_or_else(|| DEFAULT_HOSTNAME.into());
+    if let Err(e) = set_hostname(&hostname) {
+        log(&error_chain(&e));
+    }
+    if let Err(e) = net::configure(cmdline.ip.as_ref()) {
+        log(&error_chain(&e));
+    }
+    let reaper = match Reaper::global() {
+        Ok(r) => r,
+        Err(e) => panic!("{}", error_chain(&e)),
+    };
+    let port = cmdline.agent_port.unwrap_or(DEFAULT_AGENT_PORT);
+    match VsockListener::bind(port) {
+        Ok(listener) => {
+            let agent = Agent::new(reaper);
+            let _ = std::thread::Builder::new()
+                .name("agent".into())
+                .spawn(move || {
+                    if let Err(e) = agent.serve(listener) {
+                        log(&format!("agent stopped: {}", error_chain(&e)));
+                    }
+                });
+            log(&format!("agent listening on vsock port {port}"));
+        }
+        Err(e) => log(&format!("agent not started: no vsock on port {port}: {e}")),
+    }
+    log("ready");
+    if cmdline.poweroff_after_ready {
+        log("powering off (tartarus.poweroff_after_ready)");
+        power_off();
+    }
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised sigset_t and `sig` a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        log(&format!(
+            "signal {sig}: stopping all processes and powering off"
+        ));
+        stop_everything(Duration::from_secs(3));
+        power_off();
+    }
+}

@@ -1,0 +1,72 @@
+//! The Linux lane, first step: our microvm kernel (kernels/build-kernel.sh, cached) boots a tiny
+//! initramfs around tartarus-init (kernels/build-initramfs.sh, cached) on tartarus-vmm, reaches
+//! `tartarus-init: ready`, and powers off by itself (`tartarus.poweroff_after_ready`), so the VMM
+//! exits 0. Slow on PVM hosts (see kernels/README.md): ignored unless TARTARUS_LINUX_TESTS=1 at
+//! build time, or run it with `--ignored`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tartarus_tests::{repo_root, Vmm};
+
+/// The PVM work-arounds (shared/PVM.md); the VMM will add them itself in a later slice.
+const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 noxsave 8250.nr_uarts=1 \
+    clearcpuid=smap,popcnt,cx16,erms,fsrm clocksource=kvm-clock rdinit=/sbin/init \
+    tartarus.poweroff_after_ready";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Runs a build script and returns the path it prints as `<key>=<path>`.
+fn script_output(script: &str, key: &str) -> PathBuf {
+    let out = Command::new(repo_root().join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{key}=");
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{script} printed no {key}= line:\n{stdout}"));
+    PathBuf::from(path)
+}
+
+#[test]
+#[cfg_attr(
+    not(tartarus_linux_tests),
+    ignore = "slow Linux lane: set TARTARUS_LINUX_TESTS=1 or pass --ignored"
+)]
+fn linux_boots_to_tartarus_init_ready_and_powers_off() {
+    let t = Instant::now();
+    let vmlinux = script_output("kernels/build-kernel.sh", "vmlinux");
+    let initramfs = script_output("kernels/build-initramfs.sh", "initramfs");
+    eprintln!("kernel + initramfs ready in {:?}", t.elapsed());
+
+    let mut vmm = Vmm::start_api();
+    vmm.put_ok(
+        "/machine-config",
+        &json!({"vcpu_count": 1, "mem_size_mib": 256}),
+    );
+    vmm.put_ok(
+        "/boot-source",
+        &json!({"kernel_image_path": vmlinux, "initrd_path": initramfs, "boot_args": BOOT_ARGS}),
+    );
+    let t = Instant::now();
+    vmm.start();
+    let out = vmm.wait_for_output("tartarus-init: ready", BOOT_TIMEOUT);
+    eprintln!("tartarus-init ready {:?} after InstanceStart", t.elapsed());
+    assert!(out.contains("Run /sbin/init as init process"), "{out}");
+    let status = vmm.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "VMM exit after power-off:\n{}",
+        vmm.diagnostics()
+    );
+    eprintln!("VMM exited 0 {:?} after InstanceStart", t.elapsed());
+}
