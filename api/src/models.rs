@@ -224,6 +224,8 @@ pub struct VmConfig {
     pub boot_source: Option<BootSourceConfig>,
     #[serde(rename = "machine-config", default)]
     pub machine_config: Option<MachineConfig>,
+    #[serde(default)]
+    pub drives: Vec<BlockDeviceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +240,19 @@ impl VmConfig {
         }
         if let Some(m) = &self.machine_config {
             m.validate()?;
+        }
+        let mut ids = std::collections::HashSet::new();
+        for d in &self.drives {
+            d.validate()?;
+            if !ids.insert(d.drive_id.as_str()) {
+                return Err(format!(
+                    "Invalid drives: duplicate drive_id '{}'",
+                    d.drive_id
+                ));
+            }
+        }
+        if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
+            return Err("Invalid drives: more than one root device".into());
         }
         if let Some(l) = &self.logger {
             l.validate()?;
@@ -261,6 +276,129 @@ pub enum RequestedVmState {
 #[serde(deny_unknown_fields)]
 pub struct VmStateUpdate {
     pub state: RequestedVmState,
+}
+
+/// A token bucket (Firecracker's `TokenBucket`): `size` tokens, refilled over `refill_time`
+/// milliseconds, plus an initial `one_time_burst`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    pub refill_time: u64,
+}
+
+/// A rate limiter: a bandwidth bucket (bytes) and an operations bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+impl RateLimiterConfig {
+    pub fn validate(&self, what: &str) -> Result<(), String> {
+        for (name, b) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
+            if let Some(b) = b {
+                if b.size > 0 && b.refill_time == 0 {
+                    return Err(format!(
+                        "Invalid {what}: rate_limiter.{name}.refill_time must be greater than 0"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// virtio-blk caching mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Writes stay in the host page cache; FLUSH is not offered.
+    #[default]
+    Unsafe,
+    /// FLUSH is offered and honoured with fdatasync.
+    Writeback,
+}
+
+/// virtio-blk I/O engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    #[default]
+    Sync,
+    /// io_uring.
+    Async,
+}
+
+/// `PUT /drives/{drive_id}` body (also an element of the config file's `"drives"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceConfig {
+    pub drive_id: String,
+    pub path_on_host: String,
+    pub is_root_device: bool,
+    #[serde(default)]
+    pub is_read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    #[serde(default)]
+    pub cache_type: CacheType,
+    #[serde(default)]
+    pub io_engine: IoEngine,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+fn valid_drive_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl BlockDeviceConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_drive_id(&self.drive_id) {
+            return Err(format!(
+                "Invalid drive: drive_id '{}' must be 1-64 characters from [A-Za-z0-9_-]",
+                self.drive_id
+            ));
+        }
+        if self.path_on_host.is_empty() {
+            return Err("Invalid drive: path_on_host must not be empty".into());
+        }
+        if let Some(p) = &self.partuuid {
+            if !self.is_root_device {
+                return Err(
+                    "Invalid drive: partuuid is only meaningful for the root device".into(),
+                );
+            }
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(format!(
+                    "Invalid drive: partuuid '{p}' is not a partition UUID"
+                ));
+            }
+        }
+        if let Some(r) = &self.rate_limiter {
+            r.validate("drive")?;
+        }
+        Ok(())
+    }
+}
+
+/// `PATCH /drives/{drive_id}` body: swap the backing file and/or the rate limiter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceUpdate {
+    pub drive_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Kinds of snapshot.
@@ -418,6 +556,8 @@ pub enum VmmAction {
     PatchVmState(RequestedVmState),
     CreateSnapshot(SnapshotCreateParams),
     LoadSnapshot(SnapshotLoadParams),
+    PutDrive(BlockDeviceConfig),
+    PatchDrive(BlockDeviceUpdate),
 }
 
 /// The VMM thread's answer to a [`VmmAction`].

@@ -11,8 +11,9 @@
 use serde::de::DeserializeOwned;
 
 use crate::models::{
-    ActionInfo, BootSourceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    SnapshotCreateParams, SnapshotLoadParams, VmStateUpdate, VmmAction,
+    ActionInfo, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, SnapshotCreateParams, SnapshotLoadParams,
+    VmStateUpdate, VmmAction,
 };
 
 /// Every route served, as (method, path).
@@ -28,6 +29,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/logger"),
     ("PUT", "/metrics"),
     ("PATCH", "/vm"),
+    ("PUT", "/drives/{drive_id}"),
+    ("PATCH", "/drives/{drive_id}"),
     ("PUT", "/snapshot/create"),
     ("PUT", "/snapshot/load"),
 ];
@@ -51,6 +54,10 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
         _ => path,
     };
     let has_body = !body.iter().all(u8::is_ascii_whitespace);
+
+    if let Some(id) = route.strip_prefix("/drives/") {
+        return drive_request(method, path, id, body);
+    }
 
     let action = match (method, route) {
         ("GET", "/") => VmmAction::GetInstanceInfo,
@@ -110,6 +117,45 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
         return Err("GET request cannot have a body.".to_string());
     }
     Ok(action)
+}
+
+fn drive_request(method: &str, path: &str, id: &str, body: &[u8]) -> Result<VmmAction, String> {
+    if id.is_empty() || id.contains('/') {
+        return Err(format!(
+            "Invalid request method and/or path: {method} {path}"
+        ));
+    }
+    let check_id = |body_id: &str| {
+        if body_id == id {
+            Ok(())
+        } else {
+            Err(format!(
+                "Invalid drive: the path names drive '{id}' but the body names '{body_id}'"
+            ))
+        }
+    };
+    match method {
+        "PUT" => {
+            let cfg: BlockDeviceConfig = parse_body(method, "drive", body)?;
+            check_id(&cfg.drive_id)?;
+            cfg.validate()?;
+            Ok(VmmAction::PutDrive(cfg))
+        }
+        "PATCH" => {
+            let upd: BlockDeviceUpdate = parse_body(method, "drive", body)?;
+            check_id(&upd.drive_id)?;
+            if upd.path_on_host.as_deref() == Some("") {
+                return Err("Invalid drive: path_on_host must not be empty".into());
+            }
+            if let Some(r) = &upd.rate_limiter {
+                r.validate("drive")?;
+            }
+            Ok(VmmAction::PatchDrive(upd))
+        }
+        _ => Err(format!(
+            "Invalid request method and/or path: {method} {path}"
+        )),
+    }
 }
 
 /// Parses the JSON body of a PUT or PATCH request, naming the body in the error.
@@ -554,6 +600,48 @@ mod tests {
             r#"{"snapshot_path": "/s", "mem_file_path": "/m", "prefetch": {"working_set_path": "/w"}}"#,
         );
         assert!(e.contains("Uffd"), "{e}");
+    }
+
+    #[test]
+    fn drive_routes() {
+        let a = ok(
+            "PUT",
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/d", "is_root_device": true, "io_engine": "Async", "cache_type": "Writeback"}"#,
+        );
+        assert!(matches!(a, VmmAction::PutDrive(d) if d.is_root_device));
+        let e = err(
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id": "b", "path_on_host": "/d", "is_root_device": false}"#,
+        );
+        assert!(e.contains("'a'") && e.contains("'b'"), "{e}");
+        let e = err(
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id": "a", "path_on_host": "/d"}"#,
+        );
+        assert!(e.contains("is_root_device"), "{e}");
+        let e = err(
+            "PUT",
+            "/drives/a%2f",
+            r#"{"drive_id": "a%2f", "path_on_host": "/d", "is_root_device": false}"#,
+        );
+        assert!(e.contains("drive_id"), "{e}");
+        let a = ok(
+            "PATCH",
+            "/drives/a",
+            r#"{"drive_id": "a", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}"#,
+        );
+        assert!(matches!(a, VmmAction::PatchDrive(_)));
+        let e = err(
+            "PATCH",
+            "/drives/a",
+            r#"{"drive_id": "a", "rate_limiter": {"ops": {"size": 100, "refill_time": 0}}}"#,
+        );
+        assert!(e.contains("refill_time"), "{e}");
+        assert!(err("GET", "/drives/a", "").contains("Invalid request method"));
+        assert!(err("PUT", "/drives/", "{}").contains("Invalid request method"));
     }
 
     #[test]

@@ -161,6 +161,13 @@ impl AllowList {
         self.rules.keys().any(|s| s.nr == nr)
     }
 
+    /// Whether the list allows `nr` with any arguments at all (no condition on it).
+    pub fn allows_unconditionally(&self, nr: i64) -> bool {
+        self.rules
+            .iter()
+            .any(|(s, alts)| s.nr == nr && alts.iter().any(Vec::is_empty))
+    }
+
     /// Number of syscalls in the list.
     pub fn len(&self) -> usize {
         self.rules.len()

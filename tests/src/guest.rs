@@ -21,6 +21,11 @@ pub struct Guests {
 }
 
 impl Guests {
+    /// Any built guest by file name, e.g. `virtio_blk.elf`.
+    pub fn get(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     fn in_dir(dir: PathBuf) -> Guests {
         Guests {
             hello_elf: dir.join("hello.elf"),

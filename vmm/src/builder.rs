@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use api::models::{BootSourceConfig, MachineConfig};
+use api::models::{BlockDeviceConfig, BootSourceConfig, MachineConfig};
 use devices::legacy::i8042::I8042State;
 use devices::legacy::serial::SerialDeviceState;
 use devices::legacy::{EventFdTrigger, SerialDevice, I8042};
@@ -20,6 +20,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{boot_params, cpuid, layout::*, mptable, msr, regs};
+use crate::drives;
 use crate::memory;
 use crate::persist;
 use crate::snapshot_io::MemoryBackendHandle;
@@ -70,6 +71,8 @@ pub enum BuildError {
     Bus(#[from] devices::BusError),
     #[error(transparent)]
     Vcpu(#[from] crate::vcpu::VcpuError),
+    #[error(transparent)]
+    Drive(#[from] drives::DriveError),
     #[error("Cannot restore device state: {0}")]
     DeviceState(String),
     #[error(transparent)]
@@ -100,6 +103,10 @@ pub struct MicroVm {
     pub cmdline: String,
     /// What serves guest memory after a restore (kept alive with the VM).
     pub memory_backend: Option<MemoryBackendHandle>,
+    /// virtio-blk drives, for PATCH and metrics.
+    pub drives: Vec<drives::AttachedDrive>,
+    /// Device event handlers the VMM's event loop must add (taken once).
+    pub subscribers: Vec<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>>,
 }
 
 struct LoadedKernel {
@@ -224,6 +231,7 @@ struct VmCore {
     i8042: Arc<Mutex<I8042>>,
     counters: Arc<VcpuCounters>,
     vcpus: Vec<Vcpu>,
+    attached: drives::Attached,
 }
 
 fn create_core(
@@ -231,6 +239,7 @@ fn create_core(
     mem: GuestMemoryMmap,
     ctx: BuildContext,
     legacy: Option<LegacyState>,
+    drives: &[BlockDeviceConfig],
 ) -> Result<VmCore> {
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     kvm_checks(&kvm)?;
@@ -275,7 +284,9 @@ fn create_core(
     let i8042 = Arc::new(Mutex::new(i8042));
     pio_bus.insert(serial.clone(), 0x3f8, 8)?;
     pio_bus.insert(i8042.clone(), 0x60, 5)?;
-    let mmio_bus = Bus::new();
+    // virtio devices go on the MMIO bus before the vCPUs take their copies of it.
+    let mut mmio_bus = Bus::new();
+    let attached = drives::attach(&vm, &mem, &mut mmio_bus, drives)?;
 
     let counters = Arc::new(VcpuCounters::default());
     let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
@@ -304,6 +315,7 @@ fn create_core(
         i8042,
         counters,
         vcpus,
+        attached,
     })
 }
 
@@ -331,6 +343,8 @@ fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
         vcpus: handles,
         cmdline,
         memory_backend: None,
+        drives: core.attached.drives,
+        subscribers: core.attached.subscribers,
     })
 }
 
@@ -338,20 +352,31 @@ fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
 pub fn build(
     machine: &MachineConfig,
     boot: Option<&BootSourceConfig>,
+    drives: &[BlockDeviceConfig],
     ctx: BuildContext,
 ) -> Result<MicroVm> {
     let boot = boot.ok_or(BuildError::MissingBootSource)?;
     let mem = memory::create(machine.mem_size_mib)?;
     let mem_bytes = (machine.mem_size_mib as u64) << 20;
 
-    // Kernel, initrd, command line, zero page, MP table, boot tables.
+    // Kernel and initrd; then the VM with its devices, whose command-line entries complete the
+    // kernel command line; then zero page, MP table and boot tables.
     let kernel = load_kernel(&mem, &boot.kernel_image_path)?;
     let initrd = match &boot.initrd_path {
         Some(p) => Some(load_initrd(&mem, p, mem_bytes, kernel.end)?),
         None => None,
     };
-    let cmdline = kernel_cmdline(boot)?;
-    load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
+    let mut cmdline = kernel_cmdline(boot)?;
+    let core = create_core(machine, mem, ctx, None, drives)?;
+    let mem = &core.mem;
+    let mut extra: Vec<String> = drives::root_args(drives).into_iter().collect();
+    extra.extend(core.attached.cmdline.iter().cloned());
+    for word in extra {
+        cmdline
+            .insert_str(&word)
+            .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    }
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(|e| BuildError::Cmdline(e.to_string()))?;
     let cmdline_str = cmdline
         .as_cstring()
@@ -364,11 +389,10 @@ pub fn build(
         initrd,
         mem_bytes,
     })?;
-    boot_params::write(&mem, &params)?;
-    mptable::setup(&mem, machine.vcpu_count)?;
-    regs::write_boot_tables(&mem)?;
+    boot_params::write(mem, &params)?;
+    mptable::setup(mem, machine.vcpu_count)?;
+    regs::write_boot_tables(mem)?;
 
-    let core = create_core(machine, mem, ctx, None)?;
     let supported: CpuId = core
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -418,7 +442,7 @@ pub fn restore(
         serial: &state.serial,
         i8042: &state.i8042,
     };
-    let core = create_core(machine, mem, ctx, Some(legacy))?;
+    let core = create_core(machine, mem, ctx, Some(legacy), &[])?;
     persist::restore_vm(&core.vm, &state.vm)?;
     for (v, s) in core.vcpus.iter().zip(&state.vcpus) {
         persist::restore_vcpu(&v.fd, s)?;

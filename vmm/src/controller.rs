@@ -15,7 +15,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::terminal::Terminal;
 use vmm_sys_util::timerfd::TimerFd;
 
+use std::sync::{Arc, Mutex};
+
 use crate::builder::{self, BuildContext, MicroVm};
+use crate::drives;
 use crate::logger::{self, LogSettings};
 use crate::metrics::{self, MetricsSink, VmmCounters};
 use crate::persist;
@@ -55,6 +58,7 @@ pub struct Vmm {
     state: VmState,
     machine: MachineConfig,
     boot: Option<BootSourceConfig>,
+    drives: Vec<BlockDeviceConfig>,
     logger_cfg: Option<LoggerConfig>,
     log: LogSettings,
     metrics_cfg: Option<MetricsConfig>,
@@ -102,6 +106,7 @@ impl Vmm {
             state: VmState::NotStarted,
             machine: MachineConfig::default(),
             boot: None,
+            drives: Vec::new(),
             logger_cfg: None,
             log,
             metrics_cfg: None,
@@ -152,6 +157,9 @@ impl Vmm {
         if let Some(m) = cfg.machine_config {
             actions.push(VmmAction::PutMachineConfig(m));
         }
+        for d in cfg.drives {
+            actions.push(VmmAction::PutDrive(d));
+        }
         match cfg.boot_source {
             Some(b) => actions.push(VmmAction::PutBootSource(b)),
             None => {
@@ -178,6 +186,7 @@ impl Vmm {
             PatchVmState(RequestedVmState::Paused) => RequestKind::Running,
             PatchVmState(RequestedVmState::Resumed) => RequestKind::Paused,
             CreateSnapshot(_) => RequestKind::Paused,
+            PutDrive(_) => RequestKind::PreBoot,
             LoadSnapshot(_) => RequestKind::Start,
             _ => RequestKind::Always,
         }
@@ -193,6 +202,7 @@ impl Vmm {
             PatchVmState(RequestedVmState::Paused) => "Pausing",
             PatchVmState(RequestedVmState::Resumed) => "Resuming",
             CreateSnapshot(_) => "Creating a snapshot",
+            PutDrive(_) => "Adding or replacing a drive (hot-plug is not supported)",
             LoadSnapshot(_) => "Loading a snapshot",
             _ => "This request",
         }
@@ -252,6 +262,14 @@ impl Vmm {
                 Err(e) => VmmResponse::bad_request(e),
             },
             PutBootSource(b) => self.put_boot_source(b),
+            PutDrive(d) => match self.put_drive(d) {
+                Ok(()) => VmmResponse::Empty,
+                Err(e) => VmmResponse::bad_request(e),
+            },
+            PatchDrive(u) => match self.patch_drive(&u) {
+                Ok(()) => VmmResponse::Empty,
+                Err(e) => VmmResponse::bad_request(e),
+            },
             PutLogger(l) => match logger::apply(&self.log, &l) {
                 Ok(s) => {
                     self.log = s;
@@ -313,8 +331,59 @@ impl Vmm {
         VmmResponse::Empty
     }
 
+    fn put_drive(&mut self, d: BlockDeviceConfig) -> Result<(), String> {
+        if d.is_root_device {
+            if let Some(other) = self
+                .drives
+                .iter()
+                .find(|o| o.is_root_device && o.drive_id != d.drive_id)
+            {
+                return Err(format!(
+                    "Invalid drive {}: drive {} is already the root device",
+                    d.drive_id, other.drive_id
+                ));
+            }
+        }
+        drives::check(&d)?;
+        match self.drives.iter_mut().find(|o| o.drive_id == d.drive_id) {
+            Some(slot) => *slot = d,
+            None => self.drives.push(d),
+        }
+        Ok(())
+    }
+
+    fn patch_drive(&mut self, u: &BlockDeviceUpdate) -> Result<(), String> {
+        if let Some(vm) = &self.vm {
+            drives::patch(&vm.drives, u)?;
+        }
+        let Some(d) = self.drives.iter_mut().find(|d| d.drive_id == u.drive_id) else {
+            return Err(format!("Invalid drive: no drive with id '{}'", u.drive_id));
+        };
+        let mut updated = d.clone();
+        if let Some(p) = &u.path_on_host {
+            updated.path_on_host = p.clone();
+        }
+        if let Some(r) = &u.rate_limiter {
+            updated.rate_limiter = Some(r.clone());
+        }
+        if self.vm.is_none() {
+            drives::check(&updated)?;
+        }
+        *d = updated;
+        Ok(())
+    }
+
+    /// Event handlers of devices created since the last call, for the event loop to add.
+    pub fn take_subscribers(&mut self) -> Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> {
+        self.vm
+            .as_mut()
+            .map(|vm| std::mem::take(&mut vm.subscribers))
+            .unwrap_or_default()
+    }
+
     fn vm_config(&self) -> VmConfig {
         VmConfig {
+            drives: self.drives.clone(),
             boot_source: self.boot.clone(),
             machine_config: Some(self.machine.clone()),
             logger: self.logger_cfg.clone(),
@@ -343,7 +412,8 @@ impl Vmm {
                 vcpu_events: self.vcpu_tx.clone(),
                 vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
             };
-            builder::build(&self.machine, self.boot.as_ref(), ctx).map_err(|e| error_chain(&e))
+            builder::build(&self.machine, self.boot.as_ref(), &self.drives, ctx)
+                .map_err(|e| error_chain(&e))
         })();
         match result {
             Ok(vm) => {
@@ -432,6 +502,13 @@ impl Vmm {
 
     fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), String> {
         let vm = self.vm.as_ref().ok_or("no microVM is running")?;
+        if !vm.drives.is_empty() {
+            return Err(
+                "snapshots of microVMs with virtio devices are not supported yet \
+                        (their queue state is not saved)"
+                    .into(),
+            );
+        }
         if p.snapshot_type == SnapshotType::Diff && !self.machine.track_dirty_pages {
             return Err(
                 "a Diff snapshot needs track_dirty_pages (set it in machine-config, or when loading)"

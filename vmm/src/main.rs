@@ -271,15 +271,23 @@ fn run() -> i32 {
 }
 
 fn event_loop(vmm: Vmm) -> i32 {
-    let mut manager = match EventManager::<Arc<Mutex<dyn MutEventSubscriber>>>::new() {
+    let mut manager = match EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new() {
         Ok(m) => m,
         Err(e) => return fail(format!("Cannot create the event loop: {e:?}")),
     };
     let vmm = Arc::new(Mutex::new(vmm));
     manager.add_subscriber(vmm.clone());
     loop {
-        if let Some(code) = vmm.lock().unwrap_or_else(|e| e.into_inner()).exit_code() {
+        let (code, subscribers) = {
+            let mut v = vmm.lock().unwrap_or_else(|e| e.into_inner());
+            (v.exit_code(), v.take_subscribers())
+        };
+        if let Some(code) = code {
             return code;
+        }
+        // Devices created by InstanceStart (or a restore) bring their own event handlers.
+        for s in subscribers {
+            manager.add_subscriber(s);
         }
         if let Err(e) = manager.run() {
             return fail(format!("Event loop failed: {e:?}"));

@@ -100,6 +100,23 @@ pub fn render(counters: &VmmCounters, vm: Option<&MicroVm>) -> Value {
             "reads": s.reads.load(r),
             "bytes_in": s.bytes_in.load(r),
         });
+        let mut block = serde_json::Map::new();
+        for d in &vm.drives {
+            let m = devices::bus::lock(&d.device).metrics();
+            block.insert(
+                d.id.clone(),
+                json!({
+                    "read_count": m.read_count.load(r),
+                    "write_count": m.write_count.load(r),
+                    "flush_count": m.flush_count.load(r),
+                    "read_bytes": m.read_bytes.load(r),
+                    "write_bytes": m.write_bytes.load(r),
+                    "io_errors": m.io_errors.load(r),
+                    "invalid_requests": m.invalid_requests.load(r),
+                }),
+            );
+        }
+        v["block"] = Value::Object(block);
         let k = devices::bus::lock(&vm.i8042).counters();
         v["i8042"] = json!({
             "reset_requests": k.reset_requests.load(r),

@@ -1,0 +1,246 @@
+//! virtio-blk drives: from API configuration to devices on the MMIO bus, and run-time PATCH.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use api::models::{self, BlockDeviceConfig, BlockDeviceUpdate, RateLimiterConfig, TokenBucket};
+use devices::rate_limiter::{self, BucketUpdate, TokenBucketConfig};
+use devices::virtio::block::{self, Block, BlockConfig};
+use devices::virtio::mmio::{cmdline_entry, MmioTransport, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
+use devices::{Bus, GuestMemoryMmap};
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::{IoEventAddress, VmFd};
+
+use crate::arch::layout::{IOAPIC_PINS, MMIO_GAP_START};
+
+/// First GSI handed to virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
+pub const FIRST_VIRTIO_IRQ: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("Drive {0}: {1}")]
+    Block(String, String),
+    #[error("Drive {0}: cannot set up the virtio-mmio transport: {1}")]
+    Transport(String, String),
+    #[error("Drive {0}: KVM {1} failed")]
+    Kvm(String, &'static str, #[source] kvm_ioctls::Error),
+    #[error("Drive {0}: cannot place it on the MMIO bus")]
+    Bus(String, #[source] devices::BusError),
+    #[error("Too many virtio devices: only {0} interrupt lines are free")]
+    TooManyDevices(u32),
+    #[error("No drive with id '{0}'")]
+    Unknown(String),
+}
+
+fn bucket(b: &TokenBucket) -> TokenBucketConfig {
+    TokenBucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time: b.refill_time,
+    }
+}
+
+fn limiter(cfg: Option<&RateLimiterConfig>) -> rate_limiter::RateLimiterConfig {
+    rate_limiter::RateLimiterConfig {
+        bandwidth: cfg.and_then(|c| c.bandwidth.as_ref()).map(bucket),
+        ops: cfg.and_then(|c| c.ops.as_ref()).map(bucket),
+    }
+}
+
+/// The device-side configuration of a drive.
+pub fn block_config(d: &BlockDeviceConfig) -> BlockConfig {
+    BlockConfig {
+        drive_id: d.drive_id.clone(),
+        path_on_host: PathBuf::from(&d.path_on_host),
+        is_read_only: d.is_read_only,
+        cache_type: match d.cache_type {
+            models::CacheType::Unsafe => block::CacheType::Unsafe,
+            models::CacheType::Writeback => block::CacheType::Writeback,
+        },
+        io_engine: match d.io_engine {
+            models::IoEngine::Sync => block::IoEngine::Sync,
+            models::IoEngine::Async => block::IoEngine::Async,
+        },
+        rate_limiter: limiter(d.rate_limiter.as_ref()),
+    }
+}
+
+/// Checks a drive before accepting it: the backing file opens with the right access and the
+/// engine works on this host.
+pub fn check(d: &BlockDeviceConfig) -> Result<(), String> {
+    let meta = std::fs::metadata(&d.path_on_host).map_err(|e| {
+        format!(
+            "Invalid drive {}: path_on_host '{}' cannot be accessed: {e}",
+            d.drive_id, d.path_on_host
+        )
+    })?;
+    if meta.is_dir() {
+        return Err(format!(
+            "Invalid drive {}: path_on_host '{}' is a directory",
+            d.drive_id, d.path_on_host
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(!d.is_read_only)
+        .open(&d.path_on_host)
+        .map_err(|e| {
+            format!(
+                "Invalid drive {}: path_on_host '{}' cannot be opened {}: {e}",
+                d.drive_id,
+                d.path_on_host,
+                if d.is_read_only {
+                    "for reading"
+                } else {
+                    "for reading and writing"
+                }
+            )
+        })?;
+    if d.io_engine == models::IoEngine::Async {
+        block::check_io_uring_support().map_err(|e| {
+            format!(
+                "Invalid drive {}: io_engine Async needs io_uring, which this host refuses: {e}",
+                d.drive_id
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Drives in the order the guest will see them: the root device first (/dev/vda).
+pub fn boot_order(drives: &[BlockDeviceConfig]) -> Vec<&BlockDeviceConfig> {
+    let mut v: Vec<&BlockDeviceConfig> = drives.iter().filter(|d| d.is_root_device).collect();
+    v.extend(drives.iter().filter(|d| !d.is_root_device));
+    v
+}
+
+/// The kernel command-line words for the root device, if there is one.
+pub fn root_args(drives: &[BlockDeviceConfig]) -> Option<String> {
+    let root = drives.iter().find(|d| d.is_root_device)?;
+    let dev = match &root.partuuid {
+        Some(u) => format!("root=PARTUUID={u}"),
+        None => "root=/dev/vda".to_string(),
+    };
+    Some(format!(
+        "{dev} {}",
+        if root.is_read_only { "ro" } else { "rw" }
+    ))
+}
+
+/// A drive attached to a running microVM.
+pub struct AttachedDrive {
+    pub id: String,
+    pub device: Arc<Mutex<Block>>,
+}
+
+/// What attaching the drives produced: devices, their event handlers, command-line entries.
+#[derive(Default)]
+pub struct Attached {
+    pub drives: Vec<AttachedDrive>,
+    pub subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    pub cmdline: Vec<String>,
+}
+
+/// Creates each drive's device and transport, wires its queue notifications (ioeventfd) and
+/// interrupt (irqfd) through KVM and places it on the MMIO bus; one call per device.
+pub fn attach(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    drives: &[BlockDeviceConfig],
+) -> Result<Attached, DriveError> {
+    let mut out = Attached::default();
+    let free_irqs = u32::from(IOAPIC_PINS) - FIRST_VIRTIO_IRQ;
+    for (i, d) in boot_order(drives).into_iter().enumerate() {
+        let i = i as u32;
+        if i >= free_irqs {
+            return Err(DriveError::TooManyDevices(free_irqs));
+        }
+        let id = d.drive_id.clone();
+        let base = MMIO_GAP_START + u64::from(i) * MMIO_DEVICE_SIZE;
+        let irq = FIRST_VIRTIO_IRQ + i;
+        let device = Arc::new(Mutex::new(
+            Block::new(block_config(d))
+                .map_err(|e| DriveError::Block(id.clone(), e.to_string()))?,
+        ));
+        let transport = MmioTransport::new(mem.clone(), device.clone())
+            .map_err(|e| DriveError::Transport(id.clone(), e.to_string()))?;
+        for (q, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                q as u32,
+            )
+            .map_err(|e| DriveError::Kvm(id.clone(), "register ioeventfd", e))?;
+        }
+        vm.register_irqfd(transport.interrupt_evt(), irq)
+            .map_err(|e| DriveError::Kvm(id.clone(), "register irqfd", e))?;
+        let handler = transport
+            .event_handler()
+            .map_err(|e| DriveError::Transport(id.clone(), e.to_string()))?;
+        out.subscribers.push(Arc::new(Mutex::new(handler)));
+        mmio_bus
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_DEVICE_SIZE)
+            .map_err(|e| DriveError::Bus(id.clone(), e))?;
+        out.cmdline.push(cmdline_entry(base, irq));
+        out.drives.push(AttachedDrive { id, device });
+    }
+    Ok(out)
+}
+
+/// Applies a PATCH to an attached drive: new backing file and/or new rate limits.
+pub fn patch(drives: &[AttachedDrive], upd: &BlockDeviceUpdate) -> Result<(), String> {
+    let d = drives
+        .iter()
+        .find(|d| d.id == upd.drive_id)
+        .ok_or_else(|| DriveError::Unknown(upd.drive_id.clone()).to_string())?;
+    let mut dev = devices::bus::lock(&d.device);
+    if let Some(p) = &upd.path_on_host {
+        dev.update_backing_file(Path::new(p)).map_err(|e| {
+            format!(
+                "Cannot swap the backing file of drive {}: {e}",
+                upd.drive_id
+            )
+        })?;
+    }
+    if let Some(r) = &upd.rate_limiter {
+        let b: BucketUpdate = r.bandwidth.as_ref().map(bucket).into();
+        let o: BucketUpdate = r.ops.as_ref().map(bucket).into();
+        dev.update_rate_limiter(b, o);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str, root: bool) -> BlockDeviceConfig {
+        BlockDeviceConfig {
+            drive_id: id.into(),
+            path_on_host: "/x".into(),
+            is_root_device: root,
+            is_read_only: false,
+            partuuid: None,
+            cache_type: Default::default(),
+            io_engine: Default::default(),
+            rate_limiter: None,
+        }
+    }
+
+    #[test]
+    fn root_first_and_root_args() {
+        let ds = vec![drive("a", false), drive("root", true), drive("b", false)];
+        let order: Vec<&str> = boot_order(&ds)
+            .iter()
+            .map(|d| d.drive_id.as_str())
+            .collect();
+        assert_eq!(order, vec!["root", "a", "b"]);
+        assert_eq!(root_args(&ds).unwrap(), "root=/dev/vda rw");
+        let mut ro = drive("r", true);
+        ro.is_read_only = true;
+        ro.partuuid = Some("0eaa91a0-01".into());
+        assert_eq!(root_args(&[ro]).unwrap(), "root=PARTUUID=0eaa91a0-01 ro");
+        assert!(root_args(&[drive("a", false)]).is_none());
+    }
+}
