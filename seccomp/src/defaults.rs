@@ -19,6 +19,13 @@ fn named(pairs: &[(&'static str, u32)]) -> Vec<(&'static str, u64)> {
     pairs.iter().map(|(n, v)| (*n, u64::from(*v))).collect()
 }
 
+/// Syscalls any thread of a Rust program may need whatever its workload did while traced
+/// (allocation, lock contention, signals, exit); added to generated profiles.
+pub fn runtime_baseline() -> Vec<&'static str> {
+    let (any, checked) = common().names();
+    any.into_iter().chain(checked).collect()
+}
+
 /// What every thread may do: allocate, lock, log, take signals, end itself or the process
 /// (including `abort()` after a panic, which raises SIGABRT through tgkill).
 fn common() -> AllowList {

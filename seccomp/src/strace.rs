@@ -347,6 +347,14 @@ impl Profile {
     }
 
     /// Removes syscall names seccompiler does not know (returned, for a warning).
+    /// Adds `names` to every filter (see `defaults::runtime_baseline`): a trace only shows
+    /// what happened to happen, e.g. a thread that never contended a lock shows no futex.
+    pub fn add_baseline(&mut self, names: &[&str]) {
+        for f in self.filters.values_mut() {
+            f.syscalls.extend(names.iter().map(|n| n.to_string()));
+        }
+    }
+
     pub fn drop_unknown_syscalls(&mut self) -> Vec<String> {
         let mut dropped = BTreeSet::new();
         for f in self.filters.values_mut() {

@@ -225,3 +225,14 @@ fn unknown_names_and_ioctls() {
     let t = Trace::parse("1 syscall_0x1b8(1, 2) = -1 ENOSYS\n");
     assert_eq!(t.skipped.len(), 1);
 }
+
+#[test]
+fn baseline_is_added_to_every_filter() {
+    let trace = Trace::parse("100 ioctl(3, KVM_RUN, 0) = 0\n");
+    let mut p = Profile::from_trace(&trace, &Grouping::default()).unwrap();
+    p.add_baseline(&crate::defaults::runtime_baseline());
+    for f in p.filters.values() {
+        assert!(f.syscalls.contains("futex"));
+        assert!(f.syscalls.contains("exit"));
+    }
+}

@@ -442,10 +442,22 @@ pub fn restore(
         serial: &state.serial,
         i8042: &state.i8042,
     };
+    let t0 = std::time::Instant::now();
     let core = create_core(machine, mem, ctx, Some(legacy), &[])?;
+    let t_core = t0.elapsed();
     persist::restore_vm(&core.vm, &state.vm)?;
+    let t_vm = t0.elapsed();
     for (v, s) in core.vcpus.iter().zip(&state.vcpus) {
         persist::restore_vcpu(&v.fd, s)?;
     }
-    finish(core, paused, state.cmdline.clone())
+    let t_vcpus = t0.elapsed();
+    let vm = finish(core, paused, state.cmdline.clone());
+    tracing::debug!(
+        "restore: VM and devices {:?}, VM state {:?}, vCPU state {:?}, vCPU threads {:?}",
+        t_core,
+        t_vm - t_core,
+        t_vcpus - t_vm,
+        t0.elapsed() - t_vcpus
+    );
+    vm
 }

@@ -561,12 +561,15 @@ impl Vmm {
                 "a boot source is configured: load a snapshot into a fresh VMM instead".into(),
             );
         }
+        let t0 = std::time::Instant::now();
         let state: MicroVmState = snapshot_io::read_state(&p.snapshot_path)?;
+        let t_state = t0.elapsed();
         let mut machine = state.machine.clone();
         machine.track_dirty_pages = p.track_dirty_pages || p.enable_diff_snapshots;
         machine.validate()?;
         let backend = p.backend()?;
         let memory = snapshot_io::open_memory(&state, &backend, p.prefetch.as_ref())?;
+        let t_mem = t0.elapsed();
         let ctx = BuildContext {
             serial_out: self.open_serial_out()?,
             reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
@@ -579,7 +582,15 @@ impl Vmm {
         self.machine = machine;
         self.vm = Some(vm);
         self.transition(VmState::Paused);
-        tracing::info!("snapshot {} loaded", p.snapshot_path);
+        let t_vm = t0.elapsed();
+        tracing::info!(
+            "snapshot {} loaded in {:?} (state file {:?}, memory {:?}, VM {:?})",
+            p.snapshot_path,
+            t_vm,
+            t_state,
+            t_mem - t_state,
+            t_vm - t_mem
+        );
         if p.resume_vm {
             if let VmmResponse::Error(_, e) = self.resume() {
                 return Err(e);

@@ -38,6 +38,9 @@ struct Args {
     /// Print tartarus-vmm's built-in filters as JSON and exit.
     #[arg(long)]
     print_defaults: bool,
+    /// Do not add the runtime baseline (allocation, futex, signals, exit) to every filter.
+    #[arg(long)]
+    no_baseline: bool,
 }
 
 fn parse_thread(s: &str) -> Result<(String, u32), String> {
@@ -85,6 +88,9 @@ fn run(args: Args) -> Result<(), String> {
             merge_vcpu_into_vmm: !args.no_merge,
         };
         let mut profile = Profile::from_trace(&trace, &grouping).map_err(|e| e.to_string())?;
+        if !args.no_baseline {
+            profile.add_baseline(&seccomp::defaults::runtime_baseline());
+        }
         let dropped = profile.drop_unknown_syscalls();
         if !dropped.is_empty() {
             eprintln!(
