@@ -247,11 +247,14 @@ impl Agent {
         // SAFETY: kill has no memory effects; pid is a process one of our execs started.
         if unsafe { libc::kill(pid, signal) } < 0 {
             let e = io::Error::last_os_error();
-            return reply_error(
-                conn,
-                ErrorCode::Failed,
-                format!("signal {signal} to {pid}: {e}"),
-            );
+            // The process can end (and be reaped) between the table check and kill: the client
+            // may already hold its exit status. That is "no such process", not a failure.
+            let code = if e.raw_os_error() == Some(libc::ESRCH) {
+                ErrorCode::NoSuchProcess
+            } else {
+                ErrorCode::Failed
+            };
+            return reply_error(conn, code, format!("signal {signal} to {pid}: {e}"));
         }
         write_frame(conn, &Response::Ok { bytes: 0 }, &[])?;
         Ok(())
