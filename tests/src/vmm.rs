@@ -250,6 +250,21 @@ impl Vmm {
     }
 
     /// The serial output so far (lossy UTF-8).
+    /// The serial output once it has stopped changing for `quiet` (at most 5 s): bytes the VMM
+    /// wrote before a pause may still sit in the pipe when the pause is acknowledged.
+    pub fn output_when_quiet(&self, quiet: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut last = self.output();
+        loop {
+            std::thread::sleep(quiet);
+            let now = self.output();
+            if now == last || std::time::Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.serial.0.lock().unwrap().bytes).into_owned()
     }

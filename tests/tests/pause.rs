@@ -23,7 +23,7 @@ fn pause_stops_the_guest_and_resume_continues() {
     let r = vmm.patch("/vm", &json!({"state": "Paused"}));
     assert_eq!(r.status, 204, "{}", fault(&r));
     assert_eq!(vmm.state(), "Paused");
-    let frozen = vmm.output();
+    let frozen = vmm.output_when_quiet(Duration::from_millis(100));
     assert!(
         !frozen.contains("count: 400"),
         "the guest finished before the pause took effect"

@@ -57,7 +57,7 @@ fn take_snapshot(vcpus: u32, track_dirty: bool) -> (Vmm, Snapshot) {
         &json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
     );
     assert_eq!(r.status, 204, "{}", fault(&r));
-    let before = vmm.output();
+    let before = vmm.output_when_quiet(Duration::from_millis(100));
     let n = counts(&before);
     assert!(
         n.len() >= 20 && (n.len() as u32) < COUNT,
@@ -191,7 +191,7 @@ fn diff_snapshot_on_top_of_full() {
         dir: TempDir::new("unused"),
         state: state2,
         mem: snap.mem.clone(),
-        before: vmm.output(),
+        before: vmm.output_when_quiet(Duration::from_millis(100)),
     };
     restore_and_check(&diff_snap, file_backend(&diff_snap.mem), json!({}));
     // The restored VM can itself be paused and snapshotted again.

@@ -68,6 +68,23 @@ pub fn msr_index_list(kvm: &Kvm) -> Result<Vec<u32>> {
         .to_vec())
 }
 
+/// Reads the MSRs `indices` (at most MSR_CHUNK); KVM stops at the first one it cannot read, so
+/// the result may be shorter than `indices`.
+fn read_msr_chunk(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>> {
+    let entries: Vec<kvm_msr_entry> = indices
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    let mut msrs = Msrs::from_entries(&entries).map_err(|e| PersistError::Fam("MSRs", e))?;
+    let n = vcpu
+        .get_msrs(&mut msrs)
+        .map_err(|e| PersistError::Kvm("read MSRs", e))?;
+    Ok(msrs.as_slice()[..n].to_vec())
+}
+
 /// The MSRs worth saving: every index of `list` that this vCPU can actually read.
 pub fn readable_msrs(list: &[u32], vcpu: &VcpuFd) -> Result<Vec<u32>> {
     let mut readable = Vec::new();
@@ -75,18 +92,7 @@ pub fn readable_msrs(list: &[u32], vcpu: &VcpuFd) -> Result<Vec<u32>> {
         let mut pending: Vec<u32> = chunk.to_vec();
         // KVM_GET_MSRS stops at the first MSR it cannot read: drop that one and go on.
         while !pending.is_empty() {
-            let entries: Vec<kvm_msr_entry> = pending
-                .iter()
-                .map(|&index| kvm_msr_entry {
-                    index,
-                    ..Default::default()
-                })
-                .collect();
-            let mut msrs =
-                Msrs::from_entries(&entries).map_err(|e| PersistError::Fam("MSRs", e))?;
-            let n = vcpu
-                .get_msrs(&mut msrs)
-                .map_err(|e| PersistError::Kvm("read MSRs", e))?;
+            let n = read_msr_chunk(vcpu, &pending)?.len();
             readable.extend_from_slice(&pending[..n]);
             pending.drain(..(n + 1).min(pending.len()));
         }
@@ -97,18 +103,7 @@ pub fn readable_msrs(list: &[u32], vcpu: &VcpuFd) -> Result<Vec<u32>> {
 fn get_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>> {
     let mut out = Vec::with_capacity(indices.len());
     for chunk in indices.chunks(MSR_CHUNK) {
-        let entries: Vec<kvm_msr_entry> = chunk
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| PersistError::Fam("MSRs", e))?;
-        let n = vcpu
-            .get_msrs(&mut msrs)
-            .map_err(|e| PersistError::Kvm("read MSRs", e))?;
-        out.extend_from_slice(&msrs.as_slice()[..n]);
+        out.extend(read_msr_chunk(vcpu, chunk)?);
     }
     Ok(out)
 }
