@@ -47,6 +47,9 @@ fn common() -> AllowList {
         sys!(SYS_gettid),
         sys!(SYS_exit),
         sys!(SYS_exit_group),
+        // std's channels back off with sched_yield under contention (seen killing the API
+        // thread of a loaded host).
+        sys!(SYS_sched_yield),
     ]);
     // Memory may be mapped or re-protected, never as executable code.
     let no_exec = || {
@@ -191,6 +194,8 @@ pub fn vmm() -> AllowList {
         sys!(SYS_lseek),
         sys!(SYS_unlink),
         sys!(SYS_unlinkat),
+        // Resolving a relative --api-sock path when removing the socket at exit.
+        sys!(SYS_getcwd),
         // Snapshots: memory and state files (written whole, renamed into place, synced), the
         // page-server thread (poll on the uffd, pread of sparse files).
         sys!(SYS_ftruncate),
