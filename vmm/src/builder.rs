@@ -87,6 +87,8 @@ pub struct BuildContext {
     pub reset_evt: EventFd,
     pub vcpu_events: Sender<VcpuEvent>,
     pub vcpu_wake: EventFd,
+    /// Whether to add the PVM work-arounds to a booted kernel's command line.
+    pub pvm: crate::pvm::PvmMode,
 }
 
 /// A booted microVM. Dropping it does not stop the vCPU threads: the VMM exits the process.
@@ -369,9 +371,21 @@ pub fn build(
         None => None,
     };
     let mut cmdline = kernel_cmdline(boot)?;
+    let pvm_words = if ctx.pvm.enabled() {
+        crate::pvm::missing_words(boot.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS))
+    } else {
+        Vec::new()
+    };
+    if !pvm_words.is_empty() {
+        tracing::info!(
+            "PVM host: adding {} to the kernel command line (--pvm-workarounds off for PVM guest kernels)",
+            pvm_words.join(" ")
+        );
+    }
     let core = create_core(machine, mem, ctx, None, drives)?;
     let mem = &core.mem;
-    let mut extra: Vec<String> = drives::root_args(drives).into_iter().collect();
+    let mut extra: Vec<String> = pvm_words.iter().map(|w| w.to_string()).collect();
+    extra.extend(drives::root_args(drives));
     extra.extend(core.attached.cmdline.iter().cloned());
     for word in extra {
         cmdline

@@ -73,6 +73,7 @@ pub struct Vmm {
     vcpu_tx: Sender<VcpuEvent>,
     vcpu_rx: Receiver<VcpuEvent>,
     api: Option<ApiLink>,
+    pvm: crate::pvm::PvmMode,
     stdin_registered: bool,
     stdin_raw: bool,
     vm: Option<MicroVm>,
@@ -120,11 +121,17 @@ impl Vmm {
             vcpu_tx,
             vcpu_rx,
             api,
+            pvm: crate::pvm::PvmMode::default(),
             stdin_registered: false,
             stdin_raw: false,
             vm: None,
             exit_code: None,
         })
+    }
+
+    /// Sets `--pvm-workarounds`.
+    pub fn set_pvm_mode(&mut self, mode: crate::pvm::PvmMode) {
+        self.pvm = mode;
     }
 
     pub fn state(&self) -> VmState {
@@ -411,6 +418,7 @@ impl Vmm {
                 reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
                 vcpu_events: self.vcpu_tx.clone(),
                 vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
+                pvm: self.pvm,
             };
             builder::build(&self.machine, self.boot.as_ref(), &self.drives, ctx)
                 .map_err(|e| error_chain(&e))
@@ -575,6 +583,7 @@ impl Vmm {
             reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
             vcpu_events: self.vcpu_tx.clone(),
             vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
+            pvm: self.pvm,
         };
         let mut vm = builder::restore(&state, &machine, memory.mem.clone(), ctx, true)
             .map_err(|e| error_chain(&e))?;

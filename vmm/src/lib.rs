@@ -12,6 +12,7 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod persist;
+pub mod pvm;
 pub mod snapshot_io;
 pub mod snapshot_state;
 pub mod state;

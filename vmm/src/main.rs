@@ -49,6 +49,10 @@ struct Args {
     /// Print a summary of a snapshot state file and exit.
     #[arg(long, value_name = "FILE", exclusive = true)]
     describe_snapshot: Option<PathBuf>,
+    /// Add the PVM work-arounds to the guest kernel's command line: auto (when the host's KVM is
+    /// PVM), on, or off (for kernels built as PVM guests).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_pvm)]
+    pvm_workarounds: vmm::pvm::PvmMode,
     /// Largest API request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
     http_api_max_payload_size: usize,
@@ -59,6 +63,10 @@ struct Args {
     /// "api", "vmm", "vcpu") instead of the built-in ones.
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
+}
+
+fn parse_pvm(s: &str) -> Result<vmm::pvm::PvmMode, String> {
+    s.parse()
 }
 
 fn parse_level(s: &str) -> Result<LogLevel, String> {
@@ -225,6 +233,8 @@ fn run() -> i32 {
         Ok(v) => v,
         Err(e) => return fail(error_chain(&e)),
     };
+
+    vmm.set_pvm_mode(args.pvm_workarounds);
 
     if let Some(path) = &args.config_file {
         let cfg = std::fs::read_to_string(path)
