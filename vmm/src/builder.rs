@@ -332,7 +332,7 @@ fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
     }
     if paused {
         for h in &handles {
-            h.expect(VcpuResponse::Paused)?;
+            h.expect(&VcpuResponse::Paused)?;
         }
     }
     Ok(MicroVm {

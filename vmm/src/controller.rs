@@ -398,6 +398,17 @@ impl Vmm {
         }
     }
 
+    /// What the builder needs from the VMM, for a boot or a restore.
+    fn build_context(&self) -> Result<BuildContext, String> {
+        Ok(BuildContext {
+            serial_out: self.open_serial_out()?,
+            reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
+            vcpu_events: self.vcpu_tx.clone(),
+            vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
+            pvm: self.pvm,
+        })
+    }
+
     fn open_serial_out(&self) -> Result<Box<dyn Write + Send>, String> {
         match &self.serial_out {
             SerialOut::Stdout => Ok(Box::new(std::io::stdout())),
@@ -413,13 +424,7 @@ impl Vmm {
     fn start(&mut self) -> VmmResponse {
         self.counters.instance_starts += 1;
         let result = (|| -> Result<MicroVm, String> {
-            let ctx = BuildContext {
-                serial_out: self.open_serial_out()?,
-                reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
-                vcpu_events: self.vcpu_tx.clone(),
-                vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
-                pvm: self.pvm,
-            };
+            let ctx = self.build_context()?;
             builder::build(&self.machine, self.boot.as_ref(), &self.drives, ctx)
                 .map_err(|e| error_chain(&e))
         })();
@@ -442,15 +447,7 @@ impl Vmm {
         let Some(vm) = &self.vm else {
             return VmmResponse::bad_request("Pausing needs a running microVM");
         };
-        let result = vm
-            .vcpus
-            .iter()
-            .try_for_each(|v| v.send(VcpuCommand::Pause))
-            .and_then(|()| {
-                vm.vcpus
-                    .iter()
-                    .try_for_each(|v| v.expect(VcpuResponse::Paused))
-            });
+        let result = command_all(vm, VcpuCommand::Pause, VcpuResponse::Paused);
         match result {
             Ok(()) => {
                 self.transition(VmState::Paused);
@@ -471,15 +468,7 @@ impl Vmm {
         let Some(vm) = &self.vm else {
             return VmmResponse::bad_request("Resuming needs a paused microVM");
         };
-        let result = vm
-            .vcpus
-            .iter()
-            .try_for_each(|v| v.send(VcpuCommand::Resume))
-            .and_then(|()| {
-                vm.vcpus
-                    .iter()
-                    .try_for_each(|v| v.expect(VcpuResponse::Resumed))
-            });
+        let result = command_all(vm, VcpuCommand::Resume, VcpuResponse::Resumed);
         match result {
             Ok(()) => {
                 self.transition(VmState::Running);
@@ -578,13 +567,7 @@ impl Vmm {
         let backend = p.backend()?;
         let memory = snapshot_io::open_memory(&state, &backend, p.prefetch.as_ref())?;
         let t_mem = t0.elapsed();
-        let ctx = BuildContext {
-            serial_out: self.open_serial_out()?,
-            reset_evt: self.reset_evt.try_clone().map_err(|e| e.to_string())?,
-            vcpu_events: self.vcpu_tx.clone(),
-            vcpu_wake: self.vcpu_evt.try_clone().map_err(|e| e.to_string())?,
-            pvm: self.pvm,
-        };
+        let ctx = self.build_context()?;
         let mut vm = builder::restore(&state, &machine, memory.mem.clone(), ctx, true)
             .map_err(|e| error_chain(&e))?;
         vm.memory_backend = Some(memory.backend);
@@ -725,6 +708,19 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         self.restore_terminal();
     }
+}
+
+/// Sends `cmd` to every vCPU (all kicked first, so they stop together), then waits for each
+/// to answer `expected`.
+fn command_all(
+    vm: &MicroVm,
+    cmd: VcpuCommand,
+    expected: VcpuResponse,
+) -> Result<(), crate::vcpu::VcpuError> {
+    for v in &vm.vcpus {
+        v.send(cmd.clone())?;
+    }
+    vm.vcpus.iter().try_for_each(|v| v.expect(&expected))
 }
 
 fn json<T: serde::Serialize>(v: &T) -> VmmResponse {

@@ -62,7 +62,7 @@ pub fn install_seccomp(kind: ThreadKind) -> Result<(), String> {
 }
 
 /// Requests the VMM thread sends to a vCPU thread.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum VcpuCommand {
     Pause,
     Resume,
@@ -156,9 +156,9 @@ impl VcpuHandle {
     }
 
     /// Waits for the thread's answer and checks it is `expected`.
-    pub fn expect(&self, expected: VcpuResponse) -> Result<(), VcpuError> {
+    pub fn expect(&self, expected: &VcpuResponse) -> Result<(), VcpuError> {
         match self.responses.recv_timeout(COMMAND_TIMEOUT) {
-            Ok(r) if r.same_kind(&expected) => Ok(()),
+            Ok(r) if r.same_kind(expected) => Ok(()),
             Ok(r) => Err(VcpuError::Unexpected(self.id, r)),
             Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout(self.id, COMMAND_TIMEOUT)),
             Err(RecvTimeoutError::Disconnected) => Err(VcpuError::Gone(self.id)),
