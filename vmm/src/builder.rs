@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use api::models::{BlockDeviceConfig, BootSourceConfig, MachineConfig};
+use api::models::{BootSourceConfig, MachineConfig};
 use devices::legacy::i8042::I8042State;
 use devices::legacy::serial::SerialDeviceState;
 use devices::legacy::{EventFdTrigger, SerialDevice, I8042};
@@ -26,6 +26,7 @@ use crate::persist;
 use crate::snapshot_io::MemoryBackendHandle;
 use crate::snapshot_state::MicroVmState;
 use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuEvent, VcpuHandle, VcpuResponse};
+use crate::virtio_devices::{self, DeviceConfigs};
 
 /// Boot arguments used when `boot-source` gives none.
 pub const DEFAULT_BOOT_ARGS: &str =
@@ -72,7 +73,7 @@ pub enum BuildError {
     #[error(transparent)]
     Vcpu(#[from] crate::vcpu::VcpuError),
     #[error(transparent)]
-    Drive(#[from] drives::DriveError),
+    Devices(#[from] virtio_devices::VirtioDeviceError),
     #[error("Cannot restore device state: {0}")]
     DeviceState(String),
     #[error(transparent)]
@@ -105,8 +106,8 @@ pub struct MicroVm {
     pub cmdline: String,
     /// What serves guest memory after a restore (kept alive with the VM).
     pub memory_backend: Option<MemoryBackendHandle>,
-    /// virtio-blk drives, for PATCH and metrics.
-    pub drives: Vec<drives::AttachedDrive>,
+    /// virtio devices, for PATCH, metrics and snapshots.
+    pub devices: virtio_devices::AttachedDevices,
     /// Device event handlers the VMM's event loop must add (taken once).
     pub subscribers: Vec<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>>,
 }
@@ -233,7 +234,7 @@ struct VmCore {
     i8042: Arc<Mutex<I8042>>,
     counters: Arc<VcpuCounters>,
     vcpus: Vec<Vcpu>,
-    attached: drives::Attached,
+    attached: virtio_devices::Attached,
 }
 
 fn create_core(
@@ -241,7 +242,7 @@ fn create_core(
     mem: GuestMemoryMmap,
     ctx: BuildContext,
     legacy: Option<LegacyState>,
-    drives: &[BlockDeviceConfig],
+    devices: &DeviceConfigs,
 ) -> Result<VmCore> {
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     kvm_checks(&kvm)?;
@@ -290,7 +291,7 @@ fn create_core(
     pio_bus.insert(i8042.clone(), 0x60, 5)?;
     // virtio devices go on the MMIO bus before the vCPUs take their copies of it.
     let mut mmio_bus = Bus::new();
-    let attached = drives::attach(&vm, &mem, &mut mmio_bus, drives)?;
+    let attached = virtio_devices::attach_all(&vm, &mem, &mut mmio_bus, devices)?;
 
     let counters = Arc::new(VcpuCounters::default());
     let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
@@ -347,7 +348,7 @@ fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
         vcpus: handles,
         cmdline,
         memory_backend: None,
-        drives: core.attached.drives,
+        devices: core.attached.devices,
         subscribers: core.attached.subscribers,
     })
 }
@@ -356,7 +357,7 @@ fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
 pub fn build(
     machine: &MachineConfig,
     boot: Option<&BootSourceConfig>,
-    drives: &[BlockDeviceConfig],
+    devices: &DeviceConfigs,
     ctx: BuildContext,
 ) -> Result<MicroVm> {
     let boot = boot.ok_or(BuildError::MissingBootSource)?;
@@ -382,10 +383,10 @@ pub fn build(
             pvm_words.join(" ")
         );
     }
-    let core = create_core(machine, mem, ctx, None, drives)?;
+    let core = create_core(machine, mem, ctx, None, devices)?;
     let mem = &core.mem;
     let mut extra: Vec<String> = pvm_words.iter().map(|w| w.to_string()).collect();
-    extra.extend(drives::root_args(drives));
+    extra.extend(drives::root_args(&devices.drives));
     extra.extend(core.attached.cmdline.iter().cloned());
     for word in extra {
         cmdline
@@ -459,7 +460,7 @@ pub fn restore(
         i8042: &state.i8042,
     };
     let t0 = std::time::Instant::now();
-    let core = create_core(machine, mem, ctx, Some(legacy), &[])?;
+    let core = create_core(machine, mem, ctx, Some(legacy), &DeviceConfigs::default())?;
     let t_core = t0.elapsed();
     persist::restore_vm(&core.vm, &state.vm)?;
     let t_vm = t0.elapsed();

@@ -26,6 +26,7 @@ use crate::snapshot_io;
 use crate::snapshot_state::MicroVmState;
 use crate::state::{accepts, valid_transition, RequestKind, VmState};
 use crate::vcpu::{VcpuCommand, VcpuEvent, VcpuResponse, VcpuStop};
+use crate::virtio_devices::DeviceConfigs;
 
 /// Version reported by `GET /` and `GET /version`.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -58,7 +59,7 @@ pub struct Vmm {
     state: VmState,
     machine: MachineConfig,
     boot: Option<BootSourceConfig>,
-    drives: Vec<BlockDeviceConfig>,
+    devices: DeviceConfigs,
     logger_cfg: Option<LoggerConfig>,
     log: LogSettings,
     metrics_cfg: Option<MetricsConfig>,
@@ -107,7 +108,7 @@ impl Vmm {
             state: VmState::NotStarted,
             machine: MachineConfig::default(),
             boot: None,
-            drives: Vec::new(),
+            devices: DeviceConfigs::default(),
             logger_cfg: None,
             log,
             metrics_cfg: None,
@@ -341,6 +342,7 @@ impl Vmm {
     fn put_drive(&mut self, d: BlockDeviceConfig) -> Result<(), String> {
         if d.is_root_device {
             if let Some(other) = self
+                .devices
                 .drives
                 .iter()
                 .find(|o| o.is_root_device && o.drive_id != d.drive_id)
@@ -352,18 +354,28 @@ impl Vmm {
             }
         }
         drives::check(&d)?;
-        match self.drives.iter_mut().find(|o| o.drive_id == d.drive_id) {
+        match self
+            .devices
+            .drives
+            .iter_mut()
+            .find(|o| o.drive_id == d.drive_id)
+        {
             Some(slot) => *slot = d,
-            None => self.drives.push(d),
+            None => self.devices.drives.push(d),
         }
         Ok(())
     }
 
     fn patch_drive(&mut self, u: &BlockDeviceUpdate) -> Result<(), String> {
         if let Some(vm) = &self.vm {
-            drives::patch(&vm.drives, u)?;
+            drives::patch(&vm.devices.drives, u)?;
         }
-        let Some(d) = self.drives.iter_mut().find(|d| d.drive_id == u.drive_id) else {
+        let Some(d) = self
+            .devices
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == u.drive_id)
+        else {
             return Err(format!("Invalid drive: no drive with id '{}'", u.drive_id));
         };
         let mut updated = d.clone();
@@ -390,7 +402,7 @@ impl Vmm {
 
     fn vm_config(&self) -> VmConfig {
         VmConfig {
-            drives: self.drives.clone(),
+            drives: self.devices.drives.clone(),
             boot_source: self.boot.clone(),
             machine_config: Some(self.machine.clone()),
             logger: self.logger_cfg.clone(),
@@ -425,7 +437,7 @@ impl Vmm {
         self.counters.instance_starts += 1;
         let result = (|| -> Result<MicroVm, String> {
             let ctx = self.build_context()?;
-            builder::build(&self.machine, self.boot.as_ref(), &self.drives, ctx)
+            builder::build(&self.machine, self.boot.as_ref(), &self.devices, ctx)
                 .map_err(|e| error_chain(&e))
         })();
         match result {
@@ -499,7 +511,7 @@ impl Vmm {
 
     fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), String> {
         let vm = self.vm.as_ref().ok_or("no microVM is running")?;
-        if !vm.drives.is_empty() {
+        if !vm.devices.is_empty() {
             return Err(
                 "snapshots of microVMs with virtio devices are not supported yet \
                         (their queue state is not saved)"

@@ -6,28 +6,16 @@ use std::sync::{Arc, Mutex};
 use api::models::{self, BlockDeviceConfig, BlockDeviceUpdate, RateLimiterConfig, TokenBucket};
 use devices::rate_limiter::{self, BucketUpdate, TokenBucketConfig};
 use devices::virtio::block::{self, Block, BlockConfig};
-use devices::virtio::mmio::{cmdline_entry, MmioTransport, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
+use devices::virtio::mmio::MmioTransport;
 use devices::{Bus, GuestMemoryMmap};
-use event_manager::MutEventSubscriber;
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::VmFd;
 
-use crate::arch::layout::{IOAPIC_PINS, MMIO_GAP_START};
-
-/// First GSI handed to virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
-pub const FIRST_VIRTIO_IRQ: u32 = 5;
+use crate::virtio_devices::{Attached, Slots, VirtioDeviceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError {
     #[error("Drive {0}: {1}")]
     Block(String, String),
-    #[error("Drive {0}: cannot set up the virtio-mmio transport: {1}")]
-    Transport(String, String),
-    #[error("Drive {0}: KVM {1} failed")]
-    Kvm(String, &'static str, #[source] kvm_ioctls::Error),
-    #[error("Drive {0}: cannot place it on the MMIO bus")]
-    Bus(String, #[source] devices::BusError),
-    #[error("Too many virtio devices: only {0} interrupt lines are free")]
-    TooManyDevices(u32),
     #[error("No drive with id '{0}'")]
     Unknown(String),
 }
@@ -131,61 +119,39 @@ pub fn root_args(drives: &[BlockDeviceConfig]) -> Option<String> {
 pub struct AttachedDrive {
     pub id: String,
     pub device: Arc<Mutex<Block>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
 }
 
-/// What attaching the drives produced: devices, their event handlers, command-line entries.
-#[derive(Default)]
-pub struct Attached {
-    pub drives: Vec<AttachedDrive>,
-    pub subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    pub cmdline: Vec<String>,
-}
-
-/// Creates each drive's device and transport, wires its queue notifications (ioeventfd) and
-/// interrupt (irqfd) through KVM and places it on the MMIO bus; one call per device.
+/// Creates each drive's device (root device first) and attaches it in the next slots.
 pub fn attach(
+    out: &mut Attached,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio_bus: &mut Bus,
+    slots: &mut Slots,
     drives: &[BlockDeviceConfig],
-) -> Result<Attached, DriveError> {
-    let mut out = Attached::default();
-    let free_irqs = u32::from(IOAPIC_PINS) - FIRST_VIRTIO_IRQ;
-    for (i, d) in boot_order(drives).into_iter().enumerate() {
-        let i = i as u32;
-        if i >= free_irqs {
-            return Err(DriveError::TooManyDevices(free_irqs));
-        }
+) -> Result<(), VirtioDeviceError> {
+    for d in boot_order(drives) {
         let id = d.drive_id.clone();
-        let base = MMIO_GAP_START + u64::from(i) * MMIO_DEVICE_SIZE;
-        let irq = FIRST_VIRTIO_IRQ + i;
         let device = Arc::new(Mutex::new(
             Block::new(block_config(d))
                 .map_err(|e| DriveError::Block(id.clone(), e.to_string()))?,
         ));
-        let transport = MmioTransport::new(mem.clone(), device.clone())
-            .map_err(|e| DriveError::Transport(id.clone(), e.to_string()))?;
-        for (q, evt) in transport.queue_evts().iter().enumerate() {
-            vm.register_ioevent(
-                evt,
-                &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
-                q as u32,
-            )
-            .map_err(|e| DriveError::Kvm(id.clone(), "register ioeventfd", e))?;
-        }
-        vm.register_irqfd(transport.interrupt_evt(), irq)
-            .map_err(|e| DriveError::Kvm(id.clone(), "register irqfd", e))?;
-        let handler = transport
-            .event_handler()
-            .map_err(|e| DriveError::Transport(id.clone(), e.to_string()))?;
-        out.subscribers.push(Arc::new(Mutex::new(handler)));
-        mmio_bus
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_DEVICE_SIZE)
-            .map_err(|e| DriveError::Bus(id.clone(), e))?;
-        out.cmdline.push(cmdline_entry(base, irq));
-        out.drives.push(AttachedDrive { id, device });
+        let transport = out.attach(
+            vm,
+            mem,
+            mmio_bus,
+            slots,
+            &format!("Drive {id}"),
+            device.clone(),
+        )?;
+        out.devices.drives.push(AttachedDrive {
+            id,
+            device,
+            transport,
+        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Applies a PATCH to an attached drive: new backing file and/or new rate limits.

@@ -17,3 +17,4 @@ pub mod snapshot_io;
 pub mod snapshot_state;
 pub mod state;
 pub mod vcpu;
+pub mod virtio_devices;

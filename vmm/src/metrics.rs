@@ -101,7 +101,7 @@ pub fn render(counters: &VmmCounters, vm: Option<&MicroVm>) -> Value {
             "bytes_in": s.bytes_in.load(r),
         });
         let mut block = serde_json::Map::new();
-        for d in &vm.drives {
+        for d in &vm.devices.drives {
             let m = devices::bus::lock(&d.device).metrics();
             block.insert(
                 d.id.clone(),

@@ -1,0 +1,160 @@
+//! virtio devices of a microVM: their API configurations, where they sit on the MMIO bus, and the
+//! one generic call that wires any device's transport into KVM and the bus.
+//!
+//! Every device kind (drives, then network interfaces, then vsock) takes the next free slot from
+//! one [`Slots`] allocator, so slot `i` is MMIO window `MMIO_GAP_START + i * 4 KiB` and GSI
+//! `FIRST_VIRTIO_IRQ + i`, in that order. The same order is used at boot and at restore, which
+//! keeps addresses and interrupt lines stable across snapshots.
+
+use std::sync::{Arc, Mutex};
+
+use api::models::BlockDeviceConfig;
+use devices::virtio::mmio::{cmdline_entry, MmioTransport, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
+use devices::virtio::VirtioDevice;
+use devices::{Bus, GuestMemoryMmap};
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::{IoEventAddress, VmFd};
+
+use crate::arch::layout::{IOAPIC_PINS, MMIO_GAP_START};
+use crate::drives::{self, AttachedDrive};
+
+/// First GSI handed to virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
+pub const FIRST_VIRTIO_IRQ: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioDeviceError {
+    #[error("Too many virtio devices: only {0} interrupt lines are free")]
+    TooManyDevices(u32),
+    #[error("{0}: cannot set up the virtio-mmio transport: {1}")]
+    Transport(String, String),
+    #[error("{0}: KVM {1} failed")]
+    Kvm(String, &'static str, #[source] kvm_ioctls::Error),
+    #[error("{0}: cannot place it on the MMIO bus")]
+    Bus(String, #[source] devices::BusError),
+    #[error(transparent)]
+    Drive(#[from] drives::DriveError),
+}
+
+/// The virtio devices the API configured, before the microVM exists.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceConfigs {
+    pub drives: Vec<BlockDeviceConfig>,
+}
+
+/// Hands out MMIO windows and GSIs in order.
+#[derive(Debug, Default)]
+pub struct Slots {
+    next: u32,
+}
+
+impl Slots {
+    /// The next slot's MMIO base address and GSI.
+    pub fn take(&mut self) -> Result<(u64, u32), VirtioDeviceError> {
+        let free = u32::from(IOAPIC_PINS) - FIRST_VIRTIO_IRQ;
+        if self.next >= free {
+            return Err(VirtioDeviceError::TooManyDevices(free));
+        }
+        let i = self.next;
+        self.next += 1;
+        Ok((
+            MMIO_GAP_START + u64::from(i) * MMIO_DEVICE_SIZE,
+            FIRST_VIRTIO_IRQ + i,
+        ))
+    }
+}
+
+/// The attached virtio devices of a running microVM, by kind, for PATCH, metrics and snapshots.
+#[derive(Default)]
+pub struct AttachedDevices {
+    pub drives: Vec<AttachedDrive>,
+}
+
+impl AttachedDevices {
+    /// True when no virtio device is attached.
+    pub fn is_empty(&self) -> bool {
+        self.drives.is_empty()
+    }
+}
+
+/// What attaching produced: the devices, their event handlers, the kernel command-line entries.
+#[derive(Default)]
+pub struct Attached {
+    pub devices: AttachedDevices,
+    pub subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    pub cmdline: Vec<String>,
+}
+
+impl Attached {
+    /// Creates `device`'s transport in the next slot, wires its queue notifications (ioeventfd)
+    /// and interrupt (irqfd) through KVM, places it on the MMIO bus and records its event
+    /// handler and command-line entry. Returns the transport (for snapshots). `id` names the
+    /// device in errors.
+    pub fn attach(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio_bus: &mut Bus,
+        slots: &mut Slots,
+        id: &str,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<Arc<Mutex<MmioTransport>>, VirtioDeviceError> {
+        let (base, irq) = slots.take()?;
+        let transport = MmioTransport::new(mem.clone(), device)
+            .map_err(|e| VirtioDeviceError::Transport(id.into(), e.to_string()))?;
+        for (q, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                q as u32,
+            )
+            .map_err(|e| VirtioDeviceError::Kvm(id.into(), "register ioeventfd", e))?;
+        }
+        vm.register_irqfd(transport.interrupt_evt(), irq)
+            .map_err(|e| VirtioDeviceError::Kvm(id.into(), "register irqfd", e))?;
+        let handler = transport
+            .event_handler()
+            .map_err(|e| VirtioDeviceError::Transport(id.into(), e.to_string()))?;
+        self.subscribers.push(Arc::new(Mutex::new(handler)));
+        let transport = Arc::new(Mutex::new(transport));
+        mmio_bus
+            .insert(transport.clone(), base, MMIO_DEVICE_SIZE)
+            .map_err(|e| VirtioDeviceError::Bus(id.into(), e))?;
+        self.cmdline.push(cmdline_entry(base, irq));
+        Ok(transport)
+    }
+}
+
+/// Attaches every configured device, kind by kind, in slot order.
+pub fn attach_all(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    cfgs: &DeviceConfigs,
+) -> Result<Attached, VirtioDeviceError> {
+    let mut out = Attached::default();
+    let mut slots = Slots::default();
+    drives::attach(&mut out, vm, mem, mmio_bus, &mut slots, &cfgs.drives)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_run_out_at_the_last_ioapic_pin() {
+        let mut s = Slots::default();
+        let (b0, i0) = s.take().unwrap();
+        let (b1, i1) = s.take().unwrap();
+        assert_eq!((b0, i0), (MMIO_GAP_START, FIRST_VIRTIO_IRQ));
+        assert_eq!(
+            (b1, i1),
+            (MMIO_GAP_START + MMIO_DEVICE_SIZE, FIRST_VIRTIO_IRQ + 1)
+        );
+        let free = u32::from(IOAPIC_PINS) - FIRST_VIRTIO_IRQ;
+        for _ in 2..free {
+            s.take().unwrap();
+        }
+        assert!(matches!(s.take(), Err(VirtioDeviceError::TooManyDevices(n)) if n == free));
+    }
+}
