@@ -22,6 +22,8 @@ pub struct Cmdline {
     pub poweroff_after_ready: bool,
     /// `ip=`
     pub ip: Option<IpConfig>,
+    /// `tartarus.shell`: an interactive shell on the console; the VM powers off when it exits.
+    pub shell: bool,
 }
 
 /// A static IPv4 configuration from `ip=`: either the kernel's nfsroot form
@@ -53,6 +55,7 @@ impl Cmdline {
                     c.poweroff_after_ready = true
                 }
                 ("ip", Some(v)) => c.ip = parse_ip(v)?,
+                ("tartarus.shell", None | Some("1")) => c.shell = true,
                 _ => {}
             }
         }
@@ -110,12 +113,13 @@ mod tests {
     fn parses_tartarus_keys_and_ip() {
         let c = Cmdline::parse(
             "console=ttyS0 tartarus.hostname=box tartarus.agent_port=1024 \
-             tartarus.poweroff_after_ready ip=172.16.0.2::172.16.0.1:255.255.255.252:vm:eth0:off",
+             tartarus.poweroff_after_ready tartarus.shell ip=172.16.0.2::172.16.0.1:255.255.255.252:vm:eth0:off",
         )
         .unwrap();
         assert_eq!(c.hostname.as_deref(), Some("box"));
         assert_eq!(c.agent_port, Some(1024));
         assert!(c.poweroff_after_ready);
+        assert!(c.shell);
         let ip = c.ip.unwrap();
         assert_eq!(ip.addr, Ipv4Addr::new(172, 16, 0, 2));
         assert_eq!(ip.gateway, Some(Ipv4Addr::new(172, 16, 0, 1)));

@@ -1,5 +1,6 @@
 //! PID 1: mounts, hostname, network, the agent, signals, reaping and power-off.
 
+mod console;
 mod net;
 
 use std::ffi::CString;
@@ -247,7 +248,7 @@ pub fn run() -> ! {
     let port = cmdline.agent_port.unwrap_or(DEFAULT_AGENT_PORT);
     match VsockListener::bind(port) {
         Ok(listener) => {
-            let agent = Agent::new(reaper);
+            let agent = Agent::new(reaper.clone());
             let _ = std::thread::Builder::new()
                 .name("agent".into())
                 .spawn(move || {
@@ -260,6 +261,11 @@ pub fn run() -> ! {
         Err(e) => log(&format!("agent not started: no vsock on port {port}: {e}")),
     }
     log("ready");
+    if cmdline.shell {
+        if let Err(e) = console::spawn_shell(reaper.clone(), power_off) {
+            log(&format!("no console shell: {e}"));
+        }
+    }
     if cmdline.poweroff_after_ready {
         log("powering off (tartarus.poweroff_after_ready)");
         power_off();
