@@ -1,8 +1,8 @@
 //! The Linux lane, first step: our microvm kernel (kernels/build-kernel.sh, cached) boots a tiny
 //! initramfs around tartarus-init (kernels/build-initramfs.sh, cached) on tartarus-vmm, reaches
 //! `tartarus-init: ready`, and powers off by itself (`tartarus.poweroff_after_ready`), so the VMM
-//! exits 0. Slow on PVM hosts (see kernels/README.md): ignored unless TARTARUS_LINUX_TESTS=1 at
-//! build time, or run it with `--ignored`.
+//! exits 0. Slow on PVM hosts (see kernels/README.md), and the Linux lane (tests/linux.rs) already
+//! boots Linux once per run, so this one only runs with `--ignored`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -37,10 +37,7 @@ fn script_output(script: &str, key: &str) -> PathBuf {
 }
 
 #[test]
-#[cfg_attr(
-    not(tartarus_linux_tests),
-    ignore = "slow Linux lane: set TARTARUS_LINUX_TESTS=1 or pass --ignored"
-)]
+#[ignore = "a second slow Linux boot: the Linux lane (tests/linux.rs) boots from virtio-blk; run with --ignored"]
 fn linux_boots_to_tartarus_init_ready_and_powers_off() {
     let t = Instant::now();
     let vmlinux = script_output("kernels/build-kernel.sh", "vmlinux");
