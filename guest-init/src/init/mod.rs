@@ -260,7 +260,14 @@ pub fn run() -> ! {
         }
         Err(e) => log(&format!("agent not started: no vsock on port {port}: {e}")),
     }
-    log("ready");
+    // The uptime makes the boot phases measurable from the guest's side (benches, `--suite linux`).
+    match std::fs::read_to_string("/proc/uptime") {
+        Ok(u) => log(&format!(
+            "ready (uptime {} s)",
+            u.split_whitespace().next().unwrap_or("?")
+        )),
+        Err(_) => log("ready"),
+    }
     if cmdline.shell {
         if let Err(e) = console::spawn_shell(reaper.clone(), power_off) {
             log(&format!("no console shell: {e}"));
