@@ -42,6 +42,27 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs a build script of the repository (e.g. `kernels/build-kernel.sh`) and returns the path
+/// it prints as `<key>=<path>` on stdout. Panics with the script's stderr if it fails.
+pub fn script_output(script: &str, args: &[&str], key: &str) -> PathBuf {
+    let out = std::process::Command::new(repo_root().join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{key}=");
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{script} printed no {key}= line:\n{stdout}"));
+    PathBuf::from(path)
+}
+
 /// Where the VMM binary would be for an executable in `exe_dir`: the same directory, or its
 /// parent if the executable is a test in `target/<profile>/deps`.
 pub fn vmm_binary_near(exe_dir: &Path) -> PathBuf {

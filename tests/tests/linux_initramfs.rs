@@ -4,12 +4,10 @@
 //! exits 0. Slow on PVM hosts (see kernels/README.md), and the Linux lane (tests/linux.rs) already
 //! boots Linux once per run, so this one only runs with `--ignored`.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tartarus_tests::{repo_root, Vmm};
+use tartarus_tests::{script_output, Vmm};
 
 /// The PVM work-arounds (shared/PVM.md); the VMM will add them itself in a later slice.
 const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 noxsave 8250.nr_uarts=1 \
@@ -17,31 +15,12 @@ const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 noxsave 8250.nr_uarts=1 
     tartarus.poweroff_after_ready";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// Runs a build script and returns the path it prints as `<key>=<path>`.
-fn script_output(script: &str, key: &str) -> PathBuf {
-    let out = Command::new(repo_root().join(script))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let prefix = format!("{key}=");
-    let path = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("{script} printed no {key}= line:\n{stdout}"));
-    PathBuf::from(path)
-}
-
 #[test]
 #[ignore = "a second slow Linux boot: the Linux lane (tests/linux.rs) boots from virtio-blk; run with --ignored"]
 fn linux_boots_to_tartarus_init_ready_and_powers_off() {
     let t = Instant::now();
-    let vmlinux = script_output("kernels/build-kernel.sh", "vmlinux");
-    let initramfs = script_output("kernels/build-initramfs.sh", "initramfs");
+    let vmlinux = script_output("kernels/build-kernel.sh", &[], "vmlinux");
+    let initramfs = script_output("kernels/build-initramfs.sh", &[], "initramfs");
     eprintln!("kernel + initramfs ready in {:?}", t.elapsed());
 
     let mut vmm = Vmm::start_api();

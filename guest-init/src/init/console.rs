@@ -45,7 +45,9 @@ pub fn spawn_shell(reaper: Reaper, on_exit: fn() -> !) -> io::Result<()> {
         });
     }
     let (_child, status) = reaper.spawn(|| cmd.spawn())?;
-    super::log(&format!("shell {shell} on the console; exit it to power off"));
+    super::log(&format!(
+        "shell {shell} on the console; exit it to power off"
+    ));
     std::thread::Builder::new()
         .name("console-shell".into())
         .spawn(move || {
