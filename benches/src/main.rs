@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -21,7 +21,11 @@
 //!
 //! The snapshot suite (snapshot create, load and wake latency, restores per second, private
 //! memory of a restored VMM, peer baselines, targets) is described in [`snapshot`].
+//!
+//! The block suite (virtio-blk IOPS and throughput in a test guest, Sync vs Async engine, next
+//! to the same I/O from a host process) is described in [`block`].
 
+mod block;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +47,14 @@ const MEM_MIB: u64 = 128;
 enum Suite {
     Boot,
     Snapshot,
+    Block,
     All,
+}
+
+impl Suite {
+    fn includes(self, s: Suite) -> bool {
+        self == Suite::All || self == s
+    }
 }
 
 struct Options {
@@ -56,7 +67,8 @@ struct Options {
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] \
+const USAGE: &str =
+    "usage: tartarus-bench [--suite boot|snapshot|block|all] [--runs N] [--restores N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -86,6 +98,7 @@ fn parse_args() -> Result<Options, String> {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
                     "snapshot" => Suite::Snapshot,
+                    "block" => Suite::Block,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -538,7 +551,7 @@ fn run(opts: &Options) -> Result<Value, String> {
         "metrics": [],
     });
     let mut metrics = Vec::new();
-    if opts.suite != Suite::Snapshot {
+    if opts.suite.includes(Suite::Boot) {
         let (config, m) = run_boot(opts)?;
         if let (Some(doc_config), Some(boot)) = (doc["config"].as_object_mut(), config.as_object())
         {
@@ -546,9 +559,14 @@ fn run(opts: &Options) -> Result<Value, String> {
         }
         metrics.extend(m);
     }
-    if opts.suite != Suite::Boot {
+    if opts.suite.includes(Suite::Snapshot) {
         let (report, m) = snapshot::run(opts)?;
         doc["snapshot"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Block) {
+        let (report, m) = block::run(opts)?;
+        doc["block"] = report;
         metrics.extend(m);
     }
     doc["metrics"] = Value::Array(metrics);

@@ -249,3 +249,127 @@ fn patch_while_running() {
     assert_eq!(vmm.action("SendCtrlAltDel").status, 204);
     vmm.wait_success();
 }
+
+// ---- benchmark mode (blk_bench=..., tests/guests/virtio_blk/bench.c) ----
+
+/// The guest's per-request checksum: FNV-1a over the buffer's 64-bit little-endian words.
+fn bench_hash(buf: &[u8]) -> u64 {
+    buf.chunks_exact(8).fold(0xcbf2_9ce4_8422_2325, |h, w| {
+        (h ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The fields of the guest's `blk bench op=...` line.
+fn bench_line(out: &str) -> std::collections::HashMap<String, String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("blk bench op="))
+        .unwrap_or_else(|| panic!("no blk bench line: {out}"));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn bench_mode_reads_the_right_data() {
+    let dir = TempDir::new("blkbench");
+    // 1 MiB in which every sector differs, so a request at the wrong offset changes the sum.
+    let img: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i / SECTOR as u32 * 7 + i % 251) as u8)
+        .collect();
+    let path = dir.join("bench.img");
+    std::fs::write(&path, &img).unwrap();
+    let out = run_guest(
+        &drive("b", &path, json!({"io_engine": "Async"})),
+        "blk_bench=read blk_bench_count=8 blk_bench_sum",
+    );
+    let f = bench_line(&out);
+    assert_eq!(f["op"], "read", "{out}");
+    assert_eq!(f["count"], "8", "{out}");
+    assert_eq!(f["sectors"], "8", "{out}");
+    assert_eq!(f["bytes"], "32768", "{out}");
+    assert_eq!(f["errors"], "0", "{out}");
+    assert!(f["cycles"].parse::<u64>().unwrap() > 0, "{out}");
+    assert!(f["tsc_khz"].parse::<u64>().unwrap() > 0, "{out}");
+    // Requests 0..8 read the 4 KiB units 0..8 in order.
+    let expected = (0..8)
+        .map(|i| bench_hash(&img[i * 4096..(i + 1) * 4096]))
+        .fold(0u64, u64::wrapping_add);
+    assert_eq!(f["sum"], format!("0x{expected:016x}"), "{out}");
+}
+
+#[test]
+fn bench_mode_writes_the_pattern_with_requests_in_flight() {
+    let dir = TempDir::new("blkbenchw");
+    let path = disk(&dir, "w.img");
+    let before = std::fs::read(&path).unwrap();
+    // 12 requests of 2 sectors over a 1 MiB disk, 5 in flight, random units.
+    let out = run_guest(
+        &drive("w", &path, json!({})),
+        "blk_bench=write blk_bench_count=12 blk_bench_sectors=2 blk_bench_depth=5 \
+         blk_bench_pattern=rand blk_bench_seed=7",
+    );
+    let f = bench_line(&out);
+    assert_eq!(f["pattern"], "rand", "{out}");
+    assert_eq!(f["depth"], "5", "{out}");
+    assert_eq!(f["errors"], "0", "{out}");
+    assert!(!f.contains_key("sum"), "{out}");
+    let pattern: Vec<u8> = (0..128u64)
+        .flat_map(|j| (0x7461_7274_6172_7573u64 ^ j).to_le_bytes())
+        .collect();
+    let (units, mut x) = ((1u64 << 20) / 1024, 7u64);
+    let mut expected = before.clone();
+    for _ in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = ((x % units) * 1024) as usize;
+        expected[off..off + 1024].copy_from_slice(&pattern);
+    }
+    assert_ne!(expected, before);
+    assert!(
+        std::fs::read(&path).unwrap() == expected,
+        "written units differ"
+    );
+}
+
+#[test]
+fn bench_mode_refuses_bad_parameters() {
+    let dir = TempDir::new("blkbenchbad");
+    let path = disk(&dir, "b.img");
+    for (args, msg) in [
+        (
+            "blk_bench=erase",
+            "blk bench: blk_bench= must be read or write",
+        ),
+        (
+            "blk_bench=read blk_bench_depth=6",
+            "blk_bench_depth= must be 1..5",
+        ),
+        (
+            "blk_bench=read blk_bench_sectors=4096",
+            "blk_bench_sectors= must be 1..2048",
+        ),
+        (
+            "blk_bench=read blk_bench_pattern=zigzag",
+            "must be seq or rand",
+        ),
+    ] {
+        let mut vmm = Vmm::start_api();
+        vmm.put_ok(
+            "/machine-config",
+            &json!({"vcpu_count": 1, "mem_size_mib": 64}),
+        );
+        vmm.put_ok("/drives/b", &drive("b", &path, json!({})));
+        vmm.put_ok(
+            "/boot-source",
+            &json!({"kernel_image_path": guests().get("virtio_blk.elf"), "boot_args": args}),
+        );
+        vmm.start();
+        let out = vmm.wait_success();
+        assert!(out.contains(msg), "{args}: {out}");
+        assert!(out.contains("virtio-blk: failed"), "{args}: {out}");
+        assert!(!out.contains("blk bench op="), "{args}: {out}");
+    }
+}

@@ -2,12 +2,13 @@
 /*
  * virtio_blk: drives the first virtio-blk device announced on the command line
  * (virtio_mmio.device=...) with one polled request at a time: blk_read=<sector>,
- * blk_write=<sector>, blk_flush, blk_id, in that order, then resets the machine
- * through the i8042. See ../README.md for the exact output.
+ * blk_write=<sector>, blk_flush, blk_id, in that order, then the benchmark mode
+ * (blk_bench=..., bench.c) if asked for, then resets the machine through the i8042. See ../README.md for the exact output.
  */
 #include "guest.h"
 #include "text.h"
 #include "virtio.h"
+#include "bench.h"
 
 #define VIRTIO_BLK_F_RO (1ULL << 5)
 #define VIRTIO_BLK_F_FLUSH (1ULL << 9)
@@ -187,6 +188,13 @@ void guest_main(void)
 		do_flush();
 	if (cmdline_has_word("blk_id"))
 		do_get_id();
+	if (cmdline_has_word("blk_bench_probe"))
+		blk_bench_probe(&dev);
+	if (blk_bench_requested()) {
+		const char *how = blk_bench(&dev, &vq, capacity, timeout_ms);
+		if (how)
+			finish(how);
+	}
 
 	virtio_reset(&dev);
 	finish("done");
