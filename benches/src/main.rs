@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|linux|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -24,8 +24,12 @@
 //!
 //! The block suite (virtio-blk IOPS and throughput in a test guest, Sync vs Async engine, next
 //! to the same I/O from a host process) is described in [`block`].
+//!
+//! The linux suite (our kernel + root fs: boot phases from guest clocks, agent exec round trip,
+//! restore → first agent reply) is described in [`linux`]; it is not part of `all`.
 
 mod block;
+mod linux;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -48,12 +52,14 @@ enum Suite {
     Boot,
     Snapshot,
     Block,
+    /// Our Linux kernel + root fs (slow on PVM hosts; not part of `all`).
+    Linux,
     All,
 }
 
 impl Suite {
     fn includes(self, s: Suite) -> bool {
-        self == Suite::All || self == s
+        self == s || (self == Suite::All && s != Suite::Linux)
     }
 }
 
@@ -62,13 +68,15 @@ struct Options {
     runs: usize,
     /// Restores per concurrency level for `restores_per_second`.
     restores: usize,
+    /// Linux boots for the linux suite's boot-phase figures.
+    linux_boots: usize,
     vmm: PathBuf,
     guests: Guests,
     out: Option<PathBuf>,
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|all] [--runs N] [--restores N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|linux|all] [--runs N] [--restores N] [--linux-boots N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -81,6 +89,7 @@ fn positive(name: &str, v: &str) -> Result<usize, String> {
 fn parse_args() -> Result<Options, String> {
     let mut runs = 20usize;
     let mut restores = 40usize;
+    let mut linux_boots = 1usize;
     let mut suite = Suite::All;
     let mut vmm: Option<PathBuf> = None;
     let mut guests_dir: Option<PathBuf> = None;
@@ -94,11 +103,13 @@ fn parse_args() -> Result<Options, String> {
         match a.as_str() {
             "--runs" => runs = positive("--runs", &value("--runs")?)?,
             "--restores" => restores = positive("--restores", &value("--restores")?)?,
+            "--linux-boots" => linux_boots = positive("--linux-boots", &value("--linux-boots")?)?,
             "--suite" => {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
                     "snapshot" => Suite::Snapshot,
                     "block" => Suite::Block,
+                    "linux" => Suite::Linux,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -143,6 +154,7 @@ fn parse_args() -> Result<Options, String> {
         suite,
         runs,
         restores,
+        linux_boots,
         vmm,
         guests,
         out,
@@ -567,6 +579,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Block) {
         let (report, m) = block::run(opts)?;
         doc["block"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Linux) {
+        let (report, m) = linux::run(opts, opts.linux_boots)?;
+        doc["linux"] = report;
         metrics.extend(m);
     }
     doc["metrics"] = Value::Array(metrics);

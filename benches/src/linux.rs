@@ -1,0 +1,214 @@
+//! The Linux suite (`--suite linux`): our microvm kernel with the base root fs on virtio-blk and a
+//! vsock, as in the test suite's Linux lane.
+//!
+//! - Boot phases, from the guest's own clocks (one boot per `--linux-boots`, default 1: a boot
+//!   takes ~20 s on PVM hosts): `kernel_to_init_s` = the printk timestamp of
+//!   `Run /sbin/init as init process`; `kernel_to_agent_ready_s` = the uptime tartarus-init prints
+//!   in its ready line; and from the host, `instance_start_to_ready_s`.
+//! - `agent_exec_true_ms`: one exec of `/bin/true` through the agent on an open connection
+//!   (request sent → exit status received), `--runs` times.
+//! - `agent_ping_ms`: one ping/pong frame pair, `--runs` times.
+//! - `restore_to_agent_reply_ms` per backend (File, Uffd): load request sent to a fresh VMM with
+//!   `resume_vm` → the agent's hello over a new vsock connection, then one ping.
+//!
+//! On PVM hosts everything that runs guest kernel code is emulated (~1000x slower), so these
+//! figures are far from what hardware KVM gives; the harness is the same there.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use guest_init::client::{wait_for_agent, Client};
+use serde_json::{json, Value};
+use tartarus_tests::{script_output, TempDir, Vmm};
+
+use crate::{ms, put, spawn, summary, Options};
+
+const AGENT_PORT: u32 = 52;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+const MEM_MIB: u64 = 256;
+const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 clocksource=kvm-clock";
+
+/// The printk timestamp (seconds) of the first console line containing `needle`.
+fn printk_time(out: &str, needle: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.contains(needle))?;
+    let inner = line.trim_start().strip_prefix('[')?.split(']').next()?;
+    inner.trim().parse().ok()
+}
+
+/// The uptime in tartarus-init's `ready (uptime X s)` line.
+fn ready_uptime(out: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.contains("tartarus-init: ready"))?;
+    let rest = line.split("uptime ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+struct Booted {
+    vmm: Vmm,
+    uds: std::path::PathBuf,
+    kernel_to_init_s: f64,
+    kernel_to_ready_s: f64,
+    start_to_ready_s: f64,
+}
+
+fn boot(opts: &Options, vmlinux: &Path, image: &Path, dir: &Path) -> Result<Booted, String> {
+    let disk = dir.join("rootfs.ext4");
+    std::fs::copy(image, &disk).map_err(|e| format!("copy root fs: {e}"))?;
+    let uds = dir.join("v.sock");
+    let vmm = spawn(opts)?;
+    vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
+        .map_err(|e| format!("API socket: {e}"))?;
+    put(
+        &vmm,
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB}),
+    )?;
+    put(
+        &vmm,
+        "/boot-source",
+        json!({"kernel_image_path": vmlinux, "boot_args": BOOT_ARGS}),
+    )?;
+    put(
+        &vmm,
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false}),
+    )?;
+    put(&vmm, "/vsock", json!({"guest_cid": 3, "uds_path": uds}))?;
+    let t = Instant::now();
+    crate::action(&vmm, "InstanceStart")?;
+    let out = vmm
+        .try_wait_for_output("tartarus-init: ready", BOOT_TIMEOUT)
+        .map_err(|e| format!("Linux boot: {e}\n{}", vmm.diagnostics()))?;
+    let start_to_ready_s = t.elapsed().as_secs_f64();
+    // The ready line may still be arriving: wait until its uptime is complete.
+    let out = if ready_uptime(&out).is_some() {
+        out
+    } else {
+        vmm.output_when_quiet(Duration::from_millis(200))
+    };
+    Ok(Booted {
+        kernel_to_init_s: printk_time(&out, "Run /sbin/init as init process")
+            .ok_or("no 'Run /sbin/init' line on the console")?,
+        kernel_to_ready_s: ready_uptime(&out).ok_or("no uptime in the ready line")?,
+        start_to_ready_s,
+        vmm,
+        uds,
+    })
+}
+
+fn agent(uds: &Path) -> Result<Client<std::os::unix::net::UnixStream>, String> {
+    wait_for_agent(uds, AGENT_PORT, AGENT_TIMEOUT).map_err(|e| format!("agent: {e}"))
+}
+
+fn restore_once(
+    opts: &Options,
+    state: &Path,
+    mem: &Path,
+    uds: &Path,
+    backend: &str,
+) -> Result<f64, String> {
+    let mut vmm = spawn(opts)?;
+    vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
+        .map_err(|e| format!("API socket: {e}"))?;
+    let t = Instant::now();
+    put(
+        &vmm,
+        "/snapshot/load",
+        json!({"snapshot_path": state, "mem_backend": {"backend_type": backend, "backend_path": mem},
+               "resume_vm": true}),
+    )?;
+    let mut c = agent(uds)?;
+    c.ping().map_err(|e| format!("ping after restore: {e}"))?;
+    let d = t.elapsed();
+    vmm.kill();
+    Ok(ms(d))
+}
+
+pub(crate) fn run(opts: &Options, boots: usize) -> Result<(Value, Vec<Value>), String> {
+    let vmlinux = script_output("kernels/build-kernel.sh", &[], "vmlinux");
+    let image = script_output("kernels/build-rootfs.sh", &["--variant", "base"], "rootfs");
+    let mut metrics = Vec::new();
+    let (mut to_init, mut to_ready, mut start_ready) = (Vec::new(), Vec::new(), Vec::new());
+    let dir = TempDir::new("linuxbench");
+    let mut last = None;
+    for i in 0..boots {
+        let sub = dir.path().join(format!("boot{i}"));
+        std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
+        let b = boot(opts, &vmlinux, &image, &sub)?;
+        to_init.push(b.kernel_to_init_s);
+        to_ready.push(b.kernel_to_ready_s);
+        start_ready.push(b.start_to_ready_s);
+        last = Some(b);
+    }
+    let mut b = last.ok_or("--linux-boots must be at least 1")?;
+    metrics.push(summary("kernel_to_init_s", "s", &to_init));
+    metrics.push(summary("kernel_to_agent_ready_s", "s", &to_ready));
+    metrics.push(summary("instance_start_to_ready_s", "s", &start_ready));
+
+    let mut c = agent(&b.uds)?;
+    let mut exec = Vec::new();
+    let mut ping = Vec::new();
+    for _ in 0..opts.runs {
+        let t = Instant::now();
+        c.ping().map_err(|e| format!("ping: {e}"))?;
+        ping.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let out = c.exec(["/bin/true"]).map_err(|e| format!("exec: {e}"))?;
+        exec.push(ms(t.elapsed()));
+        if out.code != Some(0) {
+            return Err(format!("/bin/true exited with {:?}", out.code));
+        }
+    }
+    drop(c);
+    metrics.push(summary("agent_ping_ms", "ms", &ping));
+    metrics.push(summary("agent_exec_true_ms", "ms", &exec));
+
+    let state = dir.path().join("linux.state");
+    let mem = dir.path().join("linux.mem");
+    let r = b
+        .vmm
+        .try_request("PATCH", "/vm", Some(br#"{"state": "Paused"}"#))
+        .map_err(|e| format!("pause: {e}"))?;
+    if r.status != 204 {
+        return Err(format!("pause: {r}"));
+    }
+    put(
+        &b.vmm,
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    )?;
+    b.vmm.kill();
+    let restores = opts.runs.min(10);
+    for backend in ["File", "Uffd"] {
+        let samples = (0..restores)
+            .map(|_| restore_once(opts, &state, &mem, &b.uds, backend))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut m = summary(
+            &format!("restore_to_agent_reply_ms_{}", backend.to_lowercase()),
+            "ms",
+            &samples,
+        );
+        m["what"] = json!(
+            "load request sent (resume_vm) -> agent hello on a new vsock connection + one ping"
+        );
+        metrics.push(m);
+    }
+    let config = json!({"mem_mib": MEM_MIB, "vcpus": 1, "boots": boots, "kernel": vmlinux,
+                        "rootfs": image, "boot_args": BOOT_ARGS});
+    Ok((config, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_guest_clocks() {
+        let out =
+            "[    0.000000] Linux version 6.1\n[   17.637847] Run /sbin/init as init process\n\
+                   tartarus-init: ready (uptime 19.53 s)\n";
+        assert_eq!(printk_time(out, "Run /sbin/init"), Some(17.637847));
+        assert_eq!(ready_uptime(out), Some(19.53));
+        assert_eq!(ready_uptime("tartarus-init: ready\n"), None);
+    }
+}
