@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|net|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -20,8 +20,11 @@
 //! - `instance_start_to_exit_ms`: `InstanceStart` sent → VMM exit, hello.elf without `wait_cad`.
 //!
 //! The snapshot suite (snapshot create, load and wake latency, restores per second, private
-//! memory of a restored VMM, peer baselines, targets) is described in [`snapshot`].
+//! memory of a restored VMM, peer baselines, targets) is described in [`snapshot`]; the net
+//! suite (virtio-net TX/RX packets per second against a host veth peer) in [`net`]. `all` runs
+//! boot and snapshot; the net suite needs root and runs only when asked for.
 
+mod net;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,7 @@ const MEM_MIB: u64 = 128;
 enum Suite {
     Boot,
     Snapshot,
+    Net,
     All,
 }
 
@@ -56,7 +60,7 @@ struct Options {
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] \
+const USAGE: &str = "usage: tartarus-bench [--suite boot|snapshot|net|all] [--runs N] [--restores N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -86,6 +90,7 @@ fn parse_args() -> Result<Options, String> {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
                     "snapshot" => Suite::Snapshot,
+                    "net" => Suite::Net,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -538,6 +543,12 @@ fn run(opts: &Options) -> Result<Value, String> {
         "metrics": [],
     });
     let mut metrics = Vec::new();
+    if opts.suite == Suite::Net {
+        let (report, m) = net::run(opts)?;
+        doc["net"] = report;
+        doc["metrics"] = Value::Array(m);
+        return Ok(doc);
+    }
     if opts.suite != Suite::Snapshot {
         let (config, m) = run_boot(opts)?;
         if let (Some(doc_config), Some(boot)) = (doc["config"].as_object_mut(), config.as_object())
