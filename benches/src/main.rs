@@ -60,7 +60,8 @@ struct Options {
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: tartarus-bench [--suite boot|snapshot|net|all] [--runs N] [--restores N] \
+const USAGE: &str =
+    "usage: tartarus-bench [--suite boot|snapshot|net|all] [--runs N] [--restores N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {

@@ -58,7 +58,11 @@ fn capture(sock: &PacketSocket, n: usize) -> Result<Vec<Instant>, String> {
 }
 
 fn tx_run(opts: &Options, tap: &HostTap, sock: &PacketSocket) -> Result<f64, String> {
-    let mut vmm = start(opts, tap, &format!("net_tx_count={TX_FRAMES} net_rx_wait=1"))?;
+    let mut vmm = start(
+        opts,
+        tap,
+        &format!("net_tx_count={TX_FRAMES} net_rx_wait=1"),
+    )?;
     let times = capture(sock, TX_FRAMES)?;
     let _ = vmm.try_wait_exit(GUEST_TIMEOUT, Duration::from_millis(5));
     let span = times[TX_FRAMES - 1] - times[0];
@@ -117,6 +121,7 @@ fn veth_run(a: &str, b: &str) -> Result<f64, String> {
     let rx = PacketSocket::bind(ifindex(b)?).map_err(|e| e.to_string())?;
     rx.set_timeout(Duration::from_millis(200))
         .map_err(|e| e.to_string())?;
+    rx.set_rcvbuf(16 << 20).map_err(|e| e.to_string())?;
     let frame = tartarus_frame([2, 0, 0, 0, 0, 8], GUEST_MAC, b"bench");
     let t0 = Instant::now();
     let mut buf = vec![0u8; 2048];
@@ -142,10 +147,11 @@ fn veth_run(a: &str, b: &str) -> Result<f64, String> {
 pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
     let n = opts.runs;
     let tap = HostTap::create()?;
-    let sock = PacketSocket::bind(tap.ifindex().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let sock =
+        PacketSocket::bind(tap.ifindex().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     sock.set_timeout(Duration::from_millis(100))
         .map_err(|e| e.to_string())?;
+    sock.set_rcvbuf(16 << 20).map_err(|e| e.to_string())?;
     let va = format!("tbv{}a", std::process::id() % 100_000);
     let vb = format!("tbv{}b", std::process::id() % 100_000);
     ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;

@@ -138,6 +138,27 @@ impl PacketSocket {
         Ok(())
     }
 
+    /// Asks for a receive buffer of `bytes` (SO_RCVBUFFORCE as root, beyond rmem_max), so
+    /// bursts are not dropped before they are read.
+    pub fn set_rcvbuf(&self, bytes: i32) -> io::Result<()> {
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: a valid int of the length passed.
+            let ret = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &bytes as *const i32 as *const libc::c_void,
+                    std::mem::size_of::<i32>() as u32,
+                )
+            };
+            if ret == 0 {
+                return Ok(());
+            }
+        }
+        Err(io::Error::last_os_error())
+    }
+
     /// Receives one frame that came in from the tap (the guest's side), skipping frames the
     /// host itself sent; None on timeout.
     pub fn recv_incoming(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
