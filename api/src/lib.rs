@@ -7,6 +7,7 @@
 //!   wakes that thread through an `EventFd`, waits for the reply and writes the HTTP response.
 
 pub mod models;
+pub mod net_models;
 pub mod router;
 pub mod server;
 

@@ -4,6 +4,7 @@
 //! so that a body that works over the socket works in the file and the other way round.
 //! Every body rejects unknown fields: a misspelt key is an error, never silently ignored.
 
+pub use crate::net_models::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use serde::{Deserialize, Serialize};
 
 /// Largest number of vCPUs a microVM may have.
@@ -226,6 +227,8 @@ pub struct VmConfig {
     pub machine_config: Option<MachineConfig>,
     #[serde(default)]
     pub drives: Vec<BlockDeviceConfig>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,6 +257,7 @@ impl VmConfig {
         if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
             return Err("Invalid drives: more than one root device".into());
         }
+        crate::net_models::validate_list(&self.network_interfaces)?;
         if let Some(l) = &self.logger {
             l.validate()?;
         }
@@ -558,6 +562,8 @@ pub enum VmmAction {
     LoadSnapshot(SnapshotLoadParams),
     PutDrive(BlockDeviceConfig),
     PatchDrive(BlockDeviceUpdate),
+    PutNetworkInterface(NetworkInterfaceConfig),
+    PatchNetworkInterface(NetworkInterfaceUpdate),
 }
 
 /// The VMM thread's answer to a [`VmmAction`].

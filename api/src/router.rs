@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::models::{
     ActionInfo, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, SnapshotCreateParams, SnapshotLoadParams,
-    VmStateUpdate, VmmAction,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
+    NetworkInterfaceUpdate, SnapshotCreateParams, SnapshotLoadParams, VmStateUpdate, VmmAction,
 };
 
 /// Every route served, as (method, path).
@@ -31,6 +31,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/vm"),
     ("PUT", "/drives/{drive_id}"),
     ("PATCH", "/drives/{drive_id}"),
+    ("PUT", "/network-interfaces/{iface_id}"),
+    ("PATCH", "/network-interfaces/{iface_id}"),
     ("PUT", "/snapshot/create"),
     ("PUT", "/snapshot/load"),
 ];
@@ -57,6 +59,9 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
 
     if let Some(id) = route.strip_prefix("/drives/") {
         return drive_request(method, path, id, body);
+    }
+    if let Some(id) = route.strip_prefix("/network-interfaces/") {
+        return net_request(method, path, id, body);
     }
 
     let action = match (method, route) {
@@ -117,6 +122,40 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
         return Err("GET request cannot have a body.".to_string());
     }
     Ok(action)
+}
+
+fn net_request(method: &str, path: &str, id: &str, body: &[u8]) -> Result<VmmAction, String> {
+    if id.is_empty() || id.contains('/') {
+        return Err(format!(
+            "Invalid request method and/or path: {method} {path}"
+        ));
+    }
+    let check_id = |body_id: &str| {
+        if body_id == id {
+            Ok(())
+        } else {
+            Err(format!(
+                "Invalid network interface: the path names interface '{id}' but the body names '{body_id}'"
+            ))
+        }
+    };
+    match method {
+        "PUT" => {
+            let cfg: NetworkInterfaceConfig = parse_body(method, "network interface", body)?;
+            check_id(&cfg.iface_id)?;
+            cfg.validate()?;
+            Ok(VmmAction::PutNetworkInterface(cfg))
+        }
+        "PATCH" => {
+            let upd: NetworkInterfaceUpdate = parse_body(method, "network interface", body)?;
+            check_id(&upd.iface_id)?;
+            upd.validate()?;
+            Ok(VmmAction::PatchNetworkInterface(upd))
+        }
+        _ => Err(format!(
+            "Invalid request method and/or path: {method} {path}"
+        )),
+    }
 }
 
 fn drive_request(method: &str, path: &str, id: &str, body: &[u8]) -> Result<VmmAction, String> {
@@ -642,6 +681,52 @@ mod tests {
         assert!(e.contains("refill_time"), "{e}");
         assert!(err("GET", "/drives/a", "").contains("Invalid request method"));
         assert!(err("PUT", "/drives/", "{}").contains("Invalid request method"));
+    }
+
+    #[test]
+    fn network_interface_routes() {
+        let a = ok(
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
+                "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+        );
+        assert!(matches!(a, VmmAction::PutNetworkInterface(n) if n.host_dev_name == "tap0"));
+        let e = err(
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth1", "host_dev_name": "tap0"}"#,
+        );
+        assert!(e.contains("'eth0'") && e.contains("'eth1'"), "{e}");
+        let e = err(
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "nope"}"#,
+        );
+        assert!(e.contains("guest_mac"), "{e}");
+        let e = err(
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 9000}"#,
+        );
+        assert!(e.contains("unknown field"), "{e}");
+        let a = ok(
+            "PATCH",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#,
+        );
+        assert!(matches!(a, VmmAction::PatchNetworkInterface(_)));
+        let e = err(
+            "PATCH",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 0}}}"#,
+        );
+        assert!(
+            e.contains("tx_rate_limiter") && e.contains("refill_time"),
+            "{e}"
+        );
+        assert!(err("GET", "/network-interfaces/eth0", "").contains("Invalid request method"));
+        assert!(err("PUT", "/network-interfaces/", "{}").contains("Invalid request method"));
     }
 
     #[test]

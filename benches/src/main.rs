@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|linux|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|net|linux|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -26,10 +26,13 @@
 //! to the same I/O from a host process) is described in [`block`].
 //!
 //! The linux suite (our kernel + root fs: boot phases from guest clocks, agent exec round trip,
-//! restore → first agent reply) is described in [`linux`]; it is not part of `all`.
+//! restore → first agent reply) is described in [`linux`]; the net suite (virtio-net TX/RX packets
+//! per second against a host veth peer) in [`net`]. `all` runs boot, snapshot and block; the net
+//! suite (needs root) and the linux suite run only when asked for.
 
 mod block;
 mod linux;
+mod net;
 mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +57,7 @@ enum Suite {
     Block,
     /// Our Linux kernel + root fs (slow on PVM hosts; not part of `all`).
     Linux,
+    Net,
     All,
 }
 
@@ -76,7 +80,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|linux|all] [--runs N] [--restores N] [--linux-boots N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|net|linux|all] [--runs N] [--restores N] [--linux-boots N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -110,6 +114,7 @@ fn parse_args() -> Result<Options, String> {
                     "snapshot" => Suite::Snapshot,
                     "block" => Suite::Block,
                     "linux" => Suite::Linux,
+                    "net" => Suite::Net,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -563,6 +568,12 @@ fn run(opts: &Options) -> Result<Value, String> {
         "metrics": [],
     });
     let mut metrics = Vec::new();
+    if opts.suite == Suite::Net {
+        let (report, m) = net::run(opts)?;
+        doc["net"] = report;
+        doc["metrics"] = Value::Array(m);
+        return Ok(doc);
+    }
     if opts.suite.includes(Suite::Boot) {
         let (config, m) = run_boot(opts)?;
         if let (Some(doc_config), Some(boot)) = (doc["config"].as_object_mut(), config.as_object())

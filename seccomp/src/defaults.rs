@@ -185,7 +185,7 @@ pub fn vmm() -> AllowList {
         sys!(SYS_timerfd_settime),
         sys!(SYS_timerfd_gettime),
         sys!(SYS_read),
-        // Files: kernel, initrd, /dev/kvm, log, metrics and serial output; the API socket is
+        // Files: kernel, initrd, /dev/kvm, /dev/net/tun, log, metrics and serial output; the API socket is
         // removed at exit.
         sys!(SYS_openat),
         sys!(SYS_statx),
@@ -263,6 +263,9 @@ pub fn vmm() -> AllowList {
     l.one_of(sys!(SYS_socket), 0, &[("AF_UNIX", libc::AF_UNIX as u64)]);
     l.one_of(sys!(SYS_ioctl), 1, &named(VMM_KVM_IOCTLS));
     l.one_of(sys!(SYS_ioctl), 1, &named(UFFD_IOCTLS));
+    // virtio-net: attach to a tap at InstanceStart, set its offloads after the guest negotiated
+    // them, look an interface up (on a Unix socket) for PUT /network-interfaces.
+    l.one_of(sys!(SYS_ioctl), 1, &named(NET_IOCTLS));
     l.one_of(
         sys!(SYS_ioctl),
         1,

@@ -114,12 +114,21 @@ ioctls! { UFFD_IOCTLS:
     UFFDIO_API = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x3f, 24);
 }
 
+// tun/tap (<linux/if_tun.h>, type 'T') and the interface lookup (<linux/sockios.h>): virtio-net.
+ioctls! { NET_IOCTLS:
+    TUNSETIFF = ioc(IOC_WRITE, b'T' as u32, 202, 4);
+    TUNSETOFFLOAD = ioc(IOC_WRITE, b'T' as u32, 208, 4);
+    TUNSETVNETHDRSZ = ioc(IOC_WRITE, b'T' as u32, 216, 4);
+    SIOCGIFINDEX = 0x8933;
+}
+
 /// The request number strace prints as `name`, if known.
 pub fn by_name(name: &str) -> Option<u32> {
     KVM_IOCTLS
         .iter()
         .chain(OTHER_IOCTLS)
         .chain(UFFD_IOCTLS)
+        .chain(NET_IOCTLS)
         .find(|(n, _)| *n == name)
         .map(|(_, v)| *v)
 }
@@ -130,6 +139,7 @@ pub fn name_of(value: u32) -> Option<&'static str> {
         .iter()
         .chain(OTHER_IOCTLS)
         .chain(UFFD_IOCTLS)
+        .chain(NET_IOCTLS)
         .find(|(_, v)| *v == value)
         .map(|(n, _)| *n)
 }
@@ -148,6 +158,15 @@ mod tests {
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
         assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
         assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00);
+    }
+
+    #[test]
+    fn net_numbers_match_the_kernel_headers() {
+        // Values printed by a C program including <linux/if_tun.h> and <linux/sockios.h>.
+        assert_eq!(TUNSETIFF, 0x4004_54ca);
+        assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
+        assert_eq!(TUNSETVNETHDRSZ, 0x4004_54d8);
+        assert_eq!(SIOCGIFINDEX, 0x8933);
     }
 
     #[test]

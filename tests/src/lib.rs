@@ -21,6 +21,7 @@
 pub mod guest;
 pub mod http;
 pub mod jail;
+pub mod net;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};

@@ -21,6 +21,7 @@ use crate::builder::{self, BuildContext, MicroVm};
 use crate::drives;
 use crate::logger::{self, LogSettings};
 use crate::metrics::{self, MetricsSink, VmmCounters};
+use crate::net;
 use crate::persist;
 use crate::snapshot_io;
 use crate::snapshot_state::MicroVmState;
@@ -135,6 +136,11 @@ impl Vmm {
         self.pvm = mode;
     }
 
+    /// Sets `--allow-tap-create`.
+    pub fn set_allow_tap_create(&mut self, allow: bool) {
+        self.devices.allow_tap_create = allow;
+    }
+
     pub fn state(&self) -> VmState {
         self.state
     }
@@ -168,6 +174,11 @@ impl Vmm {
         for d in cfg.drives {
             actions.push(VmmAction::PutDrive(d));
         }
+        actions.extend(
+            cfg.network_interfaces
+                .into_iter()
+                .map(VmmAction::PutNetworkInterface),
+        );
         match cfg.boot_source {
             Some(b) => actions.push(VmmAction::PutBootSource(b)),
             None => {
@@ -194,7 +205,7 @@ impl Vmm {
             PatchVmState(RequestedVmState::Paused) => RequestKind::Running,
             PatchVmState(RequestedVmState::Resumed) => RequestKind::Paused,
             CreateSnapshot(_) => RequestKind::Paused,
-            PutDrive(_) => RequestKind::PreBoot,
+            PutDrive(_) | PutNetworkInterface(_) => RequestKind::PreBoot,
             LoadSnapshot(_) => RequestKind::Start,
             _ => RequestKind::Always,
         }
@@ -211,6 +222,7 @@ impl Vmm {
             PatchVmState(RequestedVmState::Resumed) => "Resuming",
             CreateSnapshot(_) => "Creating a snapshot",
             PutDrive(_) => "Adding or replacing a drive (hot-plug is not supported)",
+            PutNetworkInterface(_) => "Adding or replacing a network interface (no hot-plug)",
             LoadSnapshot(_) => "Loading a snapshot",
             _ => "This request",
         }
@@ -278,6 +290,11 @@ impl Vmm {
                 Ok(()) => VmmResponse::Empty,
                 Err(e) => VmmResponse::bad_request(e),
             },
+            PutNetworkInterface(n) => net::empty_or_400(net::put(&mut self.devices, n)),
+            PatchNetworkInterface(u) => {
+                let attached = self.vm.as_ref().map(|vm| vm.devices.nets.as_slice());
+                net::empty_or_400(net::patch(&mut self.devices, attached, &u))
+            }
             PutLogger(l) => match logger::apply(&self.log, &l) {
                 Ok(s) => {
                     self.log = s;
@@ -403,6 +420,7 @@ impl Vmm {
     fn vm_config(&self) -> VmConfig {
         VmConfig {
             drives: self.devices.drives.clone(),
+            network_interfaces: self.devices.nets.clone(),
             boot_source: self.boot.clone(),
             machine_config: Some(self.machine.clone()),
             logger: self.logger_cfg.clone(),

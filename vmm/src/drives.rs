@@ -20,7 +20,7 @@ pub enum DriveError {
     Unknown(String),
 }
 
-fn bucket(b: &TokenBucket) -> TokenBucketConfig {
+pub(crate) fn bucket(b: &TokenBucket) -> TokenBucketConfig {
     TokenBucketConfig {
         size: b.size,
         one_time_burst: b.one_time_burst.unwrap_or(0),
@@ -28,7 +28,7 @@ fn bucket(b: &TokenBucket) -> TokenBucketConfig {
     }
 }
 
-fn limiter(cfg: Option<&RateLimiterConfig>) -> rate_limiter::RateLimiterConfig {
+pub(crate) fn limiter(cfg: Option<&RateLimiterConfig>) -> rate_limiter::RateLimiterConfig {
     rate_limiter::RateLimiterConfig {
         bandwidth: cfg.and_then(|c| c.bandwidth.as_ref()).map(bucket),
         ops: cfg.and_then(|c| c.ops.as_ref()).map(bucket),

@@ -11,6 +11,7 @@ pub mod drives;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
+pub mod net;
 pub mod persist;
 pub mod pvm;
 pub mod snapshot_io;

@@ -53,6 +53,10 @@ struct Args {
     /// PVM), on, or off (for kernels built as PVM guests).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_pvm)]
     pvm_workarounds: vmm::pvm::PvmMode,
+    /// Create a network interface's tap device when it does not exist (needs CAP_NET_ADMIN; the
+    /// tap disappears when the VMM exits). Without it a missing tap is a 400.
+    #[arg(long)]
+    allow_tap_create: bool,
     /// Largest API request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
     http_api_max_payload_size: usize,
@@ -235,6 +239,7 @@ fn run() -> i32 {
     };
 
     vmm.set_pvm_mode(args.pvm_workarounds);
+    vmm.set_allow_tap_create(args.allow_tap_create);
 
     if let Some(path) = &args.config_file {
         let cfg = std::fs::read_to_string(path)

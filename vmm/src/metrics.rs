@@ -117,6 +117,7 @@ pub fn render(counters: &VmmCounters, vm: Option<&MicroVm>) -> Value {
             );
         }
         v["block"] = Value::Object(block);
+        v["net"] = crate::net::metrics(&vm.devices.nets);
         let k = devices::bus::lock(&vm.i8042).counters();
         v["i8042"] = json!({
             "reset_requests": k.reset_requests.load(r),

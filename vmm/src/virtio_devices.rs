@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use api::models::BlockDeviceConfig;
+use api::models::{BlockDeviceConfig, NetworkInterfaceConfig};
 use devices::virtio::mmio::{cmdline_entry, MmioTransport, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, GuestMemoryMmap};
@@ -17,6 +17,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::arch::layout::{IOAPIC_PINS, MMIO_GAP_START};
 use crate::drives::{self, AttachedDrive};
+use crate::net::{self, AttachedNet};
 
 /// First GSI handed to virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
@@ -33,12 +34,17 @@ pub enum VirtioDeviceError {
     Bus(String, #[source] devices::BusError),
     #[error(transparent)]
     Drive(#[from] drives::DriveError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
 }
 
 /// The virtio devices the API configured, before the microVM exists.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceConfigs {
     pub drives: Vec<BlockDeviceConfig>,
+    pub nets: Vec<NetworkInterfaceConfig>,
+    /// `--allow-tap-create`: a missing tap is created at InstanceStart instead of refused.
+    pub allow_tap_create: bool,
 }
 
 /// Hands out MMIO windows and GSIs in order.
@@ -67,12 +73,13 @@ impl Slots {
 #[derive(Default)]
 pub struct AttachedDevices {
     pub drives: Vec<AttachedDrive>,
+    pub nets: Vec<AttachedNet>,
 }
 
 impl AttachedDevices {
     /// True when no virtio device is attached.
     pub fn is_empty(&self) -> bool {
-        self.drives.is_empty()
+        self.drives.is_empty() && self.nets.is_empty()
     }
 }
 
@@ -134,6 +141,7 @@ pub fn attach_all(
     let mut out = Attached::default();
     let mut slots = Slots::default();
     drives::attach(&mut out, vm, mem, mmio_bus, &mut slots, &cfgs.drives)?;
+    net::attach(&mut out, vm, mem, mmio_bus, &mut slots, cfgs)?;
     Ok(out)
 }
 

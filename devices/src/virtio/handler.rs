@@ -1,5 +1,6 @@
 //! The event-manager subscriber that drives a virtio device on the VMM thread.
 
+use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -58,10 +59,20 @@ impl MutEventSubscriber for VirtioEventHandler {
                 tracing::error!("virtio: cannot watch queue {i} event: {e}");
             }
         }
-        let aux = self.device().aux_event_fds();
-        for (i, fd) in aux.into_iter().enumerate() {
+        let device = self.device();
+        let aux: Vec<(RawFd, EventSet)> = device
+            .aux_event_fds()
+            .into_iter()
+            .enumerate()
+            .map(|(i, fd)| match device.aux_event_edge_triggered(i) {
+                true => (fd, EventSet::IN | EventSet::EDGE_TRIGGERED),
+                false => (fd, EventSet::IN),
+            })
+            .collect();
+        drop(device);
+        for (i, (fd, set)) in aux.into_iter().enumerate() {
             let data = AUX_BASE + i as u32;
-            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, set)) {
                 tracing::error!("virtio: cannot watch device fd {fd}: {e}");
             }
         }

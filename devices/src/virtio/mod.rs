@@ -12,6 +12,7 @@
 //!   and any device-side fds (rate-limiter timer, io_uring completions) and calls into the device
 //!   on the VMM thread.
 //! - [`block::Block`]: virtio-blk with a synchronous and an io_uring engine.
+//! - [`net::Net`]: virtio-net backed by a tap device.
 //!
 //! # Wiring a device into the VMM (one call site per device)
 //! ```text
@@ -38,6 +39,7 @@
 pub mod block;
 pub mod handler;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -199,6 +201,12 @@ pub trait VirtioDevice: Send {
     /// must stay the same for the device's whole life, across resets.
     fn aux_event_fds(&self) -> Vec<RawFd> {
         Vec::new()
+    }
+    /// Whether `aux_event_fds()[index]` is watched edge-triggered (a device that may leave the
+    /// fd readable while it waits, e.g. a tap while the guest has no buffers, must say yes and
+    /// then always drain the fd when it resumes).
+    fn aux_event_edge_triggered(&self, _index: usize) -> bool {
+        false
     }
     /// Called when `aux_event_fds()[index]` is readable.
     fn handle_aux_event(&mut self, _index: usize) {}

@@ -5,6 +5,8 @@
  * is the 12-byte virtio_net_hdr_v1), posts RX buffers, sends one broadcast frame
  * with EtherType 0x88b5 and payload "tartarus-net-tx", then prints received frames
  * until one with EtherType 0x88b5 arrives or net_rx_wait=<ms> (default 2000) have passed.
+ * For benchmarks: net_tx_count=<n> sends n frames in all (payload "tartarus-net-tx <i>"),
+ * net_rx_count=<n> waits for n 0x88b5 frames (printing only the count at the end).
  * See ../README.md for the exact output.
  */
 #include "guest.h"
@@ -104,6 +106,41 @@ void guest_main(void)
 		finish("failed");
 	}
 	gprintf("net tx done\n");
+
+	/* Benchmark mode: more frames, one at a time through the same two descriptors. */
+	uint64_t tx_count = cmdline_u64("net_tx_count", 1);
+	for (uint64_t i = 1; i < tx_count; i++) {
+		tx_frame[ETH_HLEN + sizeof(TX_PAYLOAD) - 1] = ' ';
+		tx_frame[ETH_HLEN + sizeof(TX_PAYLOAD)] = (uint8_t)('0' + i % 10);
+		if (virtq_add(&txq, tx, 2) < 0)
+			finish("failed");
+		virtq_kick(&txq);
+		if (!virtq_wait_used(&txq, &id, &len, timeout_ms)) {
+			gprintf("net tx timeout\n");
+			finish("failed");
+		}
+	}
+	if (tx_count > 1)
+		gprintf("net tx count=%u\n", (unsigned int)tx_count);
+
+	uint64_t rx_count = cmdline_u64("net_rx_count", 0);
+	if (rx_count > 0) {
+		uint64_t got = 0;
+		while (got < rx_count) {
+			if (!virtq_wait_used(&rxq, &id, &len, cmdline_u64("net_rx_wait", RX_WAIT_MS_DEFAULT))) {
+				gprintf("net rx timeout after %u frames\n", (unsigned int)got);
+				finish("failed");
+			}
+			int bi = rx_head_buf[id];
+			const uint8_t *frame = rx_bufs[bi] + NET_HDR_LEN;
+			if (len >= NET_HDR_LEN + ETH_HLEN && ((frame[12] << 8) | frame[13]) == ETHERTYPE_TARTARUS)
+				got++;
+			post_rx((unsigned int)bi);
+			virtq_kick(&rxq);
+		}
+		gprintf("net rx count=%u\n", (unsigned int)got);
+		finish("done");
+	}
 
 	/* A bound on the whole receive phase (other traffic on a tap must not keep it going). */
 	uint64_t wait_ms = cmdline_u64("net_rx_wait", RX_WAIT_MS_DEFAULT);
