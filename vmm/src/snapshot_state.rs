@@ -8,6 +8,7 @@ use devices::legacy::serial::SerialDeviceState;
 use serde::{Deserialize, Serialize};
 use snapshot::MemoryLayout;
 
+use crate::device_state::VirtioDeviceState;
 use crate::persist::{VcpuState, VmArchState};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,4 +28,8 @@ pub struct MicroVmState {
     pub vcpus: Vec<VcpuState>,
     pub serial: SerialDeviceState,
     pub i8042: I8042State,
+    /// The virtio devices in slot order (transport, queues, per-kind configuration). Files
+    /// written before devices were saved have none.
+    #[serde(default)]
+    pub devices: Vec<VirtioDeviceState>,
 }

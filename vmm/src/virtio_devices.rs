@@ -41,6 +41,14 @@ pub struct DeviceConfigs {
     pub drives: Vec<BlockDeviceConfig>,
 }
 
+/// The MMIO base address and GSI of slot `i`.
+pub fn slot_address(i: u32) -> (u64, u32) {
+    (
+        MMIO_GAP_START + u64::from(i) * MMIO_DEVICE_SIZE,
+        FIRST_VIRTIO_IRQ + i,
+    )
+}
+
 /// Hands out MMIO windows and GSIs in order.
 #[derive(Debug, Default)]
 pub struct Slots {
@@ -56,10 +64,7 @@ impl Slots {
         }
         let i = self.next;
         self.next += 1;
-        Ok((
-            MMIO_GAP_START + u64::from(i) * MMIO_DEVICE_SIZE,
-            FIRST_VIRTIO_IRQ + i,
-        ))
+        Ok(slot_address(i))
     }
 }
 
@@ -73,6 +78,12 @@ impl AttachedDevices {
     /// True when no virtio device is attached.
     pub fn is_empty(&self) -> bool {
         self.drives.is_empty()
+    }
+
+    /// How many devices of each kind are attached (every kind listed, in slot order), so that
+    /// snapshots can refuse kinds whose state they cannot save.
+    pub fn kinds(&self) -> Vec<(&'static str, usize)> {
+        vec![("block", self.drives.len())]
     }
 }
 
