@@ -283,3 +283,40 @@ fn a_state_file_without_devices_still_loads() {
     let out = restored.wait_success();
     assert!(out.contains("count: 3"), "{out}");
 }
+
+#[test]
+fn tampered_device_state_is_refused_and_the_vmm_keeps_serving() {
+    let (mut first, snap) = boot_and_snapshot("Sync", false);
+    first.kill();
+    let good: Value = snapshot::read_state_file(&snap.state).unwrap();
+    let cases = [
+        (
+            "/transport/queues/0/used_ring",
+            json!(1u64 << 40),
+            "outside guest memory",
+        ),
+        ("/transport/device_type", json!(1), "type 1"),
+        ("/transport/queues/0/size", json!(3), "queue 0"),
+        ("/mmio_base", json!(0xd000_1000u64), "slot"),
+    ];
+    for (field, value, needle) in cases {
+        let mut body = good.clone();
+        *body["devices"][0].pointer_mut(field).unwrap() = value;
+        let path = snap.dir.join("tampered.state");
+        snapshot::write_state_file(&path, &body).unwrap();
+        let vmm = Vmm::start_api();
+        let r = vmm.put(
+            "/snapshot/load",
+            &json!({"snapshot_path": path, "mem_backend": backend("File", &snap.mem)}),
+        );
+        assert_eq!(r.status, 400, "{field}: {r}");
+        assert!(
+            fault(&r).contains(needle),
+            "{field}: expected '{needle}' in {}",
+            fault(&r)
+        );
+        assert!(fault(&r).contains("disk0"), "{}", fault(&r));
+        assert_eq!(vmm.get("/").status, 200);
+        assert_eq!(vmm.state(), "Not started");
+    }
+}

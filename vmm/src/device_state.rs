@@ -12,8 +12,9 @@
 //! devices on their saved queues.
 //!
 //! Adding a kind (net, vsock): a variant in [`DeviceKindState`] with the kind's configuration,
-//! its name in [`SUPPORTED_KINDS`], a loop in [`save_all`], its arm in [`configs`] and
-//! [`restore_all`]; the transport side is generic. The device model must implement
+//! a loop in [`save_all`] (in slot order: after the drives), its arms in [`configs`], [`check`]
+//! and [`restore_all`]; the transport side is generic. Until then, a VM with a device of that
+//! kind is refused by [`save_all`], which names the first slot it could not save. The device model must implement
 //! `VirtioDevice::queue_states` (and `quiesce` if it has work in flight).
 
 use api::models::{BlockDeviceConfig, CacheType, IoEngine, RateLimiterConfig, TokenBucket};
@@ -23,13 +24,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::virtio_devices::{slot_address, AttachedDevices, DeviceConfigs};
 
-/// Device kinds whose state can be saved; any other attached kind makes a snapshot fail.
-pub const SUPPORTED_KINDS: &[&str] = &["block"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceStateError {
-    #[error("snapshots of microVMs with {0} devices are not supported yet")]
-    UnsupportedKind(&'static str),
+    #[error("snapshots of microVMs with this virtio device are not supported yet: {0}")]
+    Unsupported(String),
     #[error("{kind} device {id}: {source}")]
     Transport {
         kind: &'static str,
@@ -200,13 +198,6 @@ pub fn save_all(
     attached: &AttachedDevices,
     cfgs: &DeviceConfigs,
 ) -> Result<Vec<VirtioDeviceState>, DeviceStateError> {
-    if let Some((kind, _)) = attached
-        .kinds()
-        .into_iter()
-        .find(|(kind, n)| *n > 0 && !SUPPORTED_KINDS.contains(kind))
-    {
-        return Err(DeviceStateError::UnsupportedKind(kind));
-    }
     let mut out = Vec::new();
     for d in &attached.drives {
         let cfg = cfgs
@@ -224,6 +215,11 @@ pub fn save_all(
             transport,
             kind: DeviceKindState::Block(DriveState::new(cfg, acked)),
         });
+    }
+    // Slots are filled kind by kind; the first one not saved above is of a kind without
+    // snapshot support.
+    if let Some(name) = attached.slots.get(out.len()) {
+        return Err(DeviceStateError::Unsupported(name.clone()));
     }
     Ok(out)
 }
@@ -346,6 +342,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(newer, minimal);
+    }
+
+    #[test]
+    fn a_device_kind_without_snapshot_support_is_refused_by_name() {
+        let attached = AttachedDevices {
+            drives: Vec::new(),
+            slots: vec!["Net eth0".into()],
+        };
+        let e = save_all(&attached, &DeviceConfigs::default()).unwrap_err();
+        assert!(matches!(e, DeviceStateError::Unsupported(_)));
+        assert!(e.to_string().contains("Net eth0"), "{e}");
+        assert!(
+            save_all(&AttachedDevices::default(), &DeviceConfigs::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

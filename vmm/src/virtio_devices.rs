@@ -72,18 +72,14 @@ impl Slots {
 #[derive(Default)]
 pub struct AttachedDevices {
     pub drives: Vec<AttachedDrive>,
+    /// What sits in each MMIO slot, in slot order, as named in errors ("Drive rootfs").
+    pub slots: Vec<String>,
 }
 
 impl AttachedDevices {
     /// True when no virtio device is attached.
     pub fn is_empty(&self) -> bool {
         self.drives.is_empty()
-    }
-
-    /// How many devices of each kind are attached (every kind listed, in slot order), so that
-    /// snapshots can refuse kinds whose state they cannot save.
-    pub fn kinds(&self) -> Vec<(&'static str, usize)> {
-        vec![("block", self.drives.len())]
     }
 }
 
@@ -131,6 +127,7 @@ impl Attached {
             .insert(transport.clone(), base, MMIO_DEVICE_SIZE)
             .map_err(|e| VirtioDeviceError::Bus(id.into(), e))?;
         self.cmdline.push(cmdline_entry(base, irq));
+        self.devices.slots.push(id.to_string());
         Ok(transport)
     }
 }
