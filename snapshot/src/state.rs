@@ -46,7 +46,11 @@ pub const STATE_MAGIC: [u8; 8] = *b"TARTSNAP";
 /// Body-schema major version written and read by this build.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Body-schema minor version written by this build.
-pub const FORMAT_MINOR: u16 = 0;
+///
+/// 1.1 added the virtio devices (`devices`). A 1.0 reader ignores them and would restore a VM
+/// without its devices; no 1.0 writer could snapshot a VM that had any, and 1.1 readers load
+/// 1.0 files as VMs without devices.
+pub const FORMAT_MINOR: u16 = 1;
 
 const HEADER_LEN: usize = 20;
 const CRC_LEN: usize = 8;

@@ -78,6 +78,8 @@ pub enum BuildError {
     DeviceState(String),
     #[error(transparent)]
     Persist(#[from] persist::PersistError),
+    #[error("Cannot restore virtio device state")]
+    VirtioState(#[from] crate::device_state::DeviceStateError),
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
@@ -440,7 +442,8 @@ pub fn build(
 }
 
 /// Re-creates a microVM from a snapshot: the same VM as `build`, with the saved state applied
-/// instead of boot data. `mem` already holds (or will serve) the guest's memory.
+/// instead of boot data, and the saved virtio devices attached in the same slots with their
+/// transport and queue state. `mem` already holds (or will serve) the guest's memory.
 pub fn restore(
     state: &MicroVmState,
     machine: &MachineConfig,
@@ -460,13 +463,16 @@ pub fn restore(
         i8042: &state.i8042,
     };
     let t0 = std::time::Instant::now();
-    let core = create_core(machine, mem, ctx, Some(legacy), &DeviceConfigs::default())?;
+    let device_cfgs = crate::device_state::configs(&state.devices);
+    let core = create_core(machine, mem, ctx, Some(legacy), &device_cfgs)?;
     let t_core = t0.elapsed();
     persist::restore_vm(&core.vm, &state.vm)?;
     let t_vm = t0.elapsed();
     for (v, s) in core.vcpus.iter().zip(&state.vcpus) {
         persist::restore_vcpu(&v.fd, s)?;
     }
+    // After the irqchip: a restored device may raise its pending interrupt again.
+    crate::device_state::restore_all(&core.attached.devices, &state.devices)?;
     let t_vcpus = t0.elapsed();
     let vm = finish(core, paused, state.cmdline.clone());
     tracing::debug!(

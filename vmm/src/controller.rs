@@ -18,6 +18,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use std::sync::{Arc, Mutex};
 
 use crate::builder::{self, BuildContext, MicroVm};
+use crate::device_state;
 use crate::drives;
 use crate::logger::{self, LogSettings};
 use crate::metrics::{self, MetricsSink, VmmCounters};
@@ -529,19 +530,15 @@ impl Vmm {
 
     fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), String> {
         let vm = self.vm.as_ref().ok_or("no microVM is running")?;
-        if !vm.devices.is_empty() {
-            return Err(
-                "snapshots of microVMs with virtio devices are not supported yet \
-                        (their queue state is not saved)"
-                    .into(),
-            );
-        }
         if p.snapshot_type == SnapshotType::Diff && !self.machine.track_dirty_pages {
             return Err(
                 "a Diff snapshot needs track_dirty_pages (set it in machine-config, or when loading)"
                     .into(),
             );
         }
+        // Devices first: finishing their in-flight requests writes memory, may raise interrupts.
+        let virtio =
+            device_state::save_all(&vm.devices, &self.devices).map_err(|e| e.to_string())?;
         let msr_list =
             std::sync::Arc::new(persist::msr_index_list(&vm.kvm).map_err(|e| error_chain(&e))?);
         let vcpus = vm
@@ -562,6 +559,7 @@ impl Vmm {
             vcpus,
             serial: devices::bus::lock(&vm.serial).save(),
             i8042: devices::bus::lock(&vm.i8042).save(),
+            devices: virtio,
         };
         // Memory first: a state file only ever exists next to complete memory.
         match p.snapshot_type {
@@ -590,6 +588,7 @@ impl Vmm {
         }
         let t0 = std::time::Instant::now();
         let state: MicroVmState = snapshot_io::read_state(&p.snapshot_path)?;
+        device_state::check(&state.devices)?;
         let t_state = t0.elapsed();
         let mut machine = state.machine.clone();
         machine.track_dirty_pages = p.track_dirty_pages || p.enable_diff_snapshots;
@@ -602,6 +601,7 @@ impl Vmm {
             .map_err(|e| error_chain(&e))?;
         vm.memory_backend = Some(memory.backend);
         self.machine = machine;
+        self.devices = device_state::configs(&state.devices);
         self.vm = Some(vm);
         self.transition(VmState::Paused);
         let t_vm = t0.elapsed();

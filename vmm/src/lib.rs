@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod builder;
 pub mod controller;
+pub mod device_state;
 pub mod drives;
 pub mod logger;
 pub mod memory;

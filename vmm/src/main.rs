@@ -140,10 +140,64 @@ fn describe_snapshot(path: &std::path::Path) -> i32 {
         }
     }
     println!("kernel command line: {}", field(&b["cmdline"]));
+    describe_devices(&b["devices"]);
     if summary.crc_ok && summary.supported {
         0
     } else {
         1
+    }
+}
+
+/// The virtio device lines of `--describe-snapshot`.
+fn describe_devices(devices: &serde_json::Value) {
+    let list = devices.as_array().map(Vec::as_slice).unwrap_or_default();
+    println!("virtio devices: {}", list.len());
+    for d in list {
+        let kind = &d["kind"];
+        let t = &d["transport"];
+        let backing = match kind["type"].as_str() {
+            Some("block") => format!(
+                " path {} {}{} {} {}",
+                kind["path_on_host"].as_str().unwrap_or("?"),
+                if kind["is_read_only"].as_bool() == Some(true) {
+                    "ro"
+                } else {
+                    "rw"
+                },
+                if kind["is_root_device"].as_bool() == Some(true) {
+                    " root"
+                } else {
+                    ""
+                },
+                kind["cache_type"].as_str().unwrap_or("?"),
+                kind["io_engine"].as_str().unwrap_or("?"),
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  {} {} at {:#x} irq {}:{backing}",
+            kind["type"].as_str().unwrap_or("?"),
+            d["id"].as_str().unwrap_or("?"),
+            d["mmio_base"].as_u64().unwrap_or(0),
+            d["irq"].as_u64().unwrap_or(0),
+        );
+        println!(
+            "    driver status {:#x}, {}, acked features {:#x}, interrupt status {:#x}",
+            t["status"].as_u64().unwrap_or(0),
+            if t["activated"].as_bool() == Some(true) {
+                "active"
+            } else {
+                "not active"
+            },
+            t["acked_features"].as_u64().unwrap_or(0),
+            t["interrupt_status"].as_u64().unwrap_or(0),
+        );
+        for (i, q) in t["queues"].as_array().into_iter().flatten().enumerate() {
+            println!(
+                "    queue {i}: size {} ready {} next_avail {} next_used {}",
+                q["size"], q["ready"], q["next_avail"], q["next_used"]
+            );
+        }
     }
 }
 

@@ -47,6 +47,14 @@ pub struct DeviceConfigs {
     pub allow_tap_create: bool,
 }
 
+/// The MMIO base address and GSI of slot `i`.
+pub fn slot_address(i: u32) -> (u64, u32) {
+    (
+        MMIO_GAP_START + u64::from(i) * MMIO_DEVICE_SIZE,
+        FIRST_VIRTIO_IRQ + i,
+    )
+}
+
 /// Hands out MMIO windows and GSIs in order.
 #[derive(Debug, Default)]
 pub struct Slots {
@@ -62,10 +70,7 @@ impl Slots {
         }
         let i = self.next;
         self.next += 1;
-        Ok((
-            MMIO_GAP_START + u64::from(i) * MMIO_DEVICE_SIZE,
-            FIRST_VIRTIO_IRQ + i,
-        ))
+        Ok(slot_address(i))
     }
 }
 
@@ -74,6 +79,8 @@ impl Slots {
 pub struct AttachedDevices {
     pub drives: Vec<AttachedDrive>,
     pub nets: Vec<AttachedNet>,
+    /// What sits in each MMIO slot, in slot order, as named in errors ("Drive rootfs").
+    pub slots: Vec<String>,
 }
 
 impl AttachedDevices {
@@ -127,6 +134,7 @@ impl Attached {
             .insert(transport.clone(), base, MMIO_DEVICE_SIZE)
             .map_err(|e| VirtioDeviceError::Bus(id.into(), e))?;
         self.cmdline.push(cmdline_entry(base, irq));
+        self.devices.slots.push(id.to_string());
         Ok(transport)
     }
 }

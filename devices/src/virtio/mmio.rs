@@ -435,6 +435,13 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[path = "mmio_persist.rs"]
+mod persist;
+pub use persist::{QueueSnapshot, TransportPersistError, TransportState};
+
+#[cfg(test)]
+#[path = "mmio_persist_tests.rs"]
+mod persist_tests;
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

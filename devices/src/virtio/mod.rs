@@ -30,6 +30,15 @@
 //! to the queue index. If the VMM does not register it, the transport writes the EventFd itself when
 //! the guest's QueueNotify write reaches it through the bus, so behaviour is the same, only slower.
 //!
+//! # Snapshots
+//! [`mmio::TransportState`] is the transport's saved form (registers, interrupt state, every
+//! queue incl. the ring positions of an active device); `MmioTransport::save_state` quiesces
+//! the device first ([`VirtioDevice::quiesce`]) and takes the live queues from it
+//! ([`VirtioDevice::queue_states`]); `restore_state` on a freshly created transport puts the
+//! registers back and re-activates an active device with the restored queues, so the driver's
+//! next request continues on the same ring indices. The device's own configuration (backing
+//! file, MAC, CID) is saved and re-created by the VMM per device kind.
+//!
 //! # Locking
 //! The transport (vCPU threads, through the bus) locks the device while it holds its own lock; the
 //! event handler (VMM thread) locks only the device. Nobody locks the transport while holding the
@@ -48,7 +57,7 @@ use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemoryMmap;
@@ -158,6 +167,13 @@ impl VirtioInterrupt {
         self.status.store(0, Ordering::SeqCst);
     }
 
+    /// Puts back InterruptStatus and ConfigGeneration from a snapshot.
+    pub(crate) fn restore(&self, status: u32, config_generation: u32) {
+        self.status.store(status, Ordering::SeqCst);
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+    }
+
     /// The irqfd.
     pub fn irq_evt(&self) -> &EventFd {
         &self.irq_evt
@@ -210,4 +226,15 @@ pub trait VirtioDevice: Send {
     }
     /// Called when `aux_event_fds()[index]` is readable.
     fn handle_aux_event(&mut self, _index: usize) {}
+
+    /// Snapshot support: finishes in-flight work (the vCPUs are paused) so that the queues
+    /// and guest memory hold everything the device did. Completed requests are posted to the
+    /// used rings as usual. The default does nothing, right for devices that complete inline.
+    fn quiesce(&mut self) {}
+    /// Snapshot support: the live state of the queues an active device works on, in queue
+    /// order (the transport's copies only hold what the driver configured). `None`, the
+    /// default, means the device cannot be snapshotted while active.
+    fn queue_states(&self) -> Option<Vec<QueueState>> {
+        None
+    }
 }

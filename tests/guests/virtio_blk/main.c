@@ -2,8 +2,10 @@
 /*
  * virtio_blk: drives the first virtio-blk device announced on the command line
  * (virtio_mmio.device=...) with one polled request at a time: blk_read=<sector>,
- * blk_write=<sector>, blk_flush, blk_id, in that order, then the benchmark mode
- * (blk_bench=..., bench.c) if asked for, then resets the machine through the i8042. See ../README.md for the exact output.
+ * blk_write=<sector>, blk_flush, blk_id, in that order, optionally waits for
+ * Ctrl-Alt-Del and runs a second batch (blk_wait_cad), then the benchmark mode
+ * (blk_bench=..., bench.c) if asked for, then resets the machine through the
+ * i8042. See ../README.md for the exact output.
  */
 #include "guest.h"
 #include "text.h"
@@ -159,6 +161,23 @@ static int sector_arg(const char *key, uint64_t *sector)
 	return 1;
 }
 
+/*
+ * blk_wait_cad: between the first batch and the reset, wait for Ctrl-Alt-Del (the host may
+ * pause and snapshot the VM meanwhile, and resume it elsewhere), then run a second batch on
+ * the same queue: blk_read2=<sector>, blk_write2=<sector>.
+ */
+static void wait_then_second_batch(void)
+{
+	gprintf("blk waiting for ctrl-alt-del\n");
+	i8042_wait_ctrl_alt_del();
+	gprintf("blk ctrl-alt-del received\n");
+	uint64_t sector;
+	if (sector_arg("blk_read2", &sector))
+		do_read(sector);
+	if (sector_arg("blk_write2", &sector))
+		do_write(sector);
+}
+
 void guest_main(void)
 {
 	if (virtio_find(VIRTIO_ID_BLOCK, (unsigned int)cmdline_u64("blk_dev", 0), &dev) != 0)
@@ -188,6 +207,8 @@ void guest_main(void)
 		do_flush();
 	if (cmdline_has_word("blk_id"))
 		do_get_id();
+	if (cmdline_has_word("blk_wait_cad"))
+		wait_then_second_batch();
 	if (cmdline_has_word("blk_bench_probe"))
 		blk_bench_probe(&dev);
 	if (blk_bench_requested()) {

@@ -127,6 +127,14 @@ impl AsyncEngine {
         self.completion_evt.as_raw_fd()
     }
 
+    /// Signals the completion eventfd without a completion, so the device looks at its queue
+    /// again (after a [`drain`](Self::drain) emptied a full engine).
+    pub fn wake(&self) {
+        if let Err(e) = self.completion_evt.write(1) {
+            tracing::warn!("virtio-blk: cannot signal the completion eventfd: {e}");
+        }
+    }
+
     pub fn is_full(&self) -> bool {
         self.free.is_empty()
     }
