@@ -259,3 +259,52 @@ fn the_vmm_creates_a_missing_tap_when_allowed() {
         .unwrap();
     assert!(!listed.status.success(), "tap {name} outlived the VMM");
 }
+
+#[test]
+fn a_snapshot_with_a_nic_restores_and_keeps_receiving() {
+    let tap = HostTap::create().unwrap();
+    let sock = PacketSocket::bind(tap.ifindex().unwrap()).unwrap();
+    sock.set_timeout(Duration::from_millis(200)).unwrap();
+    let dir = TempDir::new("net-snap");
+    let (state, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
+    let mut vmm = Vmm::start_api();
+    configure(&vmm, "net_rx_wait=60000");
+    vmm.put_ok(
+        "/network-interfaces/eth0",
+        &iface("eth0", &tap.name, json!({"guest_mac": GUEST_MAC_STR})),
+    );
+    vmm.start();
+    // The guest has sent its frame and now polls its RX ring: snapshot it there.
+    capture_guest_frame(&sock);
+    vmm.wait_for_output("net tx done", GUEST_TIMEOUT);
+    vmm.patch_ok("/vm", &json!({"state": "Paused"}));
+    let r = vmm.put(
+        "/snapshot/create",
+        &json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{r}\n{}", vmm.diagnostics());
+    // The tap can be attached by one VMM at a time: the original goes first.
+    vmm.kill();
+
+    let mut restored = Vmm::start_api();
+    let r = restored.put(
+        "/snapshot/load",
+        &json!({"snapshot_path": state, "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "resume_vm": true}),
+    );
+    assert_eq!(r.status, 204, "{r}\n{}", restored.diagnostics());
+    let cfg = restored.get_json("/vm/config");
+    assert_eq!(
+        cfg["network-interfaces"][0]["host_dev_name"],
+        json!(tap.name)
+    );
+    // A frame written to the tap now reaches the restored guest's saved RX buffers.
+    let reply = tartarus_frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 9], b"tartarus-net-rx");
+    sock.send(&reply).unwrap();
+    let out = restored.wait_for_output("virtio-net: done", GUEST_TIMEOUT);
+    assert!(
+        out.contains("net rx len=60 payload=tartarus-net-rx"),
+        "{out}"
+    );
+    restored.wait_success();
+}

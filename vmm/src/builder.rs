@@ -443,11 +443,12 @@ pub fn build(
 
 /// Re-creates a microVM from a snapshot: the same VM as `build`, with the saved state applied
 /// instead of boot data, and the saved virtio devices attached in the same slots with their
-/// transport and queue state. `mem` already holds (or will serve) the guest's memory.
+/// transport and queue state (`device_cfgs`: from `device_state::configs`). `mem` already holds (or will serve) the guest's memory.
 pub fn restore(
     state: &MicroVmState,
     machine: &MachineConfig,
     mem: GuestMemoryMmap,
+    device_cfgs: &DeviceConfigs,
     ctx: BuildContext,
     paused: bool,
 ) -> Result<MicroVm> {
@@ -463,8 +464,7 @@ pub fn restore(
         i8042: &state.i8042,
     };
     let t0 = std::time::Instant::now();
-    let device_cfgs = crate::device_state::configs(&state.devices);
-    let core = create_core(machine, mem, ctx, Some(legacy), &device_cfgs)?;
+    let core = create_core(machine, mem, ctx, Some(legacy), device_cfgs)?;
     let t_core = t0.elapsed();
     persist::restore_vm(&core.vm, &state.vm)?;
     let t_vm = t0.elapsed();

@@ -588,7 +588,8 @@ impl Vmm {
         }
         let t0 = std::time::Instant::now();
         let state: MicroVmState = snapshot_io::read_state(&p.snapshot_path)?;
-        device_state::check(&state.devices)?;
+        let allow_tap_create = self.devices.allow_tap_create;
+        device_state::check(&state.devices, allow_tap_create)?;
         let t_state = t0.elapsed();
         let mut machine = state.machine.clone();
         machine.track_dirty_pages = p.track_dirty_pages || p.enable_diff_snapshots;
@@ -597,11 +598,19 @@ impl Vmm {
         let memory = snapshot_io::open_memory(&state, &backend, p.prefetch.as_ref())?;
         let t_mem = t0.elapsed();
         let ctx = self.build_context()?;
-        let mut vm = builder::restore(&state, &machine, memory.mem.clone(), ctx, true)
-            .map_err(|e| error_chain(&e))?;
+        let device_cfgs = device_state::configs(&state.devices, allow_tap_create);
+        let mut vm = builder::restore(
+            &state,
+            &machine,
+            memory.mem.clone(),
+            &device_cfgs,
+            ctx,
+            true,
+        )
+        .map_err(|e| error_chain(&e))?;
         vm.memory_backend = Some(memory.backend);
         self.machine = machine;
-        self.devices = device_state::configs(&state.devices);
+        self.devices = device_cfgs;
         self.vm = Some(vm);
         self.transition(VmState::Paused);
         let t_vm = t0.elapsed();

@@ -17,7 +17,9 @@
 //! kind is refused by [`save_all`], which names the first slot it could not save. The device model must implement
 //! `VirtioDevice::queue_states` (and `quiesce` if it has work in flight).
 
-use api::models::{BlockDeviceConfig, CacheType, IoEngine, RateLimiterConfig, TokenBucket};
+use api::models::{
+    BlockDeviceConfig, CacheType, IoEngine, NetworkInterfaceConfig, RateLimiterConfig, TokenBucket,
+};
 use devices::virtio::mmio::{MmioTransport, TransportState};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ pub enum DeviceStateError {
         #[source]
         source: devices::virtio::mmio::TransportPersistError,
     },
-    #[error("drive {0} is attached but has no configuration")]
+    #[error("device {0} is attached but has no configuration")]
     MissingConfig(String),
     #[error(
         "{kind} device {id} was in MMIO slot {saved_base:#x} (GSI {saved_irq}), the restored \
@@ -71,12 +73,14 @@ pub struct VirtioDeviceState {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DeviceKindState {
     Block(DriveState),
+    Net(NetState),
 }
 
 impl DeviceKindState {
     pub fn name(&self) -> &'static str {
         match self {
             DeviceKindState::Block(_) => "block",
+            DeviceKindState::Net(_) => "net",
         }
     }
 }
@@ -150,10 +154,7 @@ impl DriveState {
             partuuid: cfg.partuuid.clone(),
             cache_type: cfg.cache_type,
             io_engine: cfg.io_engine,
-            rate_limiter: cfg.rate_limiter.as_ref().map(|r| RateLimiterState {
-                bandwidth: r.bandwidth.as_ref().map(Into::into),
-                ops: r.ops.as_ref().map(Into::into),
-            }),
+            rate_limiter: limiter_state(cfg.rate_limiter.as_ref()),
             acked_features,
         }
     }
@@ -168,10 +169,62 @@ impl DriveState {
             partuuid: self.partuuid.clone(),
             cache_type: self.cache_type,
             io_engine: self.io_engine,
-            rate_limiter: self.rate_limiter.as_ref().map(|r| RateLimiterConfig {
-                bandwidth: r.bandwidth.as_ref().map(Into::into),
-                ops: r.ops.as_ref().map(Into::into),
-            }),
+            rate_limiter: limiter_config(self.rate_limiter.as_ref()),
+        }
+    }
+}
+
+/// A network interface's configuration as saved (the `PUT /network-interfaces` body's fields).
+/// The tap is opened again by name on restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetState {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    #[serde(default)]
+    pub guest_mac: Option<String>,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterState>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterState>,
+    /// The features the driver accepted (informational: the transport state restores them).
+    #[serde(default)]
+    pub acked_features: u64,
+}
+
+fn limiter_state(r: Option<&RateLimiterConfig>) -> Option<RateLimiterState> {
+    r.map(|r| RateLimiterState {
+        bandwidth: r.bandwidth.as_ref().map(Into::into),
+        ops: r.ops.as_ref().map(Into::into),
+    })
+}
+
+fn limiter_config(r: Option<&RateLimiterState>) -> Option<RateLimiterConfig> {
+    r.map(|r| RateLimiterConfig {
+        bandwidth: r.bandwidth.as_ref().map(Into::into),
+        ops: r.ops.as_ref().map(Into::into),
+    })
+}
+
+impl NetState {
+    fn new(cfg: &NetworkInterfaceConfig, acked_features: u64) -> Self {
+        NetState {
+            iface_id: cfg.iface_id.clone(),
+            host_dev_name: cfg.host_dev_name.clone(),
+            guest_mac: cfg.guest_mac.clone(),
+            rx_rate_limiter: limiter_state(cfg.rx_rate_limiter.as_ref()),
+            tx_rate_limiter: limiter_state(cfg.tx_rate_limiter.as_ref()),
+            acked_features,
+        }
+    }
+
+    /// The `PUT /network-interfaces` configuration that creates this interface again.
+    pub fn config(&self) -> NetworkInterfaceConfig {
+        NetworkInterfaceConfig {
+            iface_id: self.iface_id.clone(),
+            host_dev_name: self.host_dev_name.clone(),
+            guest_mac: self.guest_mac.clone(),
+            rx_rate_limiter: limiter_config(self.rx_rate_limiter.as_ref()),
+            tx_rate_limiter: limiter_config(self.tx_rate_limiter.as_ref()),
         }
     }
 }
@@ -216,6 +269,23 @@ pub fn save_all(
             kind: DeviceKindState::Block(DriveState::new(cfg, acked)),
         });
     }
+    for n in &attached.nets {
+        let cfg = cfgs
+            .nets
+            .iter()
+            .find(|c| c.iface_id == n.id)
+            .ok_or_else(|| DeviceStateError::MissingConfig(n.id.clone()))?;
+        let transport = save_transport("net", &n.id, &n.transport)?;
+        let acked = devices::bus::lock(&n.device).acked_features();
+        let (mmio_base, irq) = slot_address(out.len() as u32);
+        out.push(VirtioDeviceState {
+            id: n.id.clone(),
+            mmio_base,
+            irq,
+            transport,
+            kind: DeviceKindState::Net(NetState::new(cfg, acked)),
+        });
+    }
     // Slots are filled kind by kind; the first one not saved above is of a kind without
     // snapshot support.
     if let Some(name) = attached.slots.get(out.len()) {
@@ -224,24 +294,44 @@ pub fn save_all(
     Ok(out)
 }
 
-/// The device configurations a snapshot's devices were created from.
-pub fn configs(states: &[VirtioDeviceState]) -> DeviceConfigs {
-    let mut cfgs = DeviceConfigs::default();
+/// The device configurations a snapshot's devices were created from; `allow_tap_create` is
+/// the restoring VMM's `--allow-tap-create`.
+pub fn configs(states: &[VirtioDeviceState], allow_tap_create: bool) -> DeviceConfigs {
+    let mut cfgs = DeviceConfigs {
+        allow_tap_create,
+        ..Default::default()
+    };
     for s in states {
         match &s.kind {
             DeviceKindState::Block(d) => cfgs.drives.push(d.config()),
+            DeviceKindState::Net(n) => cfgs.nets.push(n.config()),
         }
     }
     cfgs
 }
 
 /// Checks, before anything is built, that every saved device can be created here (for drives:
-/// the backing file exists and opens with the access the drive needs).
-pub fn check(states: &[VirtioDeviceState]) -> Result<(), String> {
+/// the backing file exists and opens with the access the drive needs; for interfaces: the tap
+/// exists, or may be created, and can be attached to).
+pub fn check(states: &[VirtioDeviceState], allow_tap_create: bool) -> Result<(), String> {
+    let mut cfgs = DeviceConfigs {
+        allow_tap_create,
+        ..Default::default()
+    };
     for s in states {
         match &s.kind {
             DeviceKindState::Block(d) => crate::drives::check(&d.config())
                 .map_err(|e| format!("{e} (the snapshot's drive {} needs it)", d.drive_id))?,
+            DeviceKindState::Net(n) => {
+                let cfg = n.config();
+                crate::net::check(&cfgs, &cfg).map_err(|e| {
+                    format!(
+                        "{e} (the snapshot's network interface {} needs it)",
+                        n.iface_id
+                    )
+                })?;
+                cfgs.nets.push(cfg);
+            }
         }
     }
     Ok(())
@@ -254,11 +344,21 @@ pub fn restore_all(
     states: &[VirtioDeviceState],
 ) -> Result<(), DeviceStateError> {
     let mut drives = attached.drives.iter();
+    let mut nets = attached.nets.iter();
     for (slot, s) in states.iter().enumerate() {
         let kind = s.kind.name();
         let (id, transport) = match &s.kind {
             DeviceKindState::Block(_) => match drives.next() {
                 Some(d) if d.id == s.id => (&d.id, &d.transport),
+                _ => {
+                    return Err(DeviceStateError::NotAttached {
+                        kind,
+                        id: s.id.clone(),
+                    })
+                }
+            },
+            DeviceKindState::Net(_) => match nets.next() {
+                Some(n) if n.id == s.id => (&n.id, &n.transport),
                 _ => {
                     return Err(DeviceStateError::NotAttached {
                         kind,
@@ -324,9 +424,65 @@ mod tests {
         let json = serde_json::to_value(&state).unwrap();
         assert_eq!(json["kind"]["type"], "block");
         let back: VirtioDeviceState = serde_json::from_value(json).unwrap();
-        let DeviceKindState::Block(b) = back.kind;
+        let DeviceKindState::Block(b) = back.kind else {
+            panic!("not a drive")
+        };
         assert_eq!(b, s);
-        assert_eq!(configs(std::slice::from_ref(&state)).drives, vec![cfg]);
+        assert_eq!(
+            configs(std::slice::from_ref(&state), false).drives,
+            vec![cfg]
+        );
+    }
+
+    #[test]
+    fn net_state_round_trips_the_api_configuration() {
+        let cfg = NetworkInterfaceConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap7".into(),
+            guest_mac: Some("06:00:ac:10:00:02".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: Some(RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(TokenBucket {
+                    size: 100,
+                    one_time_burst: None,
+                    refill_time: 1000,
+                }),
+            }),
+        };
+        let s = NetState::new(&cfg, 1 << 32 | 1 << 5);
+        let state = VirtioDeviceState {
+            id: "eth0".into(),
+            mmio_base: 0xd000_1000,
+            irq: 6,
+            transport: TransportState::default(),
+            kind: DeviceKindState::Net(s.clone()),
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["kind"]["type"], "net");
+        let back: VirtioDeviceState = serde_json::from_value(json).unwrap();
+        assert!(matches!(back.kind, DeviceKindState::Net(ref n) if *n == s));
+        let cfgs = configs(std::slice::from_ref(&state), true);
+        assert_eq!(cfgs.nets, vec![cfg]);
+        assert!(cfgs.allow_tap_create);
+    }
+
+    #[test]
+    fn a_missing_tap_is_named() {
+        let state = VirtioDeviceState {
+            id: "eth0".into(),
+            mmio_base: 0xd000_0000,
+            irq: 5,
+            transport: TransportState::default(),
+            kind: DeviceKindState::Net(NetState {
+                iface_id: "eth0".into(),
+                host_dev_name: "tt-no-such-tap".into(),
+                ..Default::default()
+            }),
+        };
+        let e = check(&[state], false).unwrap_err();
+        assert!(e.contains("tt-no-such-tap"), "{e}");
+        assert!(e.contains("eth0"), "{e}");
     }
 
     #[test]
@@ -347,12 +503,12 @@ mod tests {
     #[test]
     fn a_device_kind_without_snapshot_support_is_refused_by_name() {
         let attached = AttachedDevices {
-            drives: Vec::new(),
-            slots: vec!["Net eth0".into()],
+            slots: vec!["Vsock vsock".into()],
+            ..Default::default()
         };
         let e = save_all(&attached, &DeviceConfigs::default()).unwrap_err();
         assert!(matches!(e, DeviceStateError::Unsupported(_)));
-        assert!(e.to_string().contains("Net eth0"), "{e}");
+        assert!(e.to_string().contains("Vsock vsock"), "{e}");
         assert!(
             save_all(&AttachedDevices::default(), &DeviceConfigs::default())
                 .unwrap()
@@ -373,7 +529,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let e = check(&[state]).unwrap_err();
+        let e = check(&[state], false).unwrap_err();
         assert!(e.contains("/nonexistent/tartarus-disk.img"), "{e}");
         assert!(e.contains("data"), "{e}");
     }

@@ -34,7 +34,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 
 pub use self::chains::ChainError;
 use self::chains::{add_used_batch, check, read_chain, write_chain, Chain};
@@ -672,6 +672,29 @@ impl VirtioDevice for Net {
             }
             _ => {}
         }
+    }
+
+    fn quiesce(&mut self) {
+        // A frame waiting for more RX buffers is not part of a snapshot: it is dropped (as a
+        // network may drop it) and the chains held for it go back to the guest, empty.
+        if self.rx_pending.take().is_some() {
+            inc(&self.metrics.rx_no_buffers, 1);
+        }
+        if let Some(active) = self.active.as_mut() {
+            let held = std::mem::take(&mut active.rx_held);
+            if !held.is_empty() {
+                for c in &held {
+                    return_unused(active, RX_QUEUE, c.head);
+                }
+                signal(active);
+            }
+        }
+    }
+
+    fn queue_states(&self) -> Option<Vec<QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| vec![a.rx.state(), a.tx.state()])
     }
 
     fn aux_event_fds(&self) -> Vec<RawFd> {
