@@ -172,6 +172,16 @@ fn describe_devices(devices: &serde_json::Value) {
                 kind["cache_type"].as_str().unwrap_or("?"),
                 kind["io_engine"].as_str().unwrap_or("?"),
             ),
+            Some("net") => format!(
+                " tap {} mac {}",
+                kind["host_dev_name"].as_str().unwrap_or("?"),
+                kind["guest_mac"].as_str().unwrap_or("(guest's own)"),
+            ),
+            Some("vsock") => format!(
+                " guest_cid {} uds_path {}",
+                kind["guest_cid"],
+                kind["uds_path"].as_str().unwrap_or("?"),
+            ),
             _ => String::new(),
         };
         println!(
