@@ -168,6 +168,7 @@ impl Vmm {
         for d in cfg.drives {
             actions.push(VmmAction::PutDrive(d));
         }
+        actions.extend(cfg.vsock.map(VmmAction::PutVsock));
         match cfg.boot_source {
             Some(b) => actions.push(VmmAction::PutBootSource(b)),
             None => {
@@ -194,7 +195,7 @@ impl Vmm {
             PatchVmState(RequestedVmState::Paused) => RequestKind::Running,
             PatchVmState(RequestedVmState::Resumed) => RequestKind::Paused,
             CreateSnapshot(_) => RequestKind::Paused,
-            PutDrive(_) => RequestKind::PreBoot,
+            PutDrive(_) | PutVsock(_) => RequestKind::PreBoot,
             LoadSnapshot(_) => RequestKind::Start,
             _ => RequestKind::Always,
         }
@@ -211,6 +212,7 @@ impl Vmm {
             PatchVmState(RequestedVmState::Resumed) => "Resuming",
             CreateSnapshot(_) => "Creating a snapshot",
             PutDrive(_) => "Adding or replacing a drive (hot-plug is not supported)",
+            PutVsock(_) => "Configuring vsock (hot-plug is not supported)",
             LoadSnapshot(_) => "Loading a snapshot",
             _ => "This request",
         }
@@ -271,6 +273,10 @@ impl Vmm {
             },
             PutBootSource(b) => self.put_boot_source(b),
             PutDrive(d) => match self.put_drive(d) {
+                Ok(()) => VmmResponse::Empty,
+                Err(e) => VmmResponse::bad_request(e),
+            },
+            PutVsock(v) => match crate::vsock::put(&mut self.devices, v) {
                 Ok(()) => VmmResponse::Empty,
                 Err(e) => VmmResponse::bad_request(e),
             },
@@ -407,6 +413,7 @@ impl Vmm {
             machine_config: Some(self.machine.clone()),
             logger: self.logger_cfg.clone(),
             metrics: self.metrics_cfg.clone(),
+            vsock: self.devices.vsock.clone(),
         }
     }
 

@@ -18,3 +18,4 @@ pub mod snapshot_state;
 pub mod state;
 pub mod vcpu;
 pub mod virtio_devices;
+pub mod vsock;

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use api::models::BlockDeviceConfig;
+use api::models::{BlockDeviceConfig, VsockDeviceConfig};
 use devices::virtio::mmio::{cmdline_entry, MmioTransport, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, GuestMemoryMmap};
@@ -17,6 +17,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::arch::layout::{IOAPIC_PINS, MMIO_GAP_START};
 use crate::drives::{self, AttachedDrive};
+use crate::vsock::{self, AttachedVsock};
 
 /// First GSI handed to virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
@@ -33,12 +34,15 @@ pub enum VirtioDeviceError {
     Bus(String, #[source] devices::BusError),
     #[error(transparent)]
     Drive(#[from] drives::DriveError),
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockSetupError),
 }
 
 /// The virtio devices the API configured, before the microVM exists.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceConfigs {
     pub drives: Vec<BlockDeviceConfig>,
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 /// Hands out MMIO windows and GSIs in order.
@@ -67,12 +71,13 @@ impl Slots {
 #[derive(Default)]
 pub struct AttachedDevices {
     pub drives: Vec<AttachedDrive>,
+    pub vsock: Option<AttachedVsock>,
 }
 
 impl AttachedDevices {
     /// True when no virtio device is attached.
     pub fn is_empty(&self) -> bool {
-        self.drives.is_empty()
+        self.drives.is_empty() && self.vsock.is_none()
     }
 }
 
@@ -134,6 +139,7 @@ pub fn attach_all(
     let mut out = Attached::default();
     let mut slots = Slots::default();
     drives::attach(&mut out, vm, mem, mmio_bus, &mut slots, &cfgs.drives)?;
+    vsock::attach(&mut out, vm, mem, mmio_bus, &mut slots, cfgs.vsock.as_ref())?;
     Ok(out)
 }
 
