@@ -177,3 +177,114 @@ impl MutEventSubscriber for VirtioEventHandler {
         self.apply_fd_changes(ops);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use event_manager::{EventManager, SubscriberOps};
+    use virtio_queue::Queue;
+
+    use super::*;
+    use crate::virtio::{ActivateError, VirtioInterrupt};
+    use crate::GuestMemoryMmap;
+
+    /// A device that, on a queue notification, asks for one socket to be watched, and closes it
+    /// on its first event.
+    struct Dynamic {
+        sizes: [u16; 1],
+        sock: Option<UnixStream>,
+        changes: Vec<FdChange>,
+        seen: Vec<(u32, EventSet)>,
+    }
+
+    impl VirtioDevice for Dynamic {
+        fn device_type(&self) -> u32 {
+            0
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn avail_features(&self) -> u64 {
+            0
+        }
+        fn set_acked_features(&mut self, _: u64) {}
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            _: Vec<Queue>,
+            _: Arc<VirtioInterrupt>,
+        ) -> Result<(), ActivateError> {
+            Ok(())
+        }
+        fn is_activated(&self) -> bool {
+            true
+        }
+        fn reset(&mut self) {}
+        fn process_queue(&mut self, _: usize) {
+            if let Some(s) = &self.sock {
+                self.changes.push(FdChange::Watch {
+                    fd: s.as_raw_fd(),
+                    token: 7,
+                    readable: true,
+                    writable: false,
+                });
+            }
+        }
+        fn take_fd_changes(&mut self) -> Vec<FdChange> {
+            std::mem::take(&mut self.changes)
+        }
+        fn handle_fd_event(&mut self, token: u32, events: EventSet) {
+            self.seen.push((token, events));
+            if let Some(s) = self.sock.take() {
+                self.changes.push(FdChange::Close {
+                    token,
+                    fd: s.into(),
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn dynamic_fds_are_watched_routed_and_closed() {
+        let (mine, mut peer) = UnixStream::pair().unwrap();
+        let dev = Arc::new(Mutex::new(Dynamic {
+            sizes: [4],
+            sock: Some(mine),
+            changes: Vec::new(),
+            seen: Vec::new(),
+        }));
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let handler = Arc::new(Mutex::new(VirtioEventHandler::new(
+            dev.clone(),
+            vec![evt.try_clone().unwrap()],
+        )));
+        let mut em = EventManager::<Arc<Mutex<VirtioEventHandler>>>::new().unwrap();
+        em.add_subscriber(handler.clone());
+        evt.write(1).unwrap();
+        em.run_with_timeout(1000).unwrap();
+        assert_eq!(handler.lock().unwrap().watched_fds().len(), 1);
+        peer.write_all(b"x").unwrap();
+        em.run_with_timeout(1000).unwrap();
+        {
+            let d = dev.lock().unwrap();
+            assert_eq!(d.seen.len(), 1);
+            assert_eq!(d.seen[0].0, 7);
+            assert!(d.seen[0].1.contains(EventSet::IN));
+        }
+        assert!(handler.lock().unwrap().watched_fds().is_empty());
+        // Closed (with our byte unread, so the peer sees a reset), and the loop has nothing left
+        // to report.
+        let mut b = [0u8; 1];
+        match std::io::Read::read(&mut peer, &mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("socket not closed: {other:?}"),
+        }
+        assert_eq!(em.run_with_timeout(10).unwrap(), 0);
+    }
+}
