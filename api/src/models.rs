@@ -233,6 +233,8 @@ pub struct VmConfig {
     pub logger: Option<LoggerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 impl VmConfig {
@@ -263,6 +265,38 @@ impl VmConfig {
         }
         if let Some(m) = &self.metrics {
             m.validate()?;
+        }
+        if let Some(v) = &self.vsock {
+            v.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /vsock` body (also the config file's `"vsock"`): the guest's CID and the Unix socket
+/// host processes connect to (`CONNECT <port>`); guest connections to port P reach
+/// `<uds_path>_<P>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockDeviceConfig {
+    /// Accepted for compatibility with Firecracker clients; unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    pub guest_cid: u32,
+    pub uds_path: String,
+}
+
+impl VsockDeviceConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.guest_cid < 3 {
+            return Err(format!(
+                "Invalid vsock: guest_cid {} is reserved (0 hypervisor, 1 local, 2 host): \
+                 use 3 or more",
+                self.guest_cid
+            ));
+        }
+        if self.uds_path.is_empty() {
+            return Err("Invalid vsock: uds_path must not be empty".into());
         }
         Ok(())
     }
@@ -564,6 +598,7 @@ pub enum VmmAction {
     PatchDrive(BlockDeviceUpdate),
     PutNetworkInterface(NetworkInterfaceConfig),
     PatchNetworkInterface(NetworkInterfaceUpdate),
+    PutVsock(VsockDeviceConfig),
 }
 
 /// The VMM thread's answer to a [`VmmAction`].
@@ -646,6 +681,20 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().contains("metrics_path"));
         assert!(VmConfig::default().validate().is_ok());
+        let v = VsockDeviceConfig {
+            vsock_id: None,
+            guest_cid: 2,
+            uds_path: "/v.sock".into(),
+        };
+        assert!(v
+            .validate()
+            .unwrap_err()
+            .contains("guest_cid 2 is reserved"));
+        let c = VmConfig {
+            vsock: Some(v),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::models::{
     ActionInfo, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, LoggerConfig,
     MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
     NetworkInterfaceUpdate, SnapshotCreateParams, SnapshotLoadParams, VmStateUpdate, VmmAction,
+    VsockDeviceConfig,
 };
 
 /// Every route served, as (method, path).
@@ -35,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/network-interfaces/{iface_id}"),
     ("PUT", "/snapshot/create"),
     ("PUT", "/snapshot/load"),
+    ("PUT", "/vsock"),
 ];
 
 /// Turns one HTTP request into a [`VmmAction`].
@@ -106,6 +108,11 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
             let params: SnapshotLoadParams = parse_body(method, "snapshot/load", body)?;
             params.validate()?;
             VmmAction::LoadSnapshot(params)
+        }
+        ("PUT", "/vsock") => {
+            let config: VsockDeviceConfig = parse_body(method, "vsock", body)?;
+            config.validate()?;
+            VmmAction::PutVsock(config)
         }
         ("PATCH", "/vm") => {
             let update: VmStateUpdate = parse_body(method, "vm", body)?;
@@ -639,6 +646,36 @@ mod tests {
             r#"{"snapshot_path": "/s", "mem_file_path": "/m", "prefetch": {"working_set_path": "/w"}}"#,
         );
         assert!(e.contains("Uffd"), "{e}");
+    }
+
+    #[test]
+    fn vsock_route() {
+        let a = parse_request(
+            "PUT",
+            "/vsock",
+            br#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#,
+        )
+        .unwrap();
+        assert!(matches!(a, VmmAction::PutVsock(v) if v.guest_cid == 3));
+        let a = parse_request(
+            "PUT",
+            "/vsock",
+            br#"{"vsock_id": "vsock0", "guest_cid": 52, "uds_path": "/v"}"#,
+        )
+        .unwrap();
+        assert!(matches!(a, VmmAction::PutVsock(v) if v.vsock_id.is_some()));
+        for cid in [0, 1, 2] {
+            let body = format!(r#"{{"guest_cid": {cid}, "uds_path": "/v"}}"#);
+            let e = parse_request("PUT", "/vsock", body.as_bytes()).unwrap_err();
+            assert!(e.contains("guest_cid") && e.contains("reserved"), "{e}");
+        }
+        let e = parse_request("PUT", "/vsock", br#"{"guest_cid": 3, "uds_path": ""}"#).unwrap_err();
+        assert!(e.contains("uds_path"), "{e}");
+        let e = parse_request("PUT", "/vsock", br#"{"guest_cid": 3}"#).unwrap_err();
+        assert!(e.contains("Invalid vsock body"), "{e}");
+        let e =
+            parse_request("PUT", "/vsock", br#"{"guest_cid": -3, "uds_path": "/v"}"#).unwrap_err();
+        assert!(e.contains("Invalid vsock body"), "{e}");
     }
 
     #[test]

@@ -213,6 +213,14 @@ pub fn vmm() -> AllowList {
         sys!(SYS_connect),
         sys!(SYS_sendmsg),
         sys!(SYS_recvmsg),
+        // virtio-vsock: the Unix listener at uds_path, accepted and connected streams (std reads
+        // sockets with recv and writes them with send(MSG_NOSIGNAL)), half-closes.
+        sys!(SYS_bind),
+        sys!(SYS_listen),
+        sys!(SYS_accept4),
+        sys!(SYS_recvfrom),
+        sys!(SYS_sendto),
+        sys!(SYS_shutdown),
         // virtio-blk: vectored I/O (Sync engine) and io_uring (Async engine).
         sys!(SYS_preadv),
         sys!(SYS_pwritev),
@@ -259,7 +267,7 @@ pub fn vmm() -> AllowList {
         &[("vCPU kick (SIGRTMIN)", libc::SIGRTMIN() as u64)],
     );
     l.one_of(sys!(SYS_fcntl), 1, &fcntl_cmds());
-    // Unix sockets only (the external userfaultfd handler).
+    // Unix sockets only (the external userfaultfd handler, vsock).
     l.one_of(sys!(SYS_socket), 0, &[("AF_UNIX", libc::AF_UNIX as u64)]);
     l.one_of(sys!(SYS_ioctl), 1, &named(VMM_KVM_IOCTLS));
     l.one_of(sys!(SYS_ioctl), 1, &named(UFFD_IOCTLS));

@@ -180,6 +180,7 @@ impl Vmm {
                 .into_iter()
                 .map(VmmAction::PutNetworkInterface),
         );
+        actions.extend(cfg.vsock.map(VmmAction::PutVsock));
         match cfg.boot_source {
             Some(b) => actions.push(VmmAction::PutBootSource(b)),
             None => {
@@ -206,7 +207,7 @@ impl Vmm {
             PatchVmState(RequestedVmState::Paused) => RequestKind::Running,
             PatchVmState(RequestedVmState::Resumed) => RequestKind::Paused,
             CreateSnapshot(_) => RequestKind::Paused,
-            PutDrive(_) | PutNetworkInterface(_) => RequestKind::PreBoot,
+            PutDrive(_) | PutNetworkInterface(_) | PutVsock(_) => RequestKind::PreBoot,
             LoadSnapshot(_) => RequestKind::Start,
             _ => RequestKind::Always,
         }
@@ -224,6 +225,7 @@ impl Vmm {
             CreateSnapshot(_) => "Creating a snapshot",
             PutDrive(_) => "Adding or replacing a drive (hot-plug is not supported)",
             PutNetworkInterface(_) => "Adding or replacing a network interface (no hot-plug)",
+            PutVsock(_) => "Configuring vsock (hot-plug is not supported)",
             LoadSnapshot(_) => "Loading a snapshot",
             _ => "This request",
         }
@@ -284,6 +286,10 @@ impl Vmm {
             },
             PutBootSource(b) => self.put_boot_source(b),
             PutDrive(d) => match self.put_drive(d) {
+                Ok(()) => VmmResponse::Empty,
+                Err(e) => VmmResponse::bad_request(e),
+            },
+            PutVsock(v) => match crate::vsock::put(&mut self.devices, v) {
                 Ok(()) => VmmResponse::Empty,
                 Err(e) => VmmResponse::bad_request(e),
             },
@@ -426,6 +432,7 @@ impl Vmm {
             machine_config: Some(self.machine.clone()),
             logger: self.logger_cfg.clone(),
             metrics: self.metrics_cfg.clone(),
+            vsock: self.devices.vsock.clone(),
         }
     }
 

@@ -20,3 +20,4 @@ pub mod snapshot_state;
 pub mod state;
 pub mod vcpu;
 pub mod virtio_devices;
+pub mod vsock;

@@ -118,6 +118,9 @@ pub fn render(counters: &VmmCounters, vm: Option<&MicroVm>) -> Value {
         }
         v["block"] = Value::Object(block);
         v["net"] = crate::net::metrics(&vm.devices.nets);
+        if let Some(vs) = &vm.devices.vsock {
+            v["vsock"] = crate::vsock::metrics_json(&devices::bus::lock(&vs.device).metrics());
+        }
         let k = devices::bus::lock(&vm.i8042).counters();
         v["i8042"] = json!({
             "reset_requests": k.reset_requests.load(r),

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use api::models::{BlockDeviceConfig, NetworkInterfaceConfig};
+use api::models::{BlockDeviceConfig, NetworkInterfaceConfig, VsockDeviceConfig};
 use devices::virtio::mmio::{cmdline_entry, MmioTransport, MMIO_DEVICE_SIZE, NOTIFY_REG_OFFSET};
 use devices::virtio::VirtioDevice;
 use devices::{Bus, GuestMemoryMmap};
@@ -18,6 +18,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use crate::arch::layout::{IOAPIC_PINS, MMIO_GAP_START};
 use crate::drives::{self, AttachedDrive};
 use crate::net::{self, AttachedNet};
+use crate::vsock::{self, AttachedVsock};
 
 /// First GSI handed to virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
@@ -36,6 +37,8 @@ pub enum VirtioDeviceError {
     Drive(#[from] drives::DriveError),
     #[error(transparent)]
     Net(#[from] net::NetError),
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockSetupError),
 }
 
 /// The virtio devices the API configured, before the microVM exists.
@@ -45,6 +48,7 @@ pub struct DeviceConfigs {
     pub nets: Vec<NetworkInterfaceConfig>,
     /// `--allow-tap-create`: a missing tap is created at InstanceStart instead of refused.
     pub allow_tap_create: bool,
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 /// The MMIO base address and GSI of slot `i`.
@@ -81,12 +85,13 @@ pub struct AttachedDevices {
     pub nets: Vec<AttachedNet>,
     /// What sits in each MMIO slot, in slot order, as named in errors ("Drive rootfs").
     pub slots: Vec<String>,
+    pub vsock: Option<AttachedVsock>,
 }
 
 impl AttachedDevices {
     /// True when no virtio device is attached.
     pub fn is_empty(&self) -> bool {
-        self.drives.is_empty() && self.nets.is_empty()
+        self.drives.is_empty() && self.nets.is_empty() && self.vsock.is_none()
     }
 }
 
@@ -150,6 +155,7 @@ pub fn attach_all(
     let mut slots = Slots::default();
     drives::attach(&mut out, vm, mem, mmio_bus, &mut slots, &cfgs.drives)?;
     net::attach(&mut out, vm, mem, mmio_bus, &mut slots, cfgs)?;
+    vsock::attach(&mut out, vm, mem, mmio_bus, &mut slots, cfgs.vsock.as_ref())?;
     Ok(out)
 }
 

@@ -51,8 +51,10 @@ pub mod mmio;
 pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vsock;
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -180,6 +182,26 @@ impl VirtioInterrupt {
     }
 }
 
+/// A change to the set of fds the event loop watches for a device whose fds come and go (vsock
+/// connections), returned by [`VirtioDevice::take_fd_changes`]. Tokens are the device's own
+/// names for its dynamic fds; events on them reach [`VirtioDevice::handle_fd_event`].
+#[derive(Debug)]
+pub enum FdChange {
+    /// Watch `fd` under `token` for readability and/or writability (added, or modified if the
+    /// token is already watched). Hang-ups and errors are always reported.
+    Watch {
+        fd: RawFd,
+        token: u32,
+        readable: bool,
+        writable: bool,
+    },
+    /// Stop watching `token`'s fd; the device keeps the fd open.
+    Unwatch { token: u32 },
+    /// Stop watching `token`'s fd (if watched), then close it. The device hands the fd over so
+    /// that it stays open until it has left the event loop.
+    Close { token: u32, fd: OwnedFd },
+}
+
 /// A virtio device model, independent of its transport.
 ///
 /// Life cycle: created inactive; [`activate`](Self::activate) hands it guest memory, the queues
@@ -237,4 +259,13 @@ pub trait VirtioDevice: Send {
     fn queue_states(&self) -> Option<Vec<QueueState>> {
         None
     }
+    /// Dynamic fds to watch, re-watch or forget since the last call. The event handler calls it
+    /// after every call into the device (and when an aux fd fires, so a device can ask for a
+    /// call by signalling one of its aux fds).
+    fn take_fd_changes(&mut self) -> Vec<FdChange> {
+        Vec::new()
+    }
+    /// Called when the dynamic fd watched under `token` has `events` (readable, writable, hang-up,
+    /// error).
+    fn handle_fd_event(&mut self, _token: u32, _events: event_manager::EventSet) {}
 }
