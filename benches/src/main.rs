@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|vsock|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -20,9 +20,11 @@
 //! - `instance_start_to_exit_ms`: `InstanceStart` sent → VMM exit, hello.elf without `wait_cad`.
 //!
 //! The snapshot suite (snapshot create, load and wake latency, restores per second, private
-//! memory of a restored VMM, peer baselines, targets) is described in [`snapshot`].
+//! memory of a restored VMM, peer baselines, targets) is described in [`snapshot`]; the vsock
+//! suite (round-trip latency and echo throughput against a Unix socket pair) in [`vsock`].
 
 mod snapshot;
+mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -43,6 +45,7 @@ const MEM_MIB: u64 = 128;
 enum Suite {
     Boot,
     Snapshot,
+    Vsock,
     All,
 }
 
@@ -56,7 +59,8 @@ struct Options {
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: tartarus-bench [--suite boot|snapshot|all] [--runs N] [--restores N] \
+const USAGE: &str =
+    "usage: tartarus-bench [--suite boot|snapshot|vsock|all] [--runs N] [--restores N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -86,6 +90,7 @@ fn parse_args() -> Result<Options, String> {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
                     "snapshot" => Suite::Snapshot,
+                    "vsock" => Suite::Vsock,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -538,7 +543,7 @@ fn run(opts: &Options) -> Result<Value, String> {
         "metrics": [],
     });
     let mut metrics = Vec::new();
-    if opts.suite != Suite::Snapshot {
+    if matches!(opts.suite, Suite::Boot | Suite::All) {
         let (config, m) = run_boot(opts)?;
         if let (Some(doc_config), Some(boot)) = (doc["config"].as_object_mut(), config.as_object())
         {
@@ -546,9 +551,14 @@ fn run(opts: &Options) -> Result<Value, String> {
         }
         metrics.extend(m);
     }
-    if opts.suite != Suite::Boot {
+    if matches!(opts.suite, Suite::Snapshot | Suite::All) {
         let (report, m) = snapshot::run(opts)?;
         doc["snapshot"] = report;
+        metrics.extend(m);
+    }
+    if matches!(opts.suite, Suite::Vsock | Suite::All) {
+        let (report, m) = vsock::run(opts)?;
+        doc["vsock"] = report;
         metrics.extend(m);
     }
     doc["metrics"] = Value::Array(metrics);
