@@ -11,6 +11,10 @@
 //! - `unix_pair_rtt_us`, `unix_pair_echo_throughput_mib_s`: the same against a thread echoing on
 //!   a `UnixStream::pair()`.
 //!
+//! - `vmm_thread_cpu_per_rtt_us`, `vmm_thread_cpu_per_mib_ms`: CPU time of the VMM thread (the
+//!   device side: event loop, queues, sockets; from `/proc/<pid>/task/<pid>/schedstat`) per round
+//!   trip (one sample per batch of 10 messages) and per MiB echoed (one sample per run).
+//!
 //! The report adds `ratio_rtt` and `ratio_throughput` (vsock / Unix pair, medians). On this
 //! nested PVM host the guest's copies run emulated in ring 0, so the vsock figures are bounded
 //! by the guest, not the device; the ratio on hardware KVM is the number that matters.
@@ -146,6 +150,16 @@ fn connect(uds: &Path) -> Result<UnixStream, String> {
     Ok(s)
 }
 
+/// Nanoseconds the VMM's main (VMM) thread has run.
+fn vmm_thread_cpu_ns(pid: u32) -> Result<u64, String> {
+    let p = format!("/proc/{pid}/task/{pid}/schedstat");
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{p}: unexpected contents {text:?}"))
+}
+
 fn median(v: &Value) -> f64 {
     v["median"].as_f64().unwrap_or(f64::NAN)
 }
@@ -163,18 +177,29 @@ pub(crate) fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let (mut vmm, mut s) = vsock_echo(opts)?;
-    let result = (|| -> Result<(Vec<f64>, Vec<f64>), String> {
+    let pid = vmm.pid();
+    type Samples = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let result = (|| -> Result<Samples, String> {
         rtt(&mut s, 10)?;
-        let r = rtt(&mut s, msgs)?;
-        let mut t = Vec::with_capacity(n);
+        let (mut r, mut cpu_rtt) = (Vec::with_capacity(msgs), Vec::with_capacity(n));
+        for _ in 0..n {
+            let c0 = vmm_thread_cpu_ns(pid)?;
+            r.extend(rtt(&mut s, 10)?);
+            cpu_rtt.push((vmm_thread_cpu_ns(pid)? - c0) as f64 / 10.0 / 1000.0);
+        }
+        let (mut t, mut cpu_tp) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mib = THROUGHPUT_BYTES as f64 / (1024.0 * 1024.0);
         for i in 0..n {
             eprint!("\rvsock_echo_throughput: {}/{n}   ", i + 1);
+            let c0 = vmm_thread_cpu_ns(pid)?;
             t.push(throughput(&s)?);
+            cpu_tp.push((vmm_thread_cpu_ns(pid)? - c0) as f64 / 1e6 / mib);
         }
         eprintln!();
-        Ok((r, t))
+        Ok((r, t, cpu_rtt, cpu_tp))
     })();
-    let (vsock_rtt, vsock_tp) = result.map_err(|e| format!("{e}\n{}", vmm.diagnostics()))?;
+    let (vsock_rtt, vsock_tp, cpu_rtt, cpu_tp) =
+        result.map_err(|e| format!("{e}\n{}", vmm.diagnostics()))?;
     let _ = s.shutdown(std::net::Shutdown::Write);
     if vmm.try_wait_exit(WAIT, Duration::from_millis(5)).is_none() {
         vmm.kill();
@@ -195,5 +220,7 @@ pub(crate) fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
         "ratio_rtt": (median(&m_vrtt) / median(&m_prtt) * 10.0).round() / 10.0,
         "ratio_throughput": (median(&m_vtp) / median(&m_ptp) * 1e4).round() / 1e4,
     });
-    Ok((report, vec![m_vrtt, m_prtt, m_vtp, m_ptp]))
+    let m_crtt = label(summary("vmm_thread_cpu_per_rtt_us", "us", &cpu_rtt));
+    let m_ctp = summary("vmm_thread_cpu_per_mib_ms", "ms", &cpu_tp);
+    Ok((report, vec![m_vrtt, m_prtt, m_vtp, m_ptp, m_crtt, m_ctp]))
 }
