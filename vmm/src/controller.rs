@@ -638,6 +638,7 @@ impl Vmm {
                 let _ = self.flush_metrics();
             }
             self.restore_terminal();
+            crate::vsock::remove_socket(self.vm.as_ref());
             self.transition(VmState::Exited);
             self.exit_code = Some(code);
         }

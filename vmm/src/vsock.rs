@@ -85,6 +85,17 @@ pub fn attach(
     Ok(())
 }
 
+/// Removes the socket file the device listens on, when the VMM ends (the process exits without
+/// dropping the device).
+pub fn remove_socket(vm: Option<&crate::builder::MicroVm>) {
+    if let Some(v) = vm.and_then(|vm| vm.devices.vsock.as_ref()) {
+        let path = devices::bus::lock(&v.device).uds_path().to_owned();
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::debug!("cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
 /// The `"vsock"` section of a metrics record.
 pub fn metrics_json(m: &devices::virtio::vsock::VsockMetrics) -> serde_json::Value {
     let r = std::sync::atomic::Ordering::Relaxed;
