@@ -276,10 +276,7 @@ impl Vmm {
                 Ok(()) => VmmResponse::Empty,
                 Err(e) => VmmResponse::bad_request(e),
             },
-            PutVsock(v) => match crate::vsock::put(&mut self.devices, v) {
-                Ok(()) => VmmResponse::Empty,
-                Err(e) => VmmResponse::bad_request(e),
-            },
+            PutVsock(v) => crate::vsock::put(&mut self.devices, v),
             PatchDrive(u) => match self.patch_drive(&u) {
                 Ok(()) => VmmResponse::Empty,
                 Err(e) => VmmResponse::bad_request(e),

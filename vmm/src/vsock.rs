@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use api::models::VsockDeviceConfig;
+use api::models::{VmmResponse, VsockDeviceConfig};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::vsock::{Vsock, VsockConfig};
 use devices::{Bus, GuestMemoryMmap};
@@ -50,10 +50,14 @@ pub fn check(v: &VsockDeviceConfig) -> Result<(), String> {
 }
 
 /// `PUT /vsock` before boot: checks and stores (replacing an earlier one).
-pub fn put(devices: &mut DeviceConfigs, v: VsockDeviceConfig) -> Result<(), String> {
-    check(&v)?;
-    devices.vsock = Some(v);
-    Ok(())
+pub fn put(devices: &mut DeviceConfigs, v: VsockDeviceConfig) -> VmmResponse {
+    match check(&v) {
+        Ok(()) => {
+            devices.vsock = Some(v);
+            VmmResponse::Empty
+        }
+        Err(e) => VmmResponse::bad_request(e),
+    }
 }
 
 /// The vsock device of a running microVM.
@@ -143,7 +147,10 @@ mod tests {
         std::fs::remove_file(&existing).unwrap();
         assert!(check(&cfg(existing.to_str().unwrap())).is_ok());
         let mut d = DeviceConfigs::default();
-        put(&mut d, cfg(existing.to_str().unwrap())).unwrap();
+        assert_eq!(
+            put(&mut d, cfg(existing.to_str().unwrap())),
+            VmmResponse::Empty
+        );
         assert!(d.vsock.is_some());
     }
 }
