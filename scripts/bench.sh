@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks on release builds and writes the JSON results to build/bench.json.
-#   scripts/bench.sh [--suite boot|snapshot|block|all] [--runs N] [--restores N]
+#   scripts/bench.sh [--suite boot|snapshot|block|vsock|net|linux|all] [--runs N] [--restores N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --release

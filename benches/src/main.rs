@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|net|linux|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -27,13 +27,15 @@
 //!
 //! The linux suite (our kernel + root fs: boot phases from guest clocks, agent exec round trip,
 //! restore → first agent reply) is described in [`linux`]; the net suite (virtio-net TX/RX packets
-//! per second against a host veth peer) in [`net`]. `all` runs boot, snapshot and block; the net
-//! suite (needs root) and the linux suite run only when asked for.
+//! per second against a host veth peer) in [`net`]. `all` runs boot, snapshot, block and vsock; the net
+//! suite (needs root) and the linux suite run only when asked for. The vsock suite (round-trip
+//! latency and echo throughput against a Unix socket pair) is described in [`vsock`].
 
 mod block;
 mod linux;
 mod net;
 mod snapshot;
+mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -58,6 +60,7 @@ enum Suite {
     /// Our Linux kernel + root fs (slow on PVM hosts; not part of `all`).
     Linux,
     Net,
+    Vsock,
     All,
 }
 
@@ -80,7 +83,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|net|linux|all] [--runs N] [--restores N] [--linux-boots N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|all] [--runs N] [--restores N] [--linux-boots N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -115,6 +118,7 @@ fn parse_args() -> Result<Options, String> {
                     "block" => Suite::Block,
                     "linux" => Suite::Linux,
                     "net" => Suite::Net,
+                    "vsock" => Suite::Vsock,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -590,6 +594,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Block) {
         let (report, m) = block::run(opts)?;
         doc["block"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Vsock) {
+        let (report, m) = vsock::run(opts)?;
+        doc["vsock"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Linux) {

@@ -96,6 +96,7 @@ fn host_connects_and_the_guest_echoes() {
     assert!(out.contains("vsock echo 20 bytes"), "{out}");
     assert!(out.contains("vsock shutdown flags=3"), "{out}");
     assert!(out.contains("virtio-vsock: done"), "{out}");
+    assert!(!uds(&vmm).exists(), "uds_path left behind after exit");
 }
 
 /// Accepts one connection within the timeout.

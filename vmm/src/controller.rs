@@ -289,10 +289,7 @@ impl Vmm {
                 Ok(()) => VmmResponse::Empty,
                 Err(e) => VmmResponse::bad_request(e),
             },
-            PutVsock(v) => match crate::vsock::put(&mut self.devices, v) {
-                Ok(()) => VmmResponse::Empty,
-                Err(e) => VmmResponse::bad_request(e),
-            },
+            PutVsock(v) => crate::vsock::put(&mut self.devices, v),
             PatchDrive(u) => match self.patch_drive(&u) {
                 Ok(()) => VmmResponse::Empty,
                 Err(e) => VmmResponse::bad_request(e),
@@ -665,6 +662,7 @@ impl Vmm {
                 let _ = self.flush_metrics();
             }
             self.restore_terminal();
+            crate::vsock::remove_socket(self.vm.as_ref());
             self.transition(VmState::Exited);
             self.exit_code = Some(code);
         }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use api::models::VsockDeviceConfig;
+use api::models::{VmmResponse, VsockDeviceConfig};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::vsock::{Vsock, VsockConfig};
 use devices::{Bus, GuestMemoryMmap};
@@ -50,10 +50,14 @@ pub fn check(v: &VsockDeviceConfig) -> Result<(), String> {
 }
 
 /// `PUT /vsock` before boot: checks and stores (replacing an earlier one).
-pub fn put(devices: &mut DeviceConfigs, v: VsockDeviceConfig) -> Result<(), String> {
-    check(&v)?;
-    devices.vsock = Some(v);
-    Ok(())
+pub fn put(devices: &mut DeviceConfigs, v: VsockDeviceConfig) -> VmmResponse {
+    match check(&v) {
+        Ok(()) => {
+            devices.vsock = Some(v);
+            VmmResponse::Empty
+        }
+        Err(e) => VmmResponse::bad_request(e),
+    }
 }
 
 /// The vsock device of a running microVM.
@@ -83,6 +87,17 @@ pub fn attach(
     let transport = out.attach(vm, mem, mmio_bus, slots, "Vsock", device.clone())?;
     out.devices.vsock = Some(AttachedVsock { device, transport });
     Ok(())
+}
+
+/// Removes the socket file the device listens on, when the VMM ends (the process exits without
+/// dropping the device).
+pub fn remove_socket(vm: Option<&crate::builder::MicroVm>) {
+    if let Some(v) = vm.and_then(|vm| vm.devices.vsock.as_ref()) {
+        let path = devices::bus::lock(&v.device).uds_path().to_owned();
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::debug!("cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 /// The `"vsock"` section of a metrics record.
@@ -132,7 +147,10 @@ mod tests {
         std::fs::remove_file(&existing).unwrap();
         assert!(check(&cfg(existing.to_str().unwrap())).is_ok());
         let mut d = DeviceConfigs::default();
-        put(&mut d, cfg(existing.to_str().unwrap())).unwrap();
+        assert_eq!(
+            put(&mut d, cfg(existing.to_str().unwrap())),
+            VmmResponse::Empty
+        );
         assert!(d.vsock.is_some());
     }
 }

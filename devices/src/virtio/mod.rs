@@ -1,7 +1,7 @@
 //! virtio devices and the virtio-mmio transport.
 //!
 //! # Pieces
-//! - [`VirtioDevice`]: what a device model (virtio-blk, later net and vsock) implements. It knows
+//! - [`VirtioDevice`]: what a device model (virtio-blk, vsock, later net) implements. It knows
 //!   nothing of the transport: it offers features, exposes a config space, and once activated it
 //!   owns its queues and guest memory until it is reset.
 //! - [`mmio::MmioTransport`]: the virtio-mmio (register layout version 2) transport. It is a
@@ -10,9 +10,12 @@
 //!   `EventFd` per queue (the ioeventfds) and the interrupt `EventFd` (the irqfd).
 //! - [`handler::VirtioEventHandler`]: an event-manager subscriber that watches the queue EventFds
 //!   and any device-side fds (rate-limiter timer, io_uring completions) and calls into the device
-//!   on the VMM thread.
+//!   on the VMM thread. Devices whose fds come and go (vsock's sockets) hand the handler
+//!   [`FdChange`]s to watch, re-watch or close them; their events arrive under the device's own
+//!   tokens.
 //! - [`block::Block`]: virtio-blk with a synchronous and an io_uring engine.
 //! - [`net::Net`]: virtio-net backed by a tap device.
+//! - [`vsock::Vsock`]: virtio-vsock with a hybrid Unix-socket backend.
 //!
 //! # Wiring a device into the VMM (one call site per device)
 //! ```text

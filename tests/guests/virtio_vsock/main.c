@@ -73,6 +73,7 @@ static struct vsock_hdr pkt;
 static uint8_t pkt_data[RX_DATA];
 
 static uint64_t guest_cid, timeout_ms, wait_ms;
+static int quiet; /* vsock_quiet: no per-packet "vsock echo" lines (benchmarks) */
 
 /* The one connection. */
 static struct {
@@ -295,7 +296,8 @@ static void listen_mode(uint32_t port)
 			memcpy(echo, pkt_data, n);
 			if (!send_data(echo, n))
 				break;
-			gprintf("vsock echo %u bytes\n", n);
+			if (!quiet)
+				gprintf("vsock echo %u bytes\n", n);
 			continue;
 		}
 		if (handle_control())
@@ -394,6 +396,7 @@ void guest_main(void)
 	}
 	timeout_ms = virtio_timeout_ms();
 	wait_ms = cmdline_u64("vsock_wait", WAIT_MS_DEFAULT);
+	quiet = cmdline_has_word("vsock_quiet");
 
 	if (virtio_negotiate(&dev, 0, WHO) != 0)
 		finish("failed");

@@ -445,6 +445,7 @@ impl Vsock {
         if active.broken[EVQ] {
             return;
         }
+        let mut rechecked = false;
         loop {
             let chain = match active.queues[EVQ].iter(&active.mem) {
                 Ok(mut it) => it.next(),
@@ -455,7 +456,13 @@ impl Vsock {
                 }
             };
             let Some(chain) = chain else {
-                return;
+                match active.queues[EVQ].enable_notification(&active.mem) {
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    _ => return,
+                }
             };
             let head = chain.head_index();
             let written = packet::write_event(&active.mem, chain, EVENT_TRANSPORT_RESET);

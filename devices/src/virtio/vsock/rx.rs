@@ -79,14 +79,25 @@ impl Vsock {
         if active.broken[RXQ] {
             return None;
         }
-        let chain = match active.queues[RXQ].iter(&active.mem) {
-            Ok(mut it) => it.next(),
-            Err(e) => {
-                tracing::warn!("virtio-vsock: rx queue unusable: {e}");
-                active.broken[RXQ] = true;
-                return None;
+        let mut rechecked = false;
+        let chain = loop {
+            let chain = match active.queues[RXQ].iter(&active.mem) {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    tracing::warn!("virtio-vsock: rx queue unusable: {e}");
+                    active.broken[RXQ] = true;
+                    return None;
+                }
+            };
+            if let Some(c) = chain {
+                break c;
             }
-        }?;
+            // Out of buffers: ask to be notified of new ones (EVENT_IDX: where to notify).
+            match active.queues[RXQ].enable_notification(&active.mem) {
+                Ok(true) if !rechecked => rechecked = true,
+                _ => return None,
+            }
+        };
         let head = chain.head_index();
         Some(
             RxBuffer::new(&active.mem, chain)

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use event_manager::EventSet;
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::conn::BUF_ALLOC;
@@ -71,6 +72,15 @@ pub struct H<'a> {
 
 impl<'a> H<'a> {
     pub fn new(mem: &'a GuestMemoryMmap) -> H<'a> {
+        Self::build(mem, false)
+    }
+
+    /// With VIRTIO_RING_F_EVENT_IDX negotiated on every queue.
+    pub fn with_event_idx(mem: &'a GuestMemoryMmap) -> H<'a> {
+        Self::build(mem, true)
+    }
+
+    fn build(mem: &'a GuestMemoryMmap, event_idx: bool) -> H<'a> {
         let dir = Dir::new();
         let dev = Vsock::new(VsockConfig {
             guest_cid: CID,
@@ -92,11 +102,14 @@ impl<'a> H<'a> {
             watched: HashMap::new(),
             closed: Vec::new(),
         };
-        let queues = vec![
+        let mut queues: Vec<Queue> = vec![
             h.rx.create_queue().unwrap(),
             h.tx.create_queue().unwrap(),
             h.ev.create_queue().unwrap(),
         ];
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         h.dev.activate(mem.clone(), queues, h.intr.clone()).unwrap();
         h
     }
@@ -630,4 +643,32 @@ fn device_reset_closes_everything_and_wakes_the_handler() {
     s.write_all(b"CONNECT 5\n").unwrap();
     h.fd_event(t, EventSet::IN);
     assert_eq!(read_timeout_eof(&mut s), 0);
+}
+
+/// The avail_event field (after the used ring) the device writes with EVENT_IDX.
+fn avail_event(vq: &MockSplitQueue<'_, GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u16 {
+    let addr = vq.used_addr().0 + 4 + 8 * u64::from(QUEUE_LEN);
+    mem.read_obj(GuestAddress(addr)).unwrap()
+}
+
+#[test]
+fn event_idx_asks_for_the_next_notifications() {
+    let mem = guest_memory();
+    let mut h = H::with_event_idx(&mem);
+    h.post_rx(1);
+    // Two stray packets: the first RST takes the one buffer, the second waits for another.
+    h.send(ghdr(1, 2, OP_RW), &[]);
+    h.send(ghdr(1, 3, OP_RW), &[]);
+    assert_eq!(avail_event(&h.tx, &mem), 2, "TX: notify at the next packet");
+    assert_eq!(h.recv().len(), 1);
+    assert_eq!(avail_event(&h.rx, &mem), 1, "RX: notify at the next buffer");
+    h.post_rx(1);
+    h.dev.process_queue(RXQ);
+    assert_eq!(h.recv().len(), 1);
+    h.dev.transport_reset();
+    assert_eq!(
+        avail_event(&h.ev, &mem),
+        0,
+        "EVQ: notify at the first buffer"
+    );
 }

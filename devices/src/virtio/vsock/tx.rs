@@ -11,6 +11,8 @@ use super::{inc, unix, Owner, Vsock, HOST_CID, MAX_CONNECTIONS, TXQ};
 impl Vsock {
     /// Pops every available TX chain, returns it to the driver and handles its packet.
     pub(super) fn process_tx(&mut self) {
+        // At most one re-check per empty ring, so a ring that never yields cannot spin us.
+        let mut rechecked = false;
         loop {
             let Some(active) = self.active.as_mut() else {
                 return;
@@ -27,8 +29,17 @@ impl Vsock {
                 }
             };
             let Some(chain) = chain else {
-                return;
+                // With EVENT_IDX this also tells the driver where to notify next; a chain that
+                // arrived meanwhile is taken at once.
+                match active.queues[TXQ].enable_notification(&active.mem) {
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    _ => return,
+                }
             };
+            rechecked = false;
             let head = chain.head_index();
             let parsed = packet::read_tx(&active.mem, chain);
             if let Err(e) = active.queues[TXQ].add_used(&active.mem, head, 0) {
