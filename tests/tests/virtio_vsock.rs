@@ -260,13 +260,6 @@ fn vsock_api_errors() {
     );
     assert_eq!(r.status, 400, "{r}");
     assert!(r.fault_message().unwrap().contains("state Running"), "{r}");
-    // Snapshots of VMs with virtio devices are refused until their state is saved.
-    vmm.patch_ok("/vm", &json!({"state": "Paused"}));
-    let r = vmm.put(
-        "/snapshot/create",
-        &json!({"snapshot_path": vmm.dir().join("s"), "mem_file_path": vmm.dir().join("m")}),
-    );
-    assert_eq!(r.status, 400, "{r}");
     vmm.kill();
 }
 
@@ -290,4 +283,40 @@ fn config_file_boot_with_vsock() {
     let out = vmm.wait_success();
     assert!(out.contains("virtio-vsock: cid=9"), "{out}");
     assert!(out.contains("vsock connect refused"), "{out}");
+}
+
+#[test]
+fn a_restored_vsock_resets_the_transport_and_accepts_new_connections() {
+    let mut vmm = boot("vsock_listen=52 vsock_wait=60000");
+    vmm.wait_for_output("vsock listening on port 52", GUEST_TIMEOUT);
+    let (state, mem) = (vmm.dir().join("vm.state"), vmm.dir().join("vm.mem"));
+    vmm.patch_ok("/vm", &json!({"state": "Paused"}));
+    let r = vmm.put(
+        "/snapshot/create",
+        &json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{r}\n{}", vmm.diagnostics());
+    let d = vmm.log();
+    vmm.kill();
+    // SIGKILL leaves the socket file behind; uds_path must not exist for the restored device.
+    let _ = std::fs::remove_file(uds(&vmm));
+
+    let mut restored = Vmm::start_api();
+    let r = restored.put(
+        "/snapshot/load",
+        &json!({"snapshot_path": state, "mem_backend": {"backend_type": "Uffd", "backend_path": mem},
+                "resume_vm": true}),
+    );
+    assert_eq!(r.status, 204, "{r}\n{}\n{d}", restored.diagnostics());
+    restored.wait_for_output("vsock event id=0 (transport reset)", GUEST_TIMEOUT);
+    // The listening guest accepts a connection made through the restored VMM's socket.
+    let (mut s, line) = connect(&uds(&vmm), 52);
+    host_port(&line);
+    s.write_all(b"after restore\n").unwrap();
+    let mut echo = [0u8; 14];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"after restore\n");
+    s.shutdown(Shutdown::Write).unwrap();
+    let out = restored.wait_success();
+    assert!(out.contains("virtio-vsock: done"), "{out}");
 }

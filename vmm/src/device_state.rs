@@ -19,6 +19,7 @@
 
 use api::models::{
     BlockDeviceConfig, CacheType, IoEngine, NetworkInterfaceConfig, RateLimiterConfig, TokenBucket,
+    VsockDeviceConfig,
 };
 use devices::virtio::mmio::{MmioTransport, TransportState};
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,7 @@ pub struct VirtioDeviceState {
 pub enum DeviceKindState {
     Block(DriveState),
     Net(NetState),
+    Vsock(VsockState),
 }
 
 impl DeviceKindState {
@@ -81,6 +83,7 @@ impl DeviceKindState {
         match self {
             DeviceKindState::Block(_) => "block",
             DeviceKindState::Net(_) => "net",
+            DeviceKindState::Vsock(_) => "vsock",
         }
     }
 }
@@ -191,6 +194,35 @@ pub struct NetState {
     pub acked_features: u64,
 }
 
+/// The vsock device's configuration as saved. Connections are not: after a restore the device
+/// sends the guest a transport reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    pub guest_cid: u32,
+    pub uds_path: String,
+    #[serde(default)]
+    pub vsock_id: Option<String>,
+}
+
+impl VsockState {
+    fn new(cfg: &VsockDeviceConfig) -> Self {
+        VsockState {
+            guest_cid: cfg.guest_cid,
+            uds_path: cfg.uds_path.clone(),
+            vsock_id: cfg.vsock_id.clone(),
+        }
+    }
+
+    /// The `PUT /vsock` configuration that creates this device again.
+    pub fn config(&self) -> VsockDeviceConfig {
+        VsockDeviceConfig {
+            vsock_id: self.vsock_id.clone(),
+            guest_cid: self.guest_cid,
+            uds_path: self.uds_path.clone(),
+        }
+    }
+}
+
 fn limiter_state(r: Option<&RateLimiterConfig>) -> Option<RateLimiterState> {
     r.map(|r| RateLimiterState {
         bandwidth: r.bandwidth.as_ref().map(Into::into),
@@ -286,6 +318,21 @@ pub fn save_all(
             kind: DeviceKindState::Net(NetState::new(cfg, acked)),
         });
     }
+    if let Some(v) = &attached.vsock {
+        let cfg = cfgs
+            .vsock
+            .as_ref()
+            .ok_or_else(|| DeviceStateError::MissingConfig("vsock".into()))?;
+        let transport = save_transport("vsock", "vsock", &v.transport)?;
+        let (mmio_base, irq) = slot_address(out.len() as u32);
+        out.push(VirtioDeviceState {
+            id: "vsock".into(),
+            mmio_base,
+            irq,
+            transport,
+            kind: DeviceKindState::Vsock(VsockState::new(cfg)),
+        });
+    }
     // Slots are filled kind by kind; the first one not saved above is of a kind without
     // snapshot support.
     if let Some(name) = attached.slots.get(out.len()) {
@@ -305,6 +352,7 @@ pub fn configs(states: &[VirtioDeviceState], allow_tap_create: bool) -> DeviceCo
         match &s.kind {
             DeviceKindState::Block(d) => cfgs.drives.push(d.config()),
             DeviceKindState::Net(n) => cfgs.nets.push(n.config()),
+            DeviceKindState::Vsock(v) => cfgs.vsock = Some(v.config()),
         }
     }
     cfgs
@@ -332,6 +380,8 @@ pub fn check(states: &[VirtioDeviceState], allow_tap_create: bool) -> Result<(),
                 })?;
                 cfgs.nets.push(cfg);
             }
+            DeviceKindState::Vsock(v) => crate::vsock::check(&v.config())
+                .map_err(|e| format!("{e} (the snapshot's vsock device needs it)"))?,
         }
     }
     Ok(())
@@ -366,6 +416,15 @@ pub fn restore_all(
                     })
                 }
             },
+            DeviceKindState::Vsock(_) => match &attached.vsock {
+                Some(v) => (&s.id, &v.transport),
+                None => {
+                    return Err(DeviceStateError::NotAttached {
+                        kind,
+                        id: s.id.clone(),
+                    })
+                }
+            },
         };
         let (base, irq) = slot_address(slot as u32);
         if (base, irq) != (s.mmio_base, s.irq) {
@@ -385,6 +444,11 @@ pub fn restore_all(
                 id: id.clone(),
                 source,
             })?;
+    }
+    // The guest's vsock connections had host ends in the snapshotted process: reset them all
+    // (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), so guest sockets fail and reconnect instead of hanging.
+    if let Some(v) = &attached.vsock {
+        devices::bus::lock(&v.device).transport_reset();
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -576,6 +576,15 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
+    }
+
+    /// Snapshot support. Connections are not saved: their host ends belong to this process.
+    /// A restored device drops them all with [`Vsock::transport_reset`], and the guest's
+    /// sockets see the reset instead of hanging.
+    fn queue_states(&self) -> Option<Vec<QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
