@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+if [ "${TARTARUS_LINUX_TESTS:-1}" != 0 ]; then
+  # The Linux lane's kernel and root fs (cached; the first kernel build takes ~5 min on 2 cores).
+  echo "test: building the microvm kernel and the root fs"
+  kernels/build-kernel.sh >/dev/null
+  kernels/build-rootfs.sh --variant base >/dev/null
+fi
 
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
