@@ -237,7 +237,10 @@ fn linux_lane() {
     // microvm kernel has no keyboard driver, so Ctrl-Alt-Del does not reach it). The agent
     // dies with everything else, so the exec's answer is not waited for.
     let mut a = connect_agent(&uds);
-    let _ = a.start_exec(&guest_init::protocol::ExecSpec::new(["kill", "-TERM", "1"]), &[]);
+    let _ = a.start_exec(
+        &guest_init::protocol::ExecSpec::new(["kill", "-TERM", "1"]),
+        &[],
+    );
     let status = vmm.wait_exit(Duration::from_secs(120));
     assert_eq!(status.code(), Some(0), "{}", vmm.diagnostics());
     let content = run(
