@@ -47,6 +47,22 @@ where
         cmd.env_clear();
     }
     cmd.envs(&spec.env);
+    // Keep glibc on SSE code when the kernel does not save wider vector state (see xstate.rs),
+    // whatever environment the client asked for.
+    if let Some(ours) = crate::xstate::guard() {
+        match spec.env.get("GLIBC_TUNABLES") {
+            Some(theirs) => {
+                cmd.env(
+                    "GLIBC_TUNABLES",
+                    crate::xstate::merge_tunables(ours, Some(theirs)),
+                );
+            }
+            None if spec.clear_env => {
+                cmd.env("GLIBC_TUNABLES", ours);
+            }
+            None => {}
+        }
+    }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }

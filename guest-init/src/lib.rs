@@ -14,6 +14,7 @@ pub mod init;
 pub mod protocol;
 pub mod reaper;
 pub mod vsock;
+pub mod xstate;
 
 /// The vsock port the agent listens on unless `tartarus.agent_port=` says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 52;

@@ -64,6 +64,20 @@ pub fn script_output(script: &str, args: &[&str], key: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// Builds tests/linux-progs/vecstate.c (static, glibc) as `<dir>/vecstate` and returns its path.
+pub fn build_vecstate(dir: &Path) -> PathBuf {
+    let src = repo_root().join("tests/linux-progs/vecstate.c");
+    let out = dir.join("vecstate");
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-mgeneral-regs-only", "-s", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cc: {e}"));
+    assert!(status.success(), "cc {} failed", src.display());
+    out
+}
+
 /// Where the VMM binary would be for an executable in `exe_dir`: the same directory, or its
 /// parent if the executable is a test in `target/<profile>/deps`.
 pub fn vmm_binary_near(exe_dir: &Path) -> PathBuf {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use guest_init::client::{connect_hybrid_vsock, Client};
 use serde_json::json;
-use tartarus_tests::{script_output, TempDir, Vmm};
+use tartarus_tests::{build_vecstate, script_output, TempDir, Vmm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -198,6 +198,28 @@ fn linux_lane() {
         exec_ok(&mut agent, &["echo", "hello", "lane"]),
         "hello lane\n"
     );
+    // Vector state: where context switches lose state beyond XMM (PVM hosts: the kernel runs
+    // with noxsave but user space sees the host's XCR0), glibc must be kept on SSE code by
+    // tartarus-init's GLIBC_TUNABLES (guest-init/src/xstate.rs); vecstate exits 1 otherwise.
+    let t = Instant::now();
+    let vecstate = std::fs::read(build_vecstate(dir.path())).unwrap();
+    agent
+        .write_file("/tmp/vecstate", &vecstate, Some(0o755))
+        .expect("copy vecstate into the guest");
+    let vec = exec_ok(&mut agent, &["/tmp/vecstate"]);
+    eprintln!("{} ({:?})", vec.trim_end(), t.elapsed());
+    assert!(vec.contains("safe=yes"), "{vec}");
+    // The guard also holds for an exec with an empty environment.
+    let spec = guest_init::protocol::ExecSpec {
+        clear_env: true,
+        ..guest_init::protocol::ExecSpec::new(["/tmp/vecstate"])
+    };
+    let out = agent
+        .start_exec(&spec, &[])
+        .and_then(|e| e.collect())
+        .expect("vecstate with clear_env");
+    let vec = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, Some(0), "clear_env: {vec}");
     let words = exec_ok(
         &mut agent,
         &["sh", "-c", "echo one two three | wc -w | tr -d ' '"],

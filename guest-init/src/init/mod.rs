@@ -13,6 +13,7 @@ use crate::agent::Agent;
 use crate::cmdline::Cmdline;
 use crate::reaper::Reaper;
 use crate::vsock::VsockListener;
+use crate::xstate;
 use crate::DEFAULT_AGENT_PORT;
 
 pub use net::NetError;
@@ -208,6 +209,23 @@ fn stop_everything(grace: Duration) {
     unsafe { libc::kill(-1, libc::SIGKILL) };
 }
 
+/// Keeps every process's glibc on SSE code when user space may use vector state the kernel does
+/// not save on a context switch (nested PVM hosts; see [`crate::xstate`]). Needs /proc.
+fn guard_vector_state() {
+    let x = xstate::probe();
+    let tunables = x.glibc_tunables();
+    xstate::set_guard(tunables);
+    if let Some(ours) = tunables {
+        let merged = xstate::merge_tunables(ours, std::env::var("GLIBC_TUNABLES").ok().as_deref());
+        std::env::set_var("GLIBC_TUNABLES", merged);
+        log(&format!(
+            "the kernel saves only x87/SSE state but user space runs with XCR0 {:#x}: \
+             glibc limited to SSE code (GLIBC_TUNABLES={ours})",
+            x.user_xcr0
+        ));
+    }
+}
+
 /// The whole life of PID 1. Never returns.
 pub fn run() -> ! {
     std::panic::set_hook(Box::new(|info| {
@@ -223,6 +241,7 @@ pub fn run() -> ! {
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
     std::env::set_var("HOME", "/root");
+    guard_vector_state();
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(InitError::Cmdline)
         .and_then(|l| Cmdline::parse(&l).map_err(InitError::from))
