@@ -107,6 +107,14 @@ fn restore_once(
     uds: &Path,
     backend: &str,
 ) -> Result<f64, String> {
+    // The previous VMM was killed (SIGKILL), which leaves its vsock socket file behind; the
+    // restored device needs uds_path free.
+    match std::fs::remove_file(uds) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("remove {}: {e}", uds.display()))
+        }
+        _ => {}
+    }
     let mut vmm = spawn(opts)?;
     vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
         .map_err(|e| format!("API socket: {e}"))?;
