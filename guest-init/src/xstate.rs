@@ -12,8 +12,9 @@
 //! hypervisor ignores the guest's XSETBV for user space.
 //!
 //! So tartarus-init checks at start-up whether user space may use state the kernel does not
-//! save and, if so, sets `GLIBC_TUNABLES` for every process it starts (the agent's execs, also
-//! with `clear_env`, and the console shell) so that glibc selects its SSE code. Programs that
+//! save and, if so, sets `GLIBC_TUNABLES` for itself (re-executing PID 1) and every process it
+//! starts (the agent's execs, also with `clear_env`, and the console shell) so that glibc
+//! selects its SSE code. Programs that
 //! pick AVX code by themselves (their own CPUID checks, or built with `-mavx2`) are not covered.
 
 /// XCR0 bits that FXSAVE covers: x87 (bit 0) and SSE (bit 1).

@@ -209,6 +209,18 @@ fn linux_lane() {
     let vec = exec_ok(&mut agent, &["/tmp/vecstate"]);
     eprintln!("{} ({:?})", vec.trim_end(), t.elapsed());
     assert!(vec.contains("safe=yes"), "{vec}");
+    if vec.contains("switches=corrupted") {
+        // PID 1 re-executed itself with the tunables, so its own glibc runs SSE code too.
+        let environ = agent.read_file("/proc/1/environ").expect("PID 1 environ");
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            environ.contains(&format!(
+                "GLIBC_TUNABLES={}",
+                guest_init::xstate::GLIBC_SSE_ONLY
+            )),
+            "PID 1 runs without the tunables: {environ:?}"
+        );
+    }
     // The guard also holds for an exec with an empty environment.
     let spec = guest_init::protocol::ExecSpec {
         clear_env: true,

@@ -5,7 +5,9 @@ mod net;
 
 use std::ffi::CString;
 use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -209,21 +211,44 @@ fn stop_everything(grace: Duration) {
     unsafe { libc::kill(-1, libc::SIGKILL) };
 }
 
+/// In the environment of PID 1's re-executed image only (see [`guard_vector_state`]).
+const REEXEC_MARK: &str = "TARTARUS_INIT_REEXEC";
+
 /// Keeps every process's glibc on SSE code when user space may use vector state the kernel does
 /// not save on a context switch (nested PVM hosts; see [`crate::xstate`]). Needs /proc.
-fn guard_vector_state() {
+///
+/// PID 1 is itself a static glibc program whose string functions were chosen before `main`, and
+/// its threads (agent, exec pumps, reaper) would clobber each other's vector registers, so it
+/// re-executes itself (still PID 1) with the tunables in its environment; the new image finds
+/// them there and goes on (`reexecuted`: this is that image, marked by [`REEXEC_MARK`]).
+fn guard_vector_state(reexecuted: bool) {
     let x = xstate::probe();
     let tunables = x.glibc_tunables();
     xstate::set_guard(tunables);
-    if let Some(ours) = tunables {
-        let merged = xstate::merge_tunables(ours, std::env::var("GLIBC_TUNABLES").ok().as_deref());
-        std::env::set_var("GLIBC_TUNABLES", merged);
-        log(&format!(
-            "the kernel saves only x87/SSE state but user space runs with XCR0 {:#x}: \
-             glibc limited to SSE code (GLIBC_TUNABLES={ours})",
-            x.user_xcr0
-        ));
+    let Some(ours) = tunables else { return };
+    if reexecuted {
+        return;
     }
+    let current = std::env::var("GLIBC_TUNABLES").ok();
+    log(&format!(
+        "the kernel saves only x87/SSE state but user space runs with XCR0 {:#x}: \
+         glibc limited to SSE code (GLIBC_TUNABLES={ours}); re-executing PID 1 with it",
+        x.user_xcr0
+    ));
+    std::env::set_var(
+        "GLIBC_TUNABLES",
+        xstate::merge_tunables(ours, current.as_deref()),
+    );
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "/sbin/init".into());
+    let err = Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env(REEXEC_MARK, "1")
+        .exec();
+    log(&format!(
+        "cannot re-execute PID 1 ({err}): it goes on with glibc's AVX code, the rest with SSE"
+    ));
 }
 
 /// The whole life of PID 1. Never returns.
@@ -235,13 +260,17 @@ pub fn run() -> ! {
         }
     }));
     let set = block_signals();
-    mount_all();
+    let reexecuted = std::env::var_os(REEXEC_MARK).is_some();
+    std::env::remove_var(REEXEC_MARK);
+    if !reexecuted {
+        mount_all();
+    }
+    guard_vector_state(reexecuted);
     std::env::set_var(
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
     std::env::set_var("HOME", "/root");
-    guard_vector_state();
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(InitError::Cmdline)
         .and_then(|l| Cmdline::parse(&l).map_err(InitError::from))
