@@ -49,18 +49,14 @@ where
     cmd.envs(&spec.env);
     // Keep glibc on SSE code when the kernel does not save wider vector state (see xstate.rs),
     // whatever environment the client asked for.
+    // Without either, the process inherits PID 1's GLIBC_TUNABLES, which already start with ours.
     if let Some(ours) = crate::xstate::guard() {
-        match spec.env.get("GLIBC_TUNABLES") {
-            Some(theirs) => {
-                cmd.env(
-                    "GLIBC_TUNABLES",
-                    crate::xstate::merge_tunables(ours, Some(theirs)),
-                );
-            }
-            None if spec.clear_env => {
-                cmd.env("GLIBC_TUNABLES", ours);
-            }
-            None => {}
+        let theirs = spec.env.get("GLIBC_TUNABLES").map(String::as_str);
+        if theirs.is_some() || spec.clear_env {
+            cmd.env(
+                "GLIBC_TUNABLES",
+                crate::xstate::merge_tunables(ours, theirs),
+            );
         }
     }
     if let Some(cwd) = &spec.cwd {
