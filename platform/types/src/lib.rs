@@ -1,0 +1,402 @@
+//! The `tartarusd` REST API's request and response bodies (spec: `platform/openapi.yaml`).
+//!
+//! The daemon serves these as JSON over HTTP/1.1 on a Unix socket (and optionally TCP); the
+//! `tartarus` CLI is a client of nothing else. Request bodies refuse unknown fields so a typo is
+//! a 400 naming the field; response bodies accept unknown fields so older CLIs keep working
+//! against newer daemons.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/tartarus/tartarusd.sock";
+/// Where the daemon keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tartarus";
+/// The `Upgrade` token that turns `GET /sandboxes/{id}/agent` into a raw agent connection and
+/// `GET /sandboxes/{id}/ports/{port}` into a raw TCP stream to a guest port.
+pub const UPGRADE_PROTOCOL: &str = "tartarus";
+
+/// Every error the API returns: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request`, `not_found`, `conflict`, `limit_exceeded`,
+    /// `unavailable`, `internal`, `agent_error`, `method_not_allowed`.
+    pub code: String,
+    /// A sentence for people; names the field or resource at fault.
+    pub message: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub sandboxes: u64,
+    pub templates: u64,
+}
+
+/// One command a template build runs in the booted guest before its ready snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupCommand {
+    pub argv: Vec<String>,
+    /// Leave it running in the snapshot (a server, a warm runtime) instead of waiting for it.
+    #[serde(default)]
+    pub background: bool,
+}
+
+/// `POST /templates`: what a template is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// `[a-z0-9][a-z0-9_.-]{0,62}`.
+    pub name: String,
+    /// Host path of an uncompressed kernel (`vmlinux`) built for Tartarus (`make kernel`).
+    pub kernel: String,
+    /// Host path of an ext4 root file system image with `tartarus-init` as `/sbin/init`.
+    pub rootfs: String,
+    /// Extra kernel command-line words, appended to the daemon's.
+    #[serde(default)]
+    pub boot_args: Option<String>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Size of each sandbox's writable layer (a sparse ext4 image), MiB.
+    #[serde(default = "default_disk_mib")]
+    pub disk_mib: u32,
+    /// Environment every exec in sandboxes of this template gets (a request's own env wins).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub warmup: Vec<WarmupCommand>,
+    /// Replace an existing template of that name (its sandboxes keep running).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+pub fn default_vcpus() -> u8 {
+    1
+}
+pub fn default_memory_mib() -> u32 {
+    256
+}
+pub fn default_disk_mib() -> u32 {
+    1024
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateState {
+    Building,
+    Ready,
+    Failed,
+}
+
+/// A template as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    pub state: TemplateState,
+    pub kernel: String,
+    pub rootfs: String,
+    pub boot_args: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub disk_mib: u32,
+    pub env: BTreeMap<String, String>,
+    pub warmup: Vec<WarmupCommand>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// Milliseconds from the start of the build to the ready snapshot.
+    pub build_ms: Option<u64>,
+    /// Bytes of the ready snapshot's files (state + memory, as allocated on disk).
+    pub snapshot_bytes: Option<u64>,
+    /// Why the build failed.
+    pub error: Option<String>,
+}
+
+/// One line of the NDJSON stream `POST /templates` answers with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// A step started; `step` of `steps`.
+    Progress {
+        step: u32,
+        steps: u32,
+        message: String,
+    },
+    /// A line the guest printed on its console while building.
+    Log { line: String },
+    /// The build finished: the template is ready.
+    Done { template: Template },
+    /// The build failed; the template is `failed` with this error.
+    Error { error: ErrorDetail },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// No network interface at all.
+    #[default]
+    None,
+    /// A NIC in the sandbox's own network namespace with NAT egress through the host.
+    Nat,
+}
+
+/// `POST /sandboxes`. Exactly one of `template` and `snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Start from a sandbox snapshot instead (a fork).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// Kill the sandbox this many seconds after it was created (0 or absent: never).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Free-form labels, shown by inspect and list.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Paused,
+    Stopped,
+    Failed,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => SandboxState::Creating,
+            "running" => SandboxState::Running,
+            "paused" => SandboxState::Paused,
+            "stopped" => SandboxState::Stopped,
+            "failed" => SandboxState::Failed,
+            _ => return None,
+        })
+    }
+
+    pub const ALL: [SandboxState; 5] = [
+        SandboxState::Creating,
+        SandboxState::Running,
+        SandboxState::Paused,
+        SandboxState::Stopped,
+        SandboxState::Failed,
+    ];
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// `sb-` + 12 hex digits.
+    pub id: String,
+    pub state: SandboxState,
+    pub template: String,
+    /// The snapshot it was started from, for forks.
+    pub snapshot: Option<String>,
+    /// Host pid of the sandbox's VMM while it runs.
+    pub pid: Option<i32>,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub network: NetworkMode,
+    /// Guest address with `nat` networking.
+    pub guest_ip: Option<String>,
+    pub timeout_s: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub age_s: u64,
+    /// Milliseconds from the create request to the agent's first answer.
+    pub create_ms: Option<f64>,
+    /// Milliseconds the VMM took to load the snapshot.
+    pub restore_ms: Option<f64>,
+    /// Resident memory of the VMM process, KiB (guest memory included), while it runs.
+    pub rss_kib: Option<u64>,
+    /// Why the sandbox failed or stopped.
+    pub reason: Option<String>,
+}
+
+/// `POST /sandboxes/{id}/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments; the program is looked up in the guest's `PATH`.
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// All of stdin, as UTF-8 text (use the agent connection for binary or streamed stdin).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Answer with an NDJSON stream of [`ExecEvent`]s instead of one [`ExecResult`].
+    #[serde(default)]
+    pub stream: bool,
+    /// Start it and answer at once with its pid (202); its output goes to the sandbox's logs
+    /// and it keeps running after the client goes away.
+    #[serde(default)]
+    pub background: bool,
+    /// Kill it (SIGKILL) after this many seconds.
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// The answer to a non-streaming exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Output as UTF-8 (invalid sequences replaced).
+    pub stdout: String,
+    pub stderr: String,
+    pub duration_ms: u64,
+}
+
+/// The answer to a background exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStarted {
+    pub pid: i32,
+}
+
+/// One line of a streaming exec's NDJSON answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    Started {
+        pid: i32,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        duration_ms: u64,
+    },
+    Error {
+        error: ErrorDetail,
+    },
+}
+
+/// `DELETE /sandboxes/{id}` query: `?grace_s=N` (default 0: SIGKILL at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    pub grace_s: Option<u64>,
+}
+
+/// `POST /sandboxes/{id}/snapshots`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Keep the sandbox paused afterwards instead of resuming it.
+    #[serde(default)]
+    pub leave_paused: bool,
+}
+
+/// A sandbox snapshot: memory, device state and the writable layer at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// `snap-` + 12 hex digits.
+    pub id: String,
+    pub sandbox: String,
+    pub template: String,
+    pub created_at: String,
+    pub size_bytes: u64,
+}
+
+/// One line of `GET /events` (NDJSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub time: String,
+    /// `sandbox.created`, `sandbox.state`, `sandbox.deleted`, `template.building`,
+    /// `template.ready`, `template.failed`, `template.deleted`, `snapshot.created`,
+    /// `snapshot.deleted`.
+    pub kind: String,
+    pub sandbox: Option<String>,
+    pub template: Option<String>,
+    pub snapshot: Option<String>,
+    pub state: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Lists come wrapped so fields can be added later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct List<T> {
+    pub items: Vec<T>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_sandbox_refuses_unknown_fields() {
+        let err = serde_json::from_str::<CreateSandbox>(r#"{"template":"base","tmeout_s":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tmeout_s"), "{err}");
+    }
+
+    #[test]
+    fn template_spec_defaults() {
+        let s: TemplateSpec =
+            serde_json::from_str(r#"{"name":"base","kernel":"/k","rootfs":"/r"}"#).unwrap();
+        assert_eq!((s.vcpus, s.memory_mib, s.disk_mib), (1, 256, 1024));
+        assert!(s.warmup.is_empty() && !s.replace);
+    }
+
+    #[test]
+    fn events_are_tagged() {
+        let e = ExecEvent::Exit {
+            exit_code: Some(3),
+            signal: None,
+            duration_ms: 5,
+        };
+        let j = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            j,
+            r#"{"type":"exit","exit_code":3,"signal":null,"duration_ms":5}"#
+        );
+        let b: BuildEvent =
+            serde_json::from_str(r#"{"type":"progress","step":1,"steps":5,"message":"x"}"#)
+                .unwrap();
+        assert!(matches!(b, BuildEvent::Progress { step: 1, .. }));
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in SandboxState::ALL {
+            assert_eq!(SandboxState::parse(s.as_str()), Some(s));
+        }
+    }
+}
