@@ -1,0 +1,245 @@
+//! The daemon's shared state and the helpers every operation uses: configuration, the store,
+//! events, per-sandbox locks and live handles, agent connections.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use guest_init::client::{connect_hybrid_vsock, Client, ClientError};
+use guest_init::protocol::ErrorCode;
+use tartarus_types::{Event, SandboxState};
+use tokio::sync::broadcast;
+
+use crate::error::{chain, ApiError};
+use crate::metrics::{Metrics, StateLabel};
+use crate::store::{SandboxRow, Store};
+use crate::vmm::{JailPaths, Launcher, AGENT_PORT};
+
+/// Everything the daemon is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub template_cache: PathBuf,
+    pub uid_base: u32,
+    pub max_sandboxes: usize,
+    pub max_memory_mib: u64,
+    pub launcher: Launcher,
+}
+
+impl Config {
+    pub fn templates_dir(&self) -> PathBuf {
+        self.state_dir.join("templates")
+    }
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.state_dir.join("snapshots")
+    }
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.state_dir.join("sandboxes")
+    }
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.sandboxes_dir().join(id)
+    }
+    pub fn jail(&self, id: &str) -> JailPaths {
+        JailPaths::new(&self.launcher.jail_dir, id)
+    }
+}
+
+/// What the daemon holds for a sandbox whose VMM it started or adopted.
+#[derive(Default)]
+pub struct Live {
+    /// Set before the daemon itself stops the VMM, so the exit watcher does not call it a
+    /// failure.
+    pub stopping: AtomicBool,
+    /// Tasks to abort when the sandbox goes (exit watcher, timeout).
+    pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+pub struct Daemon {
+    pub cfg: Config,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub events: broadcast::Sender<Event>,
+    /// One lock per sandbox id: state changes of one sandbox happen one at a time.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Serialises create's admission check with the insert of the new row.
+    pub admission: tokio::sync::Mutex<()>,
+    /// Template names being built.
+    pub building: Mutex<std::collections::HashSet<String>>,
+}
+
+pub type Shared = Arc<Daemon>;
+
+impl Daemon {
+    pub fn new(cfg: Config, store: Store) -> Daemon {
+        let (events, _) = broadcast::channel(1024);
+        Daemon {
+            cfg,
+            store,
+            metrics: Metrics::new(),
+            events,
+            locks: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            admission: tokio::sync::Mutex::new(()),
+            building: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn forget_lock(&self, id: &str) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    pub fn live_of(&self, id: &str) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn set_live(&self, id: &str, live: Arc<Live>) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), live);
+    }
+
+    pub fn drop_live(&self, id: &str) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+    }
+
+    pub fn mark_stopping(&self, id: &str) {
+        if let Some(l) = self.live_of(id) {
+            l.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Records an event and hands it to the `/events` followers.
+    pub fn event(&self, kind: &str, f: impl FnOnce(&mut Event)) {
+        let mut e = Event {
+            id: 0,
+            time: String::new(),
+            kind: kind.to_string(),
+            sandbox: None,
+            template: None,
+            snapshot: None,
+            state: None,
+            message: None,
+        };
+        f(&mut e);
+        match self.store.add_event(e) {
+            Ok(e) => {
+                let _ = self.events.send(e);
+            }
+            Err(err) => tracing::warn!("cannot record an event: {}", chain(&err)),
+        }
+    }
+
+    /// Sets a sandbox's state, records the event, refreshes the gauges.
+    pub fn set_state(&self, id: &str, state: SandboxState, reason: Option<&str>) {
+        if let Err(e) = self.store.set_sandbox_state(id, state, reason) {
+            tracing::warn!("cannot store the state of {id}: {}", chain(&e));
+        }
+        self.event("sandbox.state", |e| {
+            e.sandbox = Some(id.to_string());
+            e.state = Some(state.as_str().to_string());
+            e.message = reason.map(str::to_string);
+        });
+        self.refresh_gauges();
+    }
+
+    pub fn refresh_gauges(&self) {
+        let rows = self.store.sandboxes().unwrap_or_default();
+        for s in SandboxState::ALL {
+            let n = rows.iter().filter(|r| r.state == s).count() as i64;
+            self.metrics
+                .sandboxes
+                .get_or_create(&StateLabel {
+                    state: s.as_str().to_string(),
+                })
+                .set(n);
+        }
+    }
+
+    pub fn sandbox_row(&self, id: &str) -> Result<SandboxRow, ApiError> {
+        self.store
+            .sandbox(id)?
+            .ok_or_else(|| ApiError::NotFound(format!("No sandbox '{id}'")))
+    }
+
+    /// A sandbox that must be running (exec, files, ports, ...).
+    pub fn running_row(&self, id: &str) -> Result<SandboxRow, ApiError> {
+        let row = self.sandbox_row(id)?;
+        match row.state {
+            SandboxState::Running => Ok(row),
+            s => Err(ApiError::Conflict(format!(
+                "Sandbox '{id}' is {}, not running",
+                s.as_str()
+            ))),
+        }
+    }
+
+    /// The host path of the sandbox's vsock socket.
+    pub fn vsock_of(&self, id: &str) -> PathBuf {
+        self.cfg.jail(id).vsock()
+    }
+
+    /// A fresh agent connection to a running sandbox (blocking: call from spawn_blocking).
+    pub fn agent_blocking(uds: &Path, timeout: Duration) -> Result<Client<UnixStream>, ApiError> {
+        let stream = connect_hybrid_vsock(uds, AGENT_PORT).map_err(agent_error)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|_| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| ApiError::internal("agent socket", &e))?;
+        Client::new(stream).map_err(agent_error)
+    }
+}
+
+/// Maps an agent client error to the API's: refusals are the request's fault, transport
+/// failures mean the sandbox is not answering.
+pub fn agent_error(e: ClientError) -> ApiError {
+    match e {
+        ClientError::Agent { code, message } => match code {
+            ErrorCode::NotFound
+            | ErrorCode::BadRequest
+            | ErrorCode::PermissionDenied
+            | ErrorCode::NoSuchProcess => ApiError::Agent(message),
+            _ => ApiError::Internal(format!("The guest agent failed: {message}")),
+        },
+        other => ApiError::Unavailable(format!(
+            "The sandbox's agent is not answering: {}",
+            chain(&other)
+        )),
+    }
+}

@@ -1,0 +1,41 @@
+//! Port forwarding: the agent's `connect {port}` request (protocol v2) turns an agent
+//! connection into a raw byte pipe to 127.0.0.1:port inside the guest.
+
+use std::os::unix::net::UnixStream;
+
+use guest_init::client::Client;
+use guest_init::protocol::{read_frame, write_frame, Response};
+
+use crate::daemon::agent_error;
+use crate::error::ApiError;
+
+/// The agent protocol version that has `connect`.
+pub const PORTS_VERSION: u32 = 2;
+
+/// Asks the agent on `c` to connect to guest port `port`; returns the raw stream.
+pub fn open(c: Client<UnixStream>, port: u16) -> Result<UnixStream, ApiError> {
+    if c.version() < PORTS_VERSION {
+        return Err(ApiError::Unavailable(format!(
+            "The sandbox's agent speaks protocol {}; port forwarding needs {PORTS_VERSION}",
+            c.version()
+        )));
+    }
+    let mut s = c.into_inner();
+    let req = serde_json::json!({"type": "connect", "port": port});
+    let io = |e: guest_init::protocol::ProtocolError| {
+        agent_error(guest_init::client::ClientError::Protocol(e))
+    };
+    write_frame(&mut s, &req, &[]).map_err(io)?;
+    match read_frame::<Response, _>(&mut s).map_err(io)?.msg {
+        Response::Ok { .. } => Ok(s),
+        Response::Error { code, message } => {
+            Err(agent_error(guest_init::client::ClientError::Agent {
+                code,
+                message,
+            }))
+        }
+        other => Err(ApiError::Internal(format!(
+            "Unexpected answer to connect: {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,500 @@
+//! The REST API (spec: platform/openapi.yaml): routes, bodies, and the upgrade endpoints.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tartarus_types::{
+    CreateSandbox, CreateSnapshot, ExecRequest, Health, List, Sandbox, SandboxState, Snapshot,
+    Template, TemplateSpec, UPGRADE_PROTOCOL,
+};
+use tokio::sync::mpsc;
+
+use crate::daemon::Shared;
+use crate::error::ApiError;
+use crate::{exec, sandbox, template};
+
+/// Largest body `PUT /files` takes.
+pub const MAX_FILE: usize = 512 << 20;
+
+pub fn router(d: Shared) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/templates", get(list_templates).post(build_template))
+        .route(
+            "/templates/{name}",
+            get(get_template).delete(delete_template),
+        )
+        .route("/sandboxes", get(list_sandboxes).post(create_sandbox))
+        .route("/sandboxes/{id}", get(get_sandbox).delete(delete_sandbox))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/exec", post(exec_handler))
+        .route(
+            "/sandboxes/{id}/files",
+            get(get_file)
+                .put(put_file)
+                .layer(DefaultBodyLimit::max(MAX_FILE)),
+        )
+        .route("/sandboxes/{id}/logs", get(logs))
+        .route(
+            "/sandboxes/{id}/snapshots",
+            get(list_sandbox_snapshots).post(create_snapshot),
+        )
+        .route("/sandboxes/{id}/agent", get(agent_upgrade))
+        .route("/sandboxes/{id}/ports/{port}", get(port_upgrade))
+        .route("/snapshots", get(list_snapshots))
+        .route("/snapshots/{id}", get(get_snapshot).delete(delete_snapshot))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(d)
+}
+
+/// JSON bodies whose errors come out in our error shape, naming the field.
+pub struct Body2<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body2<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("Cannot read the body: {e}")))?;
+        if bytes.is_empty() {
+            return Err(ApiError::BadRequest(
+                "The body is empty; JSON expected".into(),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body2)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid body: {e}")))
+    }
+}
+
+/// Query strings with errors in our shape.
+pub struct Q<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Q<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::BadRequest(format!("Invalid query: {}", e.body_text())))
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "No such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let e = tartarus_types::ErrorBody {
+        error: tartarus_types::ErrorDetail {
+            code: "method_not_allowed".into(),
+            message: format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        },
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(e)).into_response()
+}
+
+async fn health(State(d): State<Shared>) -> Result<Json<Health>, ApiError> {
+    let sandboxes = d.store.sandboxes()?.len() as u64;
+    let templates = d.store.templates()?.len() as u64;
+    Ok(Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        sandboxes,
+        templates,
+    }))
+}
+
+async fn list_templates(State(d): State<Shared>) -> Result<Json<List<Template>>, ApiError> {
+    Ok(Json(List {
+        items: d.store.templates()?.into_iter().map(|t| t.api).collect(),
+    }))
+}
+
+async fn get_template(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Template>, ApiError> {
+    d.store
+        .template(&name)?
+        .map(|t| Json(t.api))
+        .ok_or_else(|| ApiError::NotFound(format!("No template '{name}'")))
+}
+
+async fn delete_template(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    template::delete(&d, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn ndjson(body: Body) -> Response {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+async fn build_template(
+    State(d): State<Shared>,
+    Body2(spec): Body2<TemplateSpec>,
+) -> Result<Response, ApiError> {
+    let mut rx = template::start_build(&d, spec)?;
+    let (tx, out) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+            line.push(b'\n');
+            // The build goes on when the client leaves.
+            let _ = tx.send(Ok(Bytes::from(line))).await;
+        }
+    });
+    Ok(ndjson(exec::channel_body(out)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list_sandboxes(
+    State(d): State<Shared>,
+    Q(q): Q<ListQuery>,
+) -> Result<Json<List<Sandbox>>, ApiError> {
+    let want = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(SandboxState::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "state: '{s}' is not one of creating, running, paused, stopped, failed"
+            ))
+        })?),
+    };
+    let items = d
+        .store
+        .sandboxes()?
+        .iter()
+        .filter(|r| want.is_none_or(|w| r.state == w))
+        .map(sandbox::view)
+        .collect();
+    Ok(Json(List { items }))
+}
+
+async fn create_sandbox(
+    State(d): State<Shared>,
+    Body2(req): Body2<CreateSandbox>,
+) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    let s = sandbox::create(&d, req).await?;
+    Ok((StatusCode::CREATED, Json(s)))
+}
+
+async fn get_sandbox(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(sandbox::view(&d.sandbox_row(&id)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    grace_s: Option<u64>,
+}
+
+async fn delete_sandbox(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Q(q): Q<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    sandbox::delete(&d, &id, q.grace_s.unwrap_or(0).min(600)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(State(d): State<Shared>, Path(id): Path<String>) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(sandbox::set_paused(&d, &id, true).await?))
+}
+
+async fn resume(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(sandbox::set_paused(&d, &id, false).await?))
+}
+
+async fn exec_handler(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Body2(req): Body2<ExecRequest>,
+) -> Result<Response, ApiError> {
+    if req.background {
+        let started = exec::exec_background(&d, &id, req).await?;
+        return Ok((StatusCode::ACCEPTED, Json(started)).into_response());
+    }
+    if req.stream {
+        return Ok(ndjson(exec::exec_stream(&d, &id, req).await?));
+    }
+    Ok(Json(exec::exec(&d, &id, req).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    path: String,
+    mode: Option<String>,
+}
+
+async fn put_file(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Q(q): Q<FileQuery>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let mode = match q.mode.as_deref() {
+        None => None,
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|v| *v <= 0o7777)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("mode: '{m}' is not an octal file mode"))
+                })?,
+        ),
+    };
+    exec::put_file(&d, &id, q.path, mode, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_file(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Q(q): Q<FileQuery>,
+) -> Result<Response, ApiError> {
+    let data = exec::get_file(&d, &id, q.path).await?;
+    let mut r = Response::new(Body::from(data));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    Q(q): Q<LogQuery>,
+) -> Result<Response, ApiError> {
+    let body = exec::logs(&d, &id, q.follow, q.tail).await?;
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(r)
+}
+
+async fn create_snapshot(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    let req: CreateSnapshot = if body.is_empty() {
+        CreateSnapshot::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid body: {e}")))?
+    };
+    let s = sandbox::snapshot(&d, &id, req.leave_paused).await?;
+    Ok((StatusCode::CREATED, Json(s)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapQuery {
+    sandbox: Option<String>,
+}
+
+async fn list_snapshots(
+    State(d): State<Shared>,
+    Q(q): Q<SnapQuery>,
+) -> Result<Json<List<Snapshot>>, ApiError> {
+    let items = d
+        .store
+        .snapshots()?
+        .into_iter()
+        .map(|s| s.api)
+        .filter(|s| q.sandbox.as_ref().is_none_or(|id| &s.sandbox == id))
+        .collect();
+    Ok(Json(List { items }))
+}
+
+async fn list_sandbox_snapshots(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<List<Snapshot>>, ApiError> {
+    d.sandbox_row(&id)?;
+    list_snapshots(State(d), Q(SnapQuery { sandbox: Some(id) })).await
+}
+
+async fn get_snapshot(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    d.store
+        .snapshot(&id)?
+        .map(|s| Json(s.api))
+        .ok_or_else(|| ApiError::NotFound(format!("No snapshot '{id}'")))
+}
+
+async fn delete_snapshot(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    sandbox::delete_snapshot(&d, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    #[serde(default)]
+    follow: bool,
+    since: Option<i64>,
+}
+
+async fn events(State(d): State<Shared>, Q(q): Q<EventQuery>) -> Result<Response, ApiError> {
+    // Subscribe first so nothing falls between the stored and the live events.
+    let mut live = d.events.subscribe();
+    let mut last = q.since.unwrap_or(0);
+    let stored = d.store.events_since(last, 10_000)?;
+    let (tx, rx) = mpsc::channel(64);
+    let follow = q.follow;
+    tokio::spawn(async move {
+        let line = |e: &tartarus_types::Event| {
+            let mut v = serde_json::to_vec(e).unwrap_or_default();
+            v.push(b'\n');
+            Ok(Bytes::from(v))
+        };
+        for e in &stored {
+            last = e.id;
+            if tx.send(line(e)).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(e) if e.id > last => {
+                    last = e.id;
+                    if tx.send(line(&e)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(ndjson(exec::channel_body(rx)))
+}
+
+async fn metrics(State(d): State<Shared>) -> Response {
+    d.refresh_gauges();
+    let mut r = Response::new(Body::from(d.metrics.encode()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// Checks the upgrade headers and answers 101; `then` runs on the upgraded connection.
+fn upgrade<F, Fut>(mut req: Request, then: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(hyper::upgrade::Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let wanted = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
+    if !wanted {
+        return Err(ApiError::BadRequest(format!(
+            "This endpoint needs 'Connection: Upgrade' and 'Upgrade: {UPGRADE_PROTOCOL}'"
+        )));
+    }
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on.await {
+            Ok(up) => then(up).await,
+            Err(e) => tracing::info!("upgrade failed: {e}"),
+        }
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    r.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+    Ok(r)
+}
+
+async fn agent_upgrade(
+    State(d): State<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    d.running_row(&id)?;
+    upgrade(req, move |up| exec::pipe_agent(d, id, up))
+}
+
+async fn port_upgrade(
+    State(d): State<Shared>,
+    Path((id, port)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("port: '{port}' is not a TCP port")))?;
+    d.running_row(&id)?;
+    upgrade(req, move |up| exec::pipe_port(d, id, port, up))
+}

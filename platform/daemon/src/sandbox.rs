@@ -1,0 +1,698 @@
+//! Sandbox lifecycle: create (a restore in a fresh jail), pause/resume, snapshots, stop and
+//! delete, the exit watcher, timeouts, and recovery after a daemon restart.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tartarus_types::{CreateSandbox, NetworkMode, Sandbox, SandboxState, Snapshot, TemplateState};
+
+use crate::daemon::{Daemon, Live, Shared};
+use crate::error::{chain, ApiError};
+use crate::fsutil;
+use crate::store::{now_ms, rfc3339, SandboxRow};
+use crate::template::{DISK, MEM, ROOTFS, STATE};
+use crate::vmm::{self, Limits};
+
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// A restored guest answers its agent within well under a second here; allow for load.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The API view of a row.
+pub fn view(row: &SandboxRow) -> Sandbox {
+    let age_s = ((now_ms() - row.created_ms).max(0) / 1000) as u64;
+    Sandbox {
+        id: row.id.clone(),
+        state: row.state,
+        template: row.template.clone(),
+        snapshot: row.snapshot.clone(),
+        pid: row.pid,
+        vcpus: row.vcpus,
+        memory_mib: row.memory_mib,
+        network: row.network,
+        guest_ip: None,
+        timeout_s: row.timeout_s,
+        labels: row.labels.clone(),
+        created_at: rfc3339(row.created_ms),
+        age_s,
+        create_ms: row.create_ms,
+        restore_ms: row.restore_ms,
+        rss_kib: row.pid.and_then(vmm::rss_kib),
+        reason: row.reason.clone(),
+    }
+}
+
+fn is_live(s: SandboxState) -> bool {
+    matches!(
+        s,
+        SandboxState::Creating | SandboxState::Running | SandboxState::Paused
+    )
+}
+
+/// Where a new sandbox's files come from.
+struct Source {
+    template: String,
+    template_dir: String,
+    snapshot: Option<String>,
+    state: PathBuf,
+    mem: PathBuf,
+    disk: PathBuf,
+    vcpus: u8,
+    memory_mib: u32,
+}
+
+fn source(d: &Daemon, req: &CreateSandbox) -> Result<Source, ApiError> {
+    match (&req.template, &req.snapshot) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "template, snapshot: give one of them, not both".into(),
+        )),
+        (None, None) => Err(ApiError::BadRequest(
+            "template: missing (or give a snapshot)".into(),
+        )),
+        (Some(name), None) => {
+            let t = d
+                .store
+                .template(name)?
+                .ok_or_else(|| ApiError::NotFound(format!("No template '{name}'")))?;
+            if t.api.state != TemplateState::Ready {
+                return Err(ApiError::Conflict(format!(
+                    "Template '{name}' is not ready (it is {:?})",
+                    t.api.state
+                )));
+            }
+            let dir = Path::new(&t.dir);
+            Ok(Source {
+                template: name.clone(),
+                template_dir: t.dir.clone(),
+                snapshot: None,
+                state: dir.join(STATE),
+                mem: dir.join(MEM),
+                disk: dir.join(DISK),
+                vcpus: t.api.vcpus,
+                memory_mib: t.api.memory_mib,
+            })
+        }
+        (None, Some(id)) => {
+            let s = d
+                .store
+                .snapshot(id)?
+                .ok_or_else(|| ApiError::NotFound(format!("No snapshot '{id}'")))?;
+            let dir = Path::new(&s.dir);
+            Ok(Source {
+                template: s.api.template.clone(),
+                template_dir: s.template_dir.clone(),
+                snapshot: Some(id.clone()),
+                state: dir.join(STATE),
+                mem: dir.join(MEM),
+                disk: dir.join(DISK),
+                vcpus: s.vcpus,
+                memory_mib: s.memory_mib,
+            })
+        }
+    }
+}
+
+/// A uid no live sandbox uses.
+fn pick_uid(d: &Daemon, rows: &[SandboxRow]) -> u32 {
+    let used: HashSet<u32> = rows.iter().map(|r| r.uid).collect();
+    (0..65_536u32)
+        .map(|i| d.cfg.uid_base + i)
+        .find(|u| !used.contains(u))
+        .unwrap_or(d.cfg.uid_base)
+}
+
+/// `POST /sandboxes`.
+pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError> {
+    let t0 = Instant::now();
+    if req.network == NetworkMode::Nat {
+        return Err(ApiError::BadRequest(
+            "network: 'nat' is not available on this daemon yet; use 'none'".into(),
+        ));
+    }
+    if req.timeout_s == Some(0) {
+        return Err(ApiError::BadRequest("timeout_s: must be at least 1".into()));
+    }
+    let src = source(d, &req)?;
+    let id = format!("sb-{}", fsutil::random_hex(6));
+    let row = {
+        let _adm = d.admission.lock().await;
+        let rows = d.store.sandboxes()?;
+        let live: Vec<&SandboxRow> = rows.iter().filter(|r| is_live(r.state)).collect();
+        if live.len() >= d.cfg.max_sandboxes {
+            return Err(ApiError::Limit(format!(
+                "{} sandboxes are alive, the limit (--max-sandboxes) is {}",
+                live.len(),
+                d.cfg.max_sandboxes
+            )));
+        }
+        let used: u64 = live.iter().map(|r| r.memory_mib as u64).sum();
+        if used + src.memory_mib as u64 > d.cfg.max_memory_mib {
+            return Err(ApiError::Limit(format!(
+                "memory: {used} MiB of guest memory in use + {} MiB asked exceeds the limit \
+                 (--max-memory-mib) of {} MiB",
+                src.memory_mib, d.cfg.max_memory_mib
+            )));
+        }
+        let live_rows: Vec<SandboxRow> = rows.into_iter().filter(|r| is_live(r.state)).collect();
+        let row = SandboxRow {
+            id: id.clone(),
+            state: SandboxState::Creating,
+            template: src.template.clone(),
+            snapshot: src.snapshot.clone(),
+            pid: None,
+            pid_start: None,
+            uid: pick_uid(d, &live_rows),
+            vcpus: src.vcpus,
+            memory_mib: src.memory_mib,
+            network: req.network,
+            timeout_s: req.timeout_s,
+            labels: req.labels.clone(),
+            created_ms: now_ms(),
+            create_ms: None,
+            restore_ms: None,
+            reason: None,
+            template_dir: src.template_dir.clone(),
+        };
+        // The row exists before any resource does, so recovery can always clean up.
+        d.store.insert_sandbox(&row)?;
+        row
+    };
+    d.event("sandbox.created", |e| {
+        e.sandbox = Some(id.clone());
+        e.template = Some(row.template.clone());
+        e.snapshot = row.snapshot.clone();
+        e.state = Some("creating".into());
+    });
+    let lock = d.lock_of(&id);
+    let _g = lock.lock().await;
+    let live = Arc::new(Live::default());
+    d.set_live(&id, live.clone());
+    match start_vm(d, &row, &src, t0).await {
+        Ok(()) => {
+            watch(d, &id, live);
+            d.refresh_gauges();
+            Ok(view(&d.sandbox_row(&id)?))
+        }
+        Err(e) => {
+            live.stopping.store(true, Ordering::SeqCst);
+            d.metrics.fail("create");
+            teardown(d, &id).await;
+            d.set_state(&id, SandboxState::Failed, Some(&e.to_string()));
+            Err(e)
+        }
+    }
+}
+
+async fn start_vm(d: &Shared, row: &SandboxRow, src: &Source, t0: Instant) -> Result<(), ApiError> {
+    let id = &row.id;
+    let jail = d.cfg.jail(id);
+    let (root, uid) = (jail.root.clone(), row.uid);
+    let (state, mem, disk) = (src.state.clone(), src.mem.clone(), src.disk.clone());
+    let rootfs = Path::new(&src.template_dir).join(ROOTFS);
+    let sdir = d.cfg.sandbox_dir(id);
+    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        let e = |e: fsutil::FsError| ApiError::internal("preparing the jail", &e);
+        std::fs::create_dir_all(&root).map_err(|x| ApiError::internal("jail", &x))?;
+        std::fs::create_dir_all(&sdir).map_err(|x| ApiError::internal("sandbox dir", &x))?;
+        fsutil::link_or_copy(&state, &root.join(STATE)).map_err(e)?;
+        fsutil::link_or_copy(&mem, &root.join(MEM)).map_err(e)?;
+        fsutil::link_or_copy(&rootfs, &root.join(ROOTFS)).map_err(e)?;
+        // The writable layer is the one file each sandbox owns: a sparse copy of the layer as
+        // it was when the snapshot was taken.
+        fsutil::sparse_copy(&disk, &root.join(DISK)).map_err(e)?;
+        fsutil::give_to(&root.join(DISK), uid).map_err(e)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("jail task: {e}")))??;
+
+    let vmm_err =
+        |e: vmm::VmmError| ApiError::Unavailable(format!("The sandbox's VMM: {}", chain(&e)));
+    let limits = Limits {
+        uid: row.uid,
+        vcpus: row.vcpus,
+        memory_mib: row.memory_mib,
+    };
+    let pid = d.cfg.launcher.start(&jail, limits).await.map_err(vmm_err)?;
+    let start = vmm::process_start_time(pid).unwrap_or(0);
+    d.store.set_sandbox_pid(id, pid, start)?;
+    vmm::wait_for_socket(&jail.api_sock(), Duration::from_secs(10))
+        .await
+        .map_err(vmm_err)?;
+    let t_load = Instant::now();
+    vmm::api(
+        &jail.api_sock(),
+        "PUT",
+        "/snapshot/load",
+        Some(&json!({
+            "snapshot_path": format!("/{STATE}"),
+            "mem_backend": {"backend_type": "File", "backend_path": format!("/{MEM}")},
+            "resume_vm": true,
+        })),
+        API_TIMEOUT,
+    )
+    .await
+    .map_err(vmm_err)?;
+    let restore = t_load.elapsed();
+    let uds = jail.vsock();
+    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        let mut c = guest_init::client::wait_for_agent(&uds, vmm::AGENT_PORT, AGENT_TIMEOUT)
+            .map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "The restored guest's agent did not answer: {}",
+                    chain(&e)
+                ))
+            })?;
+        c.ping().map_err(crate::daemon::agent_error)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("agent task: {e}")))??;
+    let create = t0.elapsed();
+    d.metrics.restore_seconds.observe(restore.as_secs_f64());
+    d.metrics.create_seconds.observe(create.as_secs_f64());
+    d.store.set_sandbox_running(
+        id,
+        pid,
+        start,
+        create.as_secs_f64() * 1e3,
+        restore.as_secs_f64() * 1e3,
+    )?;
+    d.event("sandbox.state", |e| {
+        e.sandbox = Some(id.clone());
+        e.state = Some("running".into());
+    });
+    Ok(())
+}
+
+/// Watches the VMM: an exit the daemon did not ask for makes the sandbox `stopped` (the guest
+/// powered off) or `failed`; either way its resources go. Also arms the timeout.
+pub fn watch(d: &Shared, id: &str, live: Arc<Live>) {
+    let Ok(Some(row)) = d.store.sandbox(id) else {
+        return;
+    };
+    let Some(pid) = row.pid else { return };
+    let mut tasks = Vec::new();
+    match vmm::ProcessWatch::new(pid) {
+        Ok(w) => {
+            let (d2, id2, live2) = (d.clone(), id.to_string(), live.clone());
+            tasks.push(
+                tokio::spawn(async move {
+                    let how = w.exited().await;
+                    if live2.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let lock = d2.lock_of(&id2);
+                    let _g = lock.lock().await;
+                    if live2.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    d2.drop_live(&id2);
+                    let clean = how == "exited with code 0";
+                    let (state, reason) = if clean {
+                        (SandboxState::Stopped, "The guest powered off".to_string())
+                    } else {
+                        d2.metrics.vmm_unexpected_exits.inc();
+                        d2.metrics.fail("vmm_exit");
+                        (SandboxState::Failed, format!("The sandbox's VMM {how}"))
+                    };
+                    tracing::info!("sandbox {id2}: {reason}");
+                    teardown(&d2, &id2).await;
+                    d2.set_state(&id2, state, Some(&reason));
+                })
+                .abort_handle(),
+            );
+        }
+        Err(e) => tracing::warn!("sandbox {id}: cannot watch pid {pid}: {e}"),
+    }
+    if let Some(t) = row.timeout_s {
+        let deadline = row.created_ms + (t as i64) * 1000;
+        let wait = Duration::from_millis((deadline - now_ms()).max(0) as u64);
+        let (d2, id2) = (d.clone(), id.to_string());
+        tasks.push(
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                tracing::info!("sandbox {id2}: timeout of {t} s reached");
+                let _ = stop(&d2, &id2, 0, &format!("Timeout: {t} s after creation")).await;
+            })
+            .abort_handle(),
+        );
+    }
+    live.tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(tasks);
+}
+
+/// Kills the VMM (if any) and removes the jail and cgroups; keeps the sandbox's log directory
+/// with the console output.
+async fn teardown(d: &Shared, id: &str) {
+    let jail = d.cfg.jail(id);
+    if let Ok(Some(row)) = d.store.sandbox(id) {
+        if let Some(pid) = row.pid {
+            vmm::kill_if_same(pid, row.pid_start);
+            if let Ok(w) = vmm::ProcessWatch::new(pid) {
+                let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+            }
+        }
+    }
+    // A VMM started by a jailer whose pid never reached the store.
+    if let Ok(p) = std::fs::read_to_string(jail.pid_file()) {
+        if let Ok(pid) = p.trim().parse::<i32>() {
+            if is_vmm(pid) {
+                vmm::kill_if_same(pid, None);
+                if let Ok(w) = vmm::ProcessWatch::new(pid) {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+                }
+            }
+        }
+    }
+    let sdir = d.cfg.sandbox_dir(id);
+    let version = d.cfg.launcher.cgroup_version;
+    let _ = tokio::task::spawn_blocking(move || {
+        if jail.serial().exists() {
+            let _ = std::fs::create_dir_all(&sdir);
+            let _ = std::fs::copy(jail.serial(), sdir.join("serial.log"));
+        }
+        if let Err(e) = vmm::cleanup_jail(&jail, version) {
+            tracing::warn!("cannot remove the jail {}: {e}", jail.base.display());
+        }
+    })
+    .await;
+}
+
+/// Whether `pid` is a tartarus-vmm process (before killing a pid read from a file).
+fn is_vmm(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let first = c.split(|b| *b == 0).next().unwrap_or(&[]);
+            first.ends_with(vmm::EXEC_NAME.as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+/// Stops a sandbox's VMM (after `grace_s` seconds of asking the guest to shut down) and marks
+/// it `stopped`; the record and logs stay.
+pub async fn stop(d: &Shared, id: &str, grace_s: u64, reason: &str) -> Result<(), ApiError> {
+    let lock = d.lock_of(id);
+    let _g = lock.lock().await;
+    let row = d.sandbox_row(id)?;
+    if !is_live(row.state) {
+        return Ok(());
+    }
+    d.mark_stopping(id);
+    if grace_s > 0 && row.state == SandboxState::Running {
+        graceful(d, &row, Duration::from_secs(grace_s)).await;
+    }
+    teardown(d, id).await;
+    d.drop_live(id);
+    d.set_state(id, SandboxState::Stopped, Some(reason));
+    Ok(())
+}
+
+/// Asks the guest to shut down (tartarus-init stops every process, syncs and powers off) and
+/// waits up to `grace` for the VMM to exit.
+async fn graceful(d: &Shared, row: &SandboxRow, grace: Duration) {
+    let Some(pid) = row.pid else { return };
+    let uds = d.vsock_of(&row.id);
+    let asked = tokio::task::spawn_blocking(move || {
+        let mut c = Daemon::agent_blocking(&uds, Duration::from_secs(5))?;
+        // PID 1 (tartarus-init) turns SIGTERM into: SIGTERM to all, wait, SIGKILL, sync,
+        // power off.
+        c.exec(["kill", "-TERM", "1"])
+            .map_err(crate::daemon::agent_error)
+            .map(|_| ())
+    })
+    .await;
+    if !matches!(asked, Ok(Ok(()))) {
+        return;
+    }
+    if let Ok(w) = vmm::ProcessWatch::new(pid) {
+        let _ = tokio::time::timeout(grace, w.exited()).await;
+    }
+}
+
+/// `DELETE /sandboxes/{id}`: stop it if it runs, then forget it.
+pub async fn delete(d: &Shared, id: &str, grace_s: u64) -> Result<(), ApiError> {
+    d.sandbox_row(id)?;
+    stop(d, id, grace_s, "Deleted").await?;
+    let lock = d.lock_of(id);
+    let _g = lock.lock().await;
+    if d.store.sandbox(id)?.is_none() {
+        return Err(ApiError::NotFound(format!("No sandbox '{id}'")));
+    }
+    let sdir = d.cfg.sandbox_dir(id);
+    let _ = fsutil::remove_tree(&sdir);
+    let row = d.store.sandbox(id)?;
+    d.store.delete_sandbox(id)?;
+    if let Some(row) = row {
+        crate::template::remove_template_dir_if_unused(d, &row.template_dir);
+    }
+    d.event("sandbox.deleted", |e| e.sandbox = Some(id.to_string()));
+    d.refresh_gauges();
+    drop(_g);
+    d.forget_lock(id);
+    Ok(())
+}
+
+/// `POST /sandboxes/{id}/pause` and `/resume`.
+pub async fn set_paused(d: &Shared, id: &str, paused: bool) -> Result<Sandbox, ApiError> {
+    let lock = d.lock_of(id);
+    let _g = lock.lock().await;
+    let row = d.sandbox_row(id)?;
+    let (from, to, vm_state) = if paused {
+        (SandboxState::Running, SandboxState::Paused, "Paused")
+    } else {
+        (SandboxState::Paused, SandboxState::Running, "Resumed")
+    };
+    if row.state == to {
+        return Ok(view(&row));
+    }
+    if row.state != from {
+        return Err(ApiError::Conflict(format!(
+            "Sandbox '{id}' is {}; only a {} sandbox can be {}",
+            row.state.as_str(),
+            from.as_str(),
+            if paused { "paused" } else { "resumed" }
+        )));
+    }
+    vmm::api(
+        &d.cfg.jail(id).api_sock(),
+        "PATCH",
+        "/vm",
+        Some(&json!({ "state": vm_state })),
+        API_TIMEOUT,
+    )
+    .await
+    .map_err(|e| ApiError::Unavailable(format!("The sandbox's VMM: {}", chain(&e))))?;
+    d.set_state(id, to, None);
+    Ok(view(&d.sandbox_row(id)?))
+}
+
+/// `POST /sandboxes/{id}/snapshots`: pause, write a Full snapshot and copy the writable layer,
+/// resume (unless asked not to). A failure (a full disk, say) leaves the sandbox as it was.
+pub async fn snapshot(d: &Shared, id: &str, leave_paused: bool) -> Result<Snapshot, ApiError> {
+    let lock = d.lock_of(id);
+    let _g = lock.lock().await;
+    let row = d.sandbox_row(id)?;
+    if !matches!(row.state, SandboxState::Running | SandboxState::Paused) {
+        return Err(ApiError::Conflict(format!(
+            "Sandbox '{id}' is {}; only a running or paused sandbox can be snapshotted",
+            row.state.as_str()
+        )));
+    }
+    let jail = d.cfg.jail(id);
+    let sock = jail.api_sock();
+    let vmm_err =
+        |e: vmm::VmmError| ApiError::Unavailable(format!("The sandbox's VMM: {}", chain(&e)));
+    let was_running = row.state == SandboxState::Running;
+    if was_running {
+        vmm::api(
+            &sock,
+            "PATCH",
+            "/vm",
+            Some(&json!({"state": "Paused"})),
+            API_TIMEOUT,
+        )
+        .await
+        .map_err(vmm_err)?;
+    }
+    let snap_id = format!("snap-{}", fsutil::random_hex(6));
+    let dir = d.cfg.snapshots_dir().join(&snap_id);
+    let result: Result<u64, ApiError> = async {
+        vmm::api(
+            &sock,
+            "PUT",
+            "/snapshot/create",
+            Some(
+                &json!({"snapshot_type": "Full", "snapshot_path": "/snap.state",
+                         "mem_file_path": "/snap.mem"}),
+            ),
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(|e| ApiError::Internal(format!("Writing the snapshot failed: {}", chain(&e))))?;
+        let (root, dir2) = (jail.root.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<u64, ApiError> {
+            let e = |e: fsutil::FsError| {
+                ApiError::Internal(format!("Writing the snapshot failed: {}", chain(&e)))
+            };
+            std::fs::create_dir_all(&dir2).map_err(|x| ApiError::internal("snapshot dir", &x))?;
+            fsutil::sparse_copy(&root.join(DISK), &dir2.join(DISK)).map_err(e)?;
+            fsutil::move_file(&root.join("snap.state"), &dir2.join(STATE)).map_err(e)?;
+            fsutil::move_file(&root.join("snap.mem"), &dir2.join(MEM)).map_err(e)?;
+            for f in [STATE, MEM, DISK] {
+                fsutil::make_shared_readonly(&dir2.join(f)).map_err(e)?;
+            }
+            Ok(fsutil::allocated_bytes(&dir2))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("snapshot task: {e}")))?
+    }
+    .await;
+    if was_running && !leave_paused {
+        if let Err(e) = vmm::api(
+            &sock,
+            "PATCH",
+            "/vm",
+            Some(&json!({"state": "Resumed"})),
+            API_TIMEOUT,
+        )
+        .await
+        {
+            tracing::warn!("sandbox {id}: resume after snapshot failed: {}", chain(&e));
+        }
+    }
+    if was_running && leave_paused && result.is_ok() {
+        d.set_state(id, SandboxState::Paused, None);
+    }
+    let size = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(jail.root.join("snap.state"));
+            let _ = std::fs::remove_file(jail.root.join("snap.mem"));
+            let _ = fsutil::remove_tree(&dir);
+            return Err(e);
+        }
+    };
+    d.store.insert_snapshot(
+        &snap_id,
+        id,
+        &row.template,
+        &row.template_dir,
+        &dir.display().to_string(),
+        row.vcpus,
+        row.memory_mib,
+        size,
+    )?;
+    d.event("snapshot.created", |e| {
+        e.sandbox = Some(id.to_string());
+        e.snapshot = Some(snap_id.clone());
+    });
+    d.store
+        .snapshot(&snap_id)?
+        .map(|s| s.api)
+        .ok_or_else(|| ApiError::Internal("The new snapshot is missing from the store".into()))
+}
+
+/// `DELETE /snapshots/{id}`.
+pub fn delete_snapshot(d: &Shared, id: &str) -> Result<(), ApiError> {
+    let s = d
+        .store
+        .snapshot(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("No snapshot '{id}'")))?;
+    d.store.delete_snapshot(id)?;
+    // Sandboxes forked from it hold hard links of its files: removing the directory is safe.
+    fsutil::remove_tree(Path::new(&s.dir)).map_err(|e| ApiError::internal("snapshot", &e))?;
+    crate::template::remove_template_dir_if_unused(d, &s.template_dir);
+    d.event("snapshot.deleted", |e| e.snapshot = Some(id.to_string()));
+    Ok(())
+}
+
+/// After a (re)start: take over VMMs that still run and answer, mark the rest failed, and
+/// remove jails nothing refers to.
+pub async fn recover(d: &Shared) {
+    let rows = d.store.sandboxes().unwrap_or_default();
+    let mut keep = HashSet::new();
+    for row in rows.iter().filter(|r| is_live(r.state)) {
+        let id = &row.id;
+        let alive = match (row.pid, row.pid_start) {
+            (Some(pid), Some(start)) => vmm::same_process(pid, start),
+            _ => false,
+        };
+        let answers = if !alive {
+            None
+        } else {
+            vmm::api(
+                &d.cfg.jail(id).api_sock(),
+                "GET",
+                "/",
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .ok()
+            .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(str::to_string))
+        };
+        match (row.state, answers) {
+            (SandboxState::Running | SandboxState::Paused, Some(vm_state)) => {
+                let state = if vm_state == "Paused" {
+                    SandboxState::Paused
+                } else {
+                    SandboxState::Running
+                };
+                if state != row.state {
+                    let _ = d.store.set_sandbox_state(id, state, None);
+                }
+                let live = Arc::new(Live::default());
+                d.set_live(id, live.clone());
+                watch(d, id, live);
+                d.metrics.readopted.inc();
+                keep.insert(id.clone());
+                tracing::info!(
+                    "sandbox {id}: re-adopted the running VMM (pid {:?})",
+                    row.pid
+                );
+            }
+            (state, _) => {
+                let reason = if state == SandboxState::Creating {
+                    "The daemon stopped while the sandbox was being created".to_string()
+                } else if alive {
+                    "The VMM stopped answering while the daemon was down".to_string()
+                } else {
+                    "The VMM exited while the daemon was down".to_string()
+                };
+                tracing::info!("sandbox {id}: {reason}");
+                d.metrics.fail("lost");
+                teardown(d, id).await;
+                d.set_state(id, SandboxState::Failed, Some(&reason));
+            }
+        }
+    }
+    // Jails of nothing we know (a build or create cut short by SIGKILL before its row).
+    let base = d.cfg.launcher.jail_dir.join(vmm::EXEC_NAME);
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
+            let jail = d.cfg.jail(&name);
+            if let Ok(p) = std::fs::read_to_string(jail.pid_file()) {
+                if let Ok(pid) = p.trim().parse::<i32>() {
+                    if is_vmm(pid) {
+                        vmm::kill_if_same(pid, None);
+                        if let Ok(w) = vmm::ProcessWatch::new(pid) {
+                            let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+                        }
+                    }
+                }
+            }
+            tracing::info!("removing the orphaned jail {name}");
+            let _ = vmm::cleanup_jail(&jail, d.cfg.launcher.cgroup_version);
+        }
+    }
+    d.refresh_gauges();
+}

@@ -1,0 +1,674 @@
+//! Templates: a kernel, a root image and resources, plus a ready snapshot of them booted.
+//!
+//! A build boots the template once in a jail (read-only root image on /dev/vda, an empty
+//! writable layer on /dev/vdb that tartarus-init lays over it, vsock for the agent), waits for
+//! the agent, runs the warm-up commands, pauses and writes a Full snapshot. Every sandbox of the
+//! template is a restore of that snapshot in a jail of its own, with the root image shared
+//! (hard link, read-only) and its own copy of the writable layer as it was at snapshot time.
+//! Ready snapshots are cached by a hash of everything that makes them (kernel, root image, VMM
+//! binary, resources, boot args, warm-up), so building the same template again is instant.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tartarus_types::{BuildEvent, ErrorDetail, TemplateSpec, TemplateState};
+use tokio::sync::mpsc;
+
+use crate::daemon::{Daemon, Shared};
+use crate::error::{chain, ApiError};
+use crate::fsutil;
+use crate::store::StoredSpec;
+use crate::vmm::{self, Limits};
+
+/// File names inside a template (and snapshot) directory and inside every jail.
+pub const KERNEL: &str = "vmlinux";
+pub const ROOTFS: &str = "rootfs.ext4";
+pub const DISK: &str = "disk.ext4";
+pub const STATE: &str = "ready.state";
+pub const MEM: &str = "ready.mem";
+
+/// Bumped when the jail layout or boot arguments change in a way that invalidates cached
+/// ready snapshots.
+const LAYOUT_VERSION: &str = "tartarusd-template-v1";
+/// How long a template's first boot may take to reach the agent (emulated guest kernels on
+/// nested PVM hosts take 20-45 s).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const STEPS: u32 = 6;
+const GUEST_CID: u32 = 3;
+
+/// The kernel command line every template boots with (before the spec's own words).
+pub const BASE_BOOT_ARGS: &str =
+    "console=ttyS0 8250.nr_uarts=1 reboot=k panic=1 pci=off i8042.noaux \
+    i8042.nomux i8042.dumbkbd quiet tartarus.overlay=/dev/vdb";
+
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
+fn validate(spec: &TemplateSpec) -> Result<(), ApiError> {
+    if !valid_name(&spec.name) {
+        return Err(ApiError::BadRequest(format!(
+            "name: '{}' is not a template name ([a-z0-9][a-z0-9_.-]{{0,62}})",
+            spec.name
+        )));
+    }
+    if !(1..=32).contains(&spec.vcpus) {
+        return Err(ApiError::BadRequest(format!(
+            "vcpus: {} is out of range (1-32)",
+            spec.vcpus
+        )));
+    }
+    if !(64..=65536).contains(&spec.memory_mib) {
+        return Err(ApiError::BadRequest(format!(
+            "memory_mib: {} is out of range (64-65536)",
+            spec.memory_mib
+        )));
+    }
+    if !(16..=1 << 20).contains(&spec.disk_mib) {
+        return Err(ApiError::BadRequest(format!(
+            "disk_mib: {} is out of range (16-1048576)",
+            spec.disk_mib
+        )));
+    }
+    for (field, path) in [("kernel", &spec.kernel), ("rootfs", &spec.rootfs)] {
+        let p = Path::new(path);
+        if !p.is_absolute() {
+            return Err(ApiError::BadRequest(format!(
+                "{field}: '{path}' is not an absolute path"
+            )));
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "{field}: '{path}' is not a regular file"
+                )))
+            }
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "{field}: cannot use '{path}': {e}"
+                )))
+            }
+        }
+    }
+    for (i, w) in spec.warmup.iter().enumerate() {
+        if w.argv.is_empty() || w.argv[0].is_empty() {
+            return Err(ApiError::BadRequest(format!("warmup[{i}].argv: empty")));
+        }
+    }
+    if let Some(a) = &spec.boot_args {
+        if a.len() > 2048 {
+            return Err(ApiError::BadRequest(
+                "boot_args: longer than 2048 bytes".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn hash_file(h: &mut Sha256, path: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// The cache key of a ready snapshot.
+fn cache_key(spec: &StoredSpec, vmm: &Path, pvm: bool) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    h.update(LAYOUT_VERSION.as_bytes());
+    for p in [Path::new(&spec.kernel), Path::new(&spec.rootfs), vmm] {
+        hash_file(&mut h, p)?;
+        h.update(b"\0");
+    }
+    let shape = json!({
+        "boot_args": spec.boot_args, "vcpus": spec.vcpus, "memory_mib": spec.memory_mib,
+        "disk_mib": spec.disk_mib, "warmup": spec.warmup, "pvm": pvm,
+    });
+    h.update(shape.to_string().as_bytes());
+    Ok(h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+struct Progress {
+    tx: mpsc::Sender<BuildEvent>,
+    step: u32,
+}
+
+impl Progress {
+    async fn step(&mut self, message: impl Into<String>) {
+        self.step += 1;
+        let message = message.into();
+        tracing::info!("template build: {message}");
+        let _ = self
+            .tx
+            .send(BuildEvent::Progress {
+                step: self.step,
+                steps: STEPS,
+                message,
+            })
+            .await;
+    }
+}
+
+/// Starts a template build; the returned channel carries its progress and ends with `done` or
+/// `error`. The build goes on if the receiver is dropped.
+pub fn start_build(d: &Shared, spec: TemplateSpec) -> Result<mpsc::Receiver<BuildEvent>, ApiError> {
+    validate(&spec)?;
+    {
+        let mut b = d.building.lock().unwrap_or_else(|p| p.into_inner());
+        if b.contains(&spec.name) {
+            return Err(ApiError::Conflict(format!(
+                "Template '{}' is being built already",
+                spec.name
+            )));
+        }
+        if !spec.replace && d.store.template(&spec.name)?.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "Template '{}' exists (set replace to build it again)",
+                spec.name
+            )));
+        }
+        b.insert(spec.name.clone());
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let d = d.clone();
+    tokio::spawn(async move {
+        let name = spec.name.clone();
+        let started = Instant::now();
+        let mut progress = Progress {
+            tx: tx.clone(),
+            step: 0,
+        };
+        let result = build(&d, spec, &mut progress, started).await;
+        d.building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        d.metrics.template_builds.inc();
+        let ev = match result {
+            Ok(()) => match d.store.template(&name) {
+                Ok(Some(t)) => BuildEvent::Done { template: t.api },
+                _ => BuildEvent::Error {
+                    error: ErrorDetail {
+                        code: "internal".into(),
+                        message: "The template vanished after its build".into(),
+                    },
+                },
+            },
+            Err(e) => {
+                tracing::warn!("template {name}: build failed: {e}");
+                let _ = d.store.finish_template(
+                    &name,
+                    TemplateState::Failed,
+                    None,
+                    None,
+                    Some(&e.to_string()),
+                );
+                d.event("template.failed", |ev| {
+                    ev.template = Some(name.clone());
+                    ev.message = Some(e.to_string());
+                });
+                BuildEvent::Error { error: e.detail() }
+            }
+        };
+        let _ = tx.send(ev).await;
+    });
+    Ok(rx)
+}
+
+async fn build(
+    d: &Shared,
+    spec: TemplateSpec,
+    p: &mut Progress,
+    started: Instant,
+) -> Result<(), ApiError> {
+    let name = spec.name.clone();
+    let dir = d
+        .cfg
+        .templates_dir()
+        .join(format!("{name}-{}", fsutil::random_hex(4)));
+    let boot_args = match &spec.boot_args {
+        Some(a) if !a.trim().is_empty() => format!("{BASE_BOOT_ARGS} {}", a.trim()),
+        _ => BASE_BOOT_ARGS.to_string(),
+    };
+    let stored = StoredSpec {
+        kernel: spec.kernel.clone(),
+        rootfs: spec.rootfs.clone(),
+        boot_args,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        disk_mib: spec.disk_mib,
+        env: spec.env.clone(),
+        warmup: spec.warmup.clone(),
+    };
+    let old = d.store.template(&name)?;
+    d.store.put_template(
+        &name,
+        TemplateState::Building,
+        &stored,
+        &dir.display().to_string(),
+    )?;
+    d.event("template.building", |e| e.template = Some(name.clone()));
+
+    p.step("copying the kernel and the root image").await;
+    let (dir2, stored2) = (dir.clone(), stored.clone());
+    let vmm_bin = d.cfg.launcher.vmm.clone();
+    let pvm = d.cfg.launcher.pvm_workarounds;
+    let key = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
+        std::fs::create_dir_all(&dir2).map_err(|e| ApiError::internal("template directory", &e))?;
+        for (src, name) in [(&stored2.kernel, KERNEL), (&stored2.rootfs, ROOTFS)] {
+            let dst = dir2.join(name);
+            fsutil::sparse_copy(Path::new(src), &dst)
+                .map_err(|e| ApiError::BadRequest(chain(&e)))?;
+            fsutil::make_shared_readonly(&dst).map_err(|e| ApiError::internal("template", &e))?;
+        }
+        cache_key(&stored2, &vmm_bin, pvm)
+            .map_err(|e| ApiError::internal("hashing the template", &e))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("build task: {e}")))??;
+
+    let cache = d.cfg.template_cache.join(&key);
+    let cached = [STATE, MEM, DISK].iter().all(|f| cache.join(f).is_file());
+    if cached {
+        p.step(format!("using the cached ready snapshot {key}"))
+            .await;
+        for f in [STATE, MEM, DISK] {
+            fsutil::link_or_copy(&cache.join(f), &dir.join(f))
+                .map_err(|e| ApiError::internal("template cache", &e))?;
+        }
+        p.step("cached: no boot needed").await;
+        p.step("cached: no warm-up needed").await;
+        p.step("cached: snapshot present").await;
+    } else {
+        boot_and_snapshot(d, &stored, &dir, p).await?;
+        // Fill the cache (hard links: no extra space).
+        let tmp = d
+            .cfg
+            .template_cache
+            .join(format!(".tmp-{key}-{}", fsutil::random_hex(4)));
+        let filled = (|| -> Result<(), fsutil::FsError> {
+            std::fs::create_dir_all(&tmp).map_err(|source| fsutil::FsError::Io {
+                op: "create",
+                path: tmp.display().to_string(),
+                source,
+            })?;
+            for f in [STATE, MEM, DISK] {
+                fsutil::link_or_copy(&dir.join(f), &tmp.join(f))?;
+            }
+            let _ = fsutil::remove_tree(&cache);
+            std::fs::rename(&tmp, &cache).map_err(|source| fsutil::FsError::Io {
+                op: "rename",
+                path: cache.display().to_string(),
+                source,
+            })
+        })();
+        if let Err(e) = filled {
+            tracing::warn!("template cache not filled: {}", chain(&e));
+            let _ = fsutil::remove_tree(&tmp);
+        }
+    }
+
+    p.step("template ready").await;
+    let bytes = fsutil::allocated_bytes(&dir);
+    // Swap in the new build: the old directory goes once nothing uses it.
+    d.store.put_template(
+        &name,
+        TemplateState::Building,
+        &stored,
+        &dir.display().to_string(),
+    )?;
+    d.store.finish_template(
+        &name,
+        TemplateState::Ready,
+        Some(started.elapsed().as_millis() as u64),
+        Some(bytes),
+        None,
+    )?;
+    if let Some(old) = old {
+        if old.dir != dir.display().to_string() {
+            remove_template_dir_if_unused(d, &old.dir);
+        }
+    }
+    d.event("template.ready", |e| e.template = Some(name.clone()));
+    Ok(())
+}
+
+async fn boot_and_snapshot(
+    d: &Shared,
+    spec: &StoredSpec,
+    dir: &Path,
+    p: &mut Progress,
+) -> Result<(), ApiError> {
+    p.step("making the writable layer").await;
+    let disk = dir.join(DISK);
+    let out = tokio::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-E"])
+        .arg("lazy_itable_init=1,lazy_journal_init=1")
+        .args(["-m", "0", "-L", "tartarus-layer"])
+        .arg(&disk)
+        .arg(format!("{}M", spec.disk_mib))
+        .output()
+        .await
+        .map_err(|e| ApiError::internal("mkfs.ext4 (install e2fsprogs)", &e))?;
+    if !out.status.success() {
+        return Err(ApiError::Internal(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+
+    let id = format!("tpl-{}", fsutil::random_hex(6));
+    let jail = d.cfg.jail(&id);
+    let uid = d.cfg.uid_base.saturating_sub(1);
+    let result = boot_in_jail(d, spec, dir, &jail, uid, p).await;
+    // Whatever happened, the build VM goes.
+    if let Ok(pid) = std::fs::read_to_string(jail.pid_file()) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            vmm::kill_if_same(pid, None);
+            wait_gone(pid).await;
+        }
+    }
+    let serial = std::fs::read_to_string(jail.serial()).unwrap_or_default();
+    let version = d.cfg.launcher.cgroup_version;
+    let jail2 = jail.clone();
+    let _ = tokio::task::spawn_blocking(move || vmm::cleanup_jail(&jail2, version)).await;
+    result.map_err(|e| {
+        let tail: Vec<&str> = serial.lines().rev().take(8).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        if tail.is_empty() {
+            e
+        } else {
+            ApiError::Internal(format!("{e} (console: {})", tail.join(" | ")))
+        }
+    })
+}
+
+async fn wait_gone(pid: i32) {
+    if let Ok(w) = vmm::ProcessWatch::new(pid) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+    }
+}
+
+async fn boot_in_jail(
+    d: &Shared,
+    spec: &StoredSpec,
+    dir: &Path,
+    jail: &vmm::JailPaths,
+    uid: u32,
+    p: &mut Progress,
+) -> Result<(), ApiError> {
+    let fs_err = |e: fsutil::FsError| ApiError::internal("jail", &e);
+    std::fs::create_dir_all(&jail.root).map_err(|e| ApiError::internal("jail", &e))?;
+    fsutil::link_or_copy(&dir.join(KERNEL), &jail.root.join(KERNEL)).map_err(fs_err)?;
+    fsutil::link_or_copy(&dir.join(ROOTFS), &jail.root.join(ROOTFS)).map_err(fs_err)?;
+    fsutil::move_file(&dir.join(DISK), &jail.root.join(DISK)).map_err(fs_err)?;
+    fsutil::give_to(&jail.root.join(DISK), uid).map_err(fs_err)?;
+
+    p.step("booting the template's microVM").await;
+    let limits = Limits {
+        uid,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+    };
+    let vmm_err = |e: vmm::VmmError| ApiError::Internal(chain(&e));
+    d.cfg.launcher.start(jail, limits).await.map_err(vmm_err)?;
+    let sock = jail.api_sock();
+    vmm::wait_for_socket(&sock, Duration::from_secs(10))
+        .await
+        .map_err(vmm_err)?;
+    let t = Duration::from_secs(30);
+    let put = |path: &'static str, body: serde_json::Value| {
+        let sock = sock.clone();
+        async move {
+            vmm::api(&sock, "PUT", path, Some(&body), t)
+                .await
+                .map_err(vmm_err)
+        }
+    };
+    put(
+        "/machine-config",
+        json!({"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib}),
+    )
+    .await?;
+    put(
+        "/boot-source",
+        json!({"kernel_image_path": format!("/{KERNEL}"), "boot_args": spec.boot_args}),
+    )
+    .await?;
+    put(
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": format!("/{ROOTFS}"),
+               "is_root_device": true, "is_read_only": true}),
+    )
+    .await?;
+    put(
+        "/drives/layer",
+        json!({"drive_id": "layer", "path_on_host": format!("/{DISK}"),
+               "is_root_device": false, "is_read_only": false}),
+    )
+    .await?;
+    put(
+        "/vsock",
+        json!({"guest_cid": GUEST_CID, "uds_path": format!("/{}", vmm::VSOCK_SOCK)}),
+    )
+    .await?;
+    put("/actions", json!({"action_type": "InstanceStart"})).await?;
+
+    // Follow the console while the guest boots.
+    let serial = jail.serial();
+    let tx = p.tx.clone();
+    let tail = tokio::spawn(async move {
+        let mut offset = 0usize;
+        loop {
+            if let Ok(data) = tokio::fs::read(&serial).await {
+                if data.len() > offset {
+                    let text = String::from_utf8_lossy(&data[offset..]).into_owned();
+                    let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+                    for line in text[..complete].lines() {
+                        let _ = tx
+                            .send(tartarus_types::BuildEvent::Log { line: line.into() })
+                            .await;
+                    }
+                    offset += complete;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let uds = jail.vsock();
+    let agent = tokio::task::spawn_blocking(move || {
+        guest_init::client::wait_for_agent(&uds, vmm::AGENT_PORT, BOOT_TIMEOUT)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("agent wait: {e}")));
+    tail.abort();
+    let mut agent = agent?.map_err(|e| {
+        ApiError::Internal(format!(
+            "The template's guest did not start its agent: {}",
+            chain(&e)
+        ))
+    })?;
+
+    p.step(format!("agent ready ({}); warming up", agent.agent()))
+        .await;
+    let warmup = spec.warmup.clone();
+    let env = spec.env.clone();
+    let mut agent = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        for (i, w) in warmup.iter().enumerate() {
+            let argv = if w.background {
+                // Detach it from the agent connection (which a restore resets): the shell exits
+                // at once and the command lives on, reparented to init.
+                let mut a = vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    "\"$@\" </dev/null >/dev/null 2>&1 &".to_string(),
+                    "warmup".to_string(),
+                ];
+                a.extend(w.argv.iter().cloned());
+                a
+            } else {
+                w.argv.clone()
+            };
+            let mut spec = guest_init::protocol::ExecSpec::new(argv);
+            spec.env = env.clone();
+            let out = agent
+                .start_exec(&spec, &[])
+                .and_then(|s| s.collect())
+                .map_err(|e| ApiError::BadRequest(format!("warmup[{i}]: {}", chain(&e))))?;
+            if out.code != Some(0) {
+                return Err(ApiError::BadRequest(format!(
+                    "warmup[{i}] ({}) failed with {:?}/{:?}: {}",
+                    w.argv.join(" "),
+                    out.code,
+                    out.signal,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        // Settle: the page cache and the writable layer's metadata reach the disk image, so
+        // every clone starts from a consistent layer.
+        let _ = agent.exec(["sync"]);
+        Ok(agent)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("warmup task: {e}")))??;
+    let _ = agent.ping();
+    drop(agent);
+
+    p.step("pausing and writing the ready snapshot").await;
+    vmm::api(&sock, "PATCH", "/vm", Some(&json!({"state": "Paused"})), t)
+        .await
+        .map_err(vmm_err)?;
+    vmm::api(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(
+            &json!({"snapshot_type": "Full", "snapshot_path": format!("/{STATE}"),
+                     "mem_file_path": format!("/{MEM}")}),
+        ),
+        Duration::from_secs(120),
+    )
+    .await
+    .map_err(vmm_err)?;
+    for f in [STATE, MEM, DISK] {
+        let dst = dir.join(f);
+        fsutil::move_file(&jail.root.join(f), &dst).map_err(fs_err)?;
+        fsutil::make_shared_readonly(&dst).map_err(fs_err)?;
+    }
+    Ok(())
+}
+
+/// Removes a template directory once no sandbox or snapshot refers to it.
+pub fn remove_template_dir_if_unused(d: &Daemon, dir: &str) {
+    let still_template = d
+        .store
+        .templates()
+        .map(|ts| ts.iter().any(|t| t.dir == dir))
+        .unwrap_or(true);
+    if still_template {
+        return;
+    }
+    if let Ok(0) = d.store.template_dir_users(dir) {
+        if let Err(e) = fsutil::remove_tree(Path::new(dir)) {
+            tracing::warn!("cannot remove {dir}: {}", chain(&e));
+        }
+    }
+}
+
+/// `DELETE /templates/{name}`.
+pub fn delete(d: &Shared, name: &str) -> Result<(), ApiError> {
+    if d.building
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(name)
+    {
+        return Err(ApiError::Conflict(format!(
+            "Template '{name}' is being built"
+        )));
+    }
+    let t = d
+        .store
+        .template(name)?
+        .ok_or_else(|| ApiError::NotFound(format!("No template '{name}'")))?;
+    d.store.delete_template(name)?;
+    remove_template_dir_if_unused(d, &t.dir);
+    d.event("template.deleted", |e| e.template = Some(name.to_string()));
+    Ok(())
+}
+
+/// Builds fail if the daemon stops mid-way; after a restart they are marked failed.
+pub fn recover(d: &Arc<Daemon>) {
+    for t in d.store.templates().unwrap_or_default() {
+        if t.api.state == TemplateState::Building {
+            let _ = d.store.finish_template(
+                &t.api.name,
+                TemplateState::Failed,
+                None,
+                None,
+                Some("The daemon stopped during the build"),
+            );
+            let _ = fsutil::remove_tree(Path::new(&t.dir));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["base", "python-ds", "a", "x1.2_3"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "Base", "-x", "a/b", "a b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        let spec = |k: &str| TemplateSpec {
+            name: "t".into(),
+            kernel: k.into(),
+            rootfs: "/etc/hostname".into(),
+            boot_args: None,
+            vcpus: 1,
+            memory_mib: 128,
+            disk_mib: 64,
+            env: Default::default(),
+            warmup: vec![],
+            replace: false,
+        };
+        assert!(validate(&spec("/etc/hostname")).is_ok());
+        let e = validate(&spec("relative")).unwrap_err().to_string();
+        assert!(e.starts_with("kernel:"), "{e}");
+        let e = validate(&spec("/nonexistent")).unwrap_err().to_string();
+        assert!(e.contains("cannot use"), "{e}");
+        let e = validate(&spec("/etc")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let mut s = spec("/etc/hostname");
+        s.vcpus = 0;
+        assert!(validate(&s).unwrap_err().to_string().starts_with("vcpus"));
+    }
+}
