@@ -220,3 +220,6 @@ async fn run(args: Args, cfg: Config, store: store::Store) {
     }
     let _ = std::fs::remove_file(&args.socket);
 }
+
+#[cfg(test)]
+mod routes_tests;

@@ -73,10 +73,21 @@ where
                 "The body is empty; JSON expected".into(),
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map(Body2)
-            .map_err(|e| ApiError::BadRequest(format!("Invalid body: {e}")))
+        parse_body(&bytes).map(Body2)
     }
+}
+
+/// Parses a JSON body; errors name the field's path (`labels.a: invalid type ...`).
+pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            ApiError::BadRequest(format!("Invalid body: {}", e.inner()))
+        } else {
+            ApiError::BadRequest(format!("Invalid body: {path}: {}", e.inner()))
+        }
+    })
 }
 
 /// Query strings with errors in our shape.

@@ -1,0 +1,301 @@
+//! The platform lane's harness: a real `tartarusd` on a temporary state directory, the real
+//! `tartarus` CLI, and curl for raw API checks.
+//!
+//! The `base` template is built from the project's kernel and busybox root fs; its ready
+//! snapshot is cached under `$TARTARUS_CACHE/templates` (default `~/.cache/tartarus`) by a key of
+//! everything that makes it, so the Linux boot happens once per cache key, not once per run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::jail::static_bins;
+use crate::{bin_path, script_output, TempDir};
+
+/// The kernel and root fs of the `base` template (built by the kernels/ scripts, cached).
+pub fn base_images() -> (PathBuf, PathBuf) {
+    let vmlinux = script_output("kernels/build-kernel.sh", &[], "vmlinux");
+    let rootfs = script_output("kernels/build-rootfs.sh", &["--variant", "base"], "rootfs");
+    (vmlinux, rootfs)
+}
+
+pub fn template_cache() -> PathBuf {
+    let root = std::env::var_os("TARTARUS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache")
+                .join("tartarus")
+        });
+    root.join("templates")
+}
+
+/// One daemon process and its state directory.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `tartarusd` with its own state directory and socket; `extra` flags are added.
+    pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        let dir = TempDir::new(tag);
+        let socket = dir.join("tartarusd.sock");
+        let state = dir.join("state");
+        let mut d = Daemon {
+            dir,
+            socket,
+            state,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon process (again) on the same state directory.
+    pub fn spawn(&mut self) {
+        let bins = static_bins();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .expect("daemon log");
+        let child = Command::new(bin_path("tartarusd"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--template-cache")
+            .arg(template_cache())
+            .arg("--vmm")
+            .arg(&bins.vmm)
+            .arg("--jailer")
+            .arg(&bins.jailer)
+            .arg("--uid-base")
+            .arg((700_000 + (std::process::id() % 1000) * 100).to_string())
+            .arg("--log")
+            .arg("tartarusd=debug,info")
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tartarusd");
+        self.child = Some(child);
+        let t = Instant::now();
+        while self.curl("GET", "/health", None).0 != 200 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "tartarusd did not answer:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGKILLs the daemon (its sandboxes' VMMs live on).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `tartarus ARGS` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_stdin(args, None)
+    }
+
+    pub fn cli_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(bin_path("tartarus"));
+        cmd.args(args)
+            .env("TARTARUS_HOST", format!("unix://{}", self.socket.display()))
+            .env("HOME", self.dir.path())
+            .env_remove("TARTARUS_PROFILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        let mut child = cmd.spawn().expect("run tartarus");
+        if let Some(data) = stdin {
+            use std::io::Write;
+            let mut s = child.stdin.take().expect("stdin");
+            s.write_all(data).expect("write stdin");
+        }
+        child.wait_with_output().expect("tartarus output")
+    }
+
+    /// `tartarus ARGS`, which must succeed; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tartarus {args:?} failed ({}):\nstdout: {}\nstderr: {}\n--- daemon log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A raw request with curl: (status, body).
+    pub fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.arg("-sS")
+            .arg("--max-time")
+            .arg("120")
+            .arg("--unix-socket")
+            .arg(&self.socket)
+            .arg("-X")
+            .arg(method)
+            .arg("-o")
+            .arg("-")
+            .arg("-w")
+            .arg("\n%{http_code}");
+        if let Some(b) = body {
+            cmd.arg("-H")
+                .arg("Content-Type: application/json")
+                .arg("--data-binary")
+                .arg(b);
+        }
+        cmd.arg(format!("http://localhost{path}"));
+        let out = cmd.output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// A JSON request that must answer `status`.
+    pub fn json(&self, method: &str, path: &str, body: Option<&str>, status: u16) -> Value {
+        let (code, text) = self.curl(method, path, body);
+        assert_eq!(
+            code,
+            status,
+            "{method} {path} answered {code}: {text}\n--- daemon log tail:\n{}",
+            tail(&self.log(), 30)
+        );
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    pub fn sandbox(&self, id: &str) -> Value {
+        self.json("GET", &format!("/sandboxes/{id}"), None, 200)
+    }
+
+    /// Builds the `base` template (instant when its ready snapshot is cached).
+    pub fn build_base(&self, name: &str) -> String {
+        let (k, r) = base_images();
+        self.cli_ok(&[
+            "template",
+            "build",
+            "--name",
+            name,
+            "--kernel",
+            k.to_str().unwrap(),
+            "--rootfs",
+            r.to_str().unwrap(),
+            "--memory",
+            "128",
+            "--disk",
+            "256",
+        ])
+    }
+
+    /// Jail directories, cgroups and VMM processes of this daemon still on the host.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let jails = self.state.join("jail").join("tartarus-vmm");
+        if let Ok(rd) = std::fs::read_dir(&jails) {
+            out.extend(rd.flatten().map(|e| format!("jail {}", e.path().display())));
+        }
+        for ctl in ["memory", "cpu", "pids"] {
+            let base = Path::new("/sys/fs/cgroup").join(ctl).join("tartarus");
+            if let Ok(rd) = std::fs::read_dir(&base) {
+                for e in rd.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if e.path().is_dir() && self.owns(&n) {
+                        out.push(format!("cgroup {}", e.path().display()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a jail id belongs to this daemon (it made a directory for it under its state).
+    fn owns(&self, id: &str) -> bool {
+        self.state.join("sandboxes").join(id).exists() || self.known_ids().iter().any(|k| k == id)
+    }
+
+    fn known_ids(&self) -> Vec<String> {
+        let v = self.json("GET", "/sandboxes", None, 200);
+        v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Remove every sandbox through the API, then stop the daemon.
+        if self.child.is_some() {
+            for id in self.known_ids() {
+                let _ = self.curl("DELETE", &format!("/sandboxes/{id}"), None);
+            }
+        }
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- tartarusd log:\n{}", tail(&self.log(), 80));
+            self.dir.keep_if_requested();
+        }
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let rest = &s[s.rfind(')').unwrap_or(0) + 2..];
+            !rest.starts_with('Z') && !rest.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until `f` holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

@@ -1,0 +1,485 @@
+//! The platform lane: a real `tartarusd` starting real jailed VMMs that restore the `base`
+//! template's ready snapshot of our Linux guest, driven through the `tartarus` CLI (and curl
+//! for the raw API). The template's one Linux boot is cached by content key (see
+//! `tartarus_tests::platform`), so a run with a warm cache boots no kernel at all.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tartarus_tests::platform::{alive, tail, wait_until, Daemon};
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn create(d: &Daemon, extra: &[&str]) -> String {
+    let mut args = vec!["sandbox", "create", "base"];
+    args.extend_from_slice(extra);
+    d.cli_ok(&args).trim().to_string()
+}
+
+#[test]
+#[cfg_attr(
+    tartarus_skip_linux_tests,
+    ignore = "Linux lane turned off with TARTARUS_LINUX_TESTS=0; pass --ignored to run it"
+)]
+fn sandbox_lifecycle_through_the_cli() {
+    let d = Daemon::start("sandboxes", &[]);
+    let t = Instant::now();
+    let built = d.build_base("base");
+    eprintln!("template base built in {:?}", t.elapsed());
+    assert!(built.contains("base"), "{built}");
+    let tpl = d.json("GET", "/templates/base", None, 200);
+    assert_eq!(tpl["state"], "ready", "{tpl}");
+
+    // The one-shot: create, exec, remove; the command's exit code is the CLI's.
+    let o = d.cli(&["run", "base", "--", "uname", "-a"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).starts_with("Linux "), "{}", out(&o));
+    let o = d.cli(&["run", "base", "--", "sh", "-c", "echo to-err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(err(&o).trim(), "to-err");
+    let o = d.cli(&["run", "base", "--", "/no/such/program"]);
+    assert_eq!(o.status.code(), Some(127), "{}", err(&o));
+    assert!(err(&o).contains("/no/such/program"), "{}", err(&o));
+    // run removed its sandboxes.
+    let list = d.json("GET", "/sandboxes", None, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+
+    // A sandbox to work with.
+    let id = create(&d, &["--label", "team=qa"]);
+    let s = d.sandbox(&id);
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["template"], "base");
+    assert_eq!(s["labels"]["team"], "qa");
+    let pid = s["pid"].as_i64().unwrap() as i32;
+    assert!(alive(pid));
+    // The VMM is jailed: not root, its own PID namespace, seccomp on.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(!uid_line.contains("\t0\t"), "{uid_line}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+    let ls = d.cli_ok(&["sandbox", "ls"]);
+    assert!(ls.contains(&id) && ls.contains("running"), "{ls}");
+    let inspect: Value =
+        serde_json::from_str(&d.cli_ok(&["-o", "json", "sandbox", "inspect", &id])).unwrap();
+    assert_eq!(inspect["id"], id.as_str());
+    assert!(inspect["rss_kib"].as_u64().unwrap() > 0);
+
+    // exec: env, cwd, stdin, exit codes.
+    let o = d.cli(&[
+        "exec",
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/proc",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd)",
+    ]);
+    assert_eq!(out(&o), "hi /proc\n", "{}", err(&o));
+    let o = d.cli_stdin(
+        &["exec", "-i", &id, "--", "sh", "-c", "tr a-z A-Z; exit 4"],
+        Some(b"shout\n"),
+    );
+    assert_eq!(
+        (out(&o).as_str(), o.status.code()),
+        ("SHOUT\n", Some(4)),
+        "{}",
+        err(&o)
+    );
+
+    // Files both ways.
+    let dir = tartarus_tests::TempDir::new("cp");
+    let src = dir.join("up.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    d.cli_ok(&["cp", src.to_str().unwrap(), &format!("{id}:/tmp/up.bin")]);
+    let back = dir.join("down.bin");
+    d.cli_ok(&["cp", &format!("{id}:/tmp/up.bin"), back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    let o = d.cli(&["cp", &format!("{id}:/tmp/missing"), back.to_str().unwrap()]);
+    assert!(!o.status.success());
+
+    // A background process keeps running after its client left; its output is in the logs.
+    d.cli_ok(&[
+        "exec",
+        "-d",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo tick-$i; sleep 0.2; done",
+    ]);
+    assert!(wait_until(Duration::from_secs(20), || {
+        d.cli_ok(&["logs", &id]).contains("tick-3")
+    }));
+
+    // Pause: exec is refused; resume: it works again.
+    d.cli_ok(&["sandbox", "pause", &id]);
+    assert_eq!(d.sandbox(&id)["state"], "paused");
+    let (code, body) = d.curl(
+        "POST",
+        &format!("/sandboxes/{id}/exec"),
+        Some(r#"{"argv":["true"]}"#),
+    );
+    assert_eq!(code, 409, "{body}");
+    d.cli_ok(&["sandbox", "resume", &id]);
+    assert_eq!(d.cli_ok(&["exec", &id, "--", "echo", "back"]), "back\n");
+
+    // Snapshot, and a fork from it that sees what the source had written.
+    d.cli_ok(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo before-snapshot > /tmp/mark",
+    ]);
+    let snap = d.json(
+        "POST",
+        &format!("/sandboxes/{id}/snapshots"),
+        Some("{}"),
+        201,
+    );
+    let snap_id = snap["id"].as_str().unwrap().to_string();
+    assert_eq!(d.sandbox(&id)["state"], "running");
+    let snaps = d.cli_ok(&["snapshot", "ls"]);
+    assert!(snaps.contains(&snap_id), "{snaps}");
+    let fork = d
+        .cli_ok(&["sandbox", "create", "base", "--snapshot", &snap_id])
+        .trim()
+        .to_string();
+    assert_eq!(
+        d.cli_ok(&["exec", &fork, "--", "cat", "/tmp/mark"]),
+        "before-snapshot\n"
+    );
+    // Writes stay in their sandbox.
+    d.cli_ok(&[
+        "exec",
+        &fork,
+        "--",
+        "sh",
+        "-c",
+        "echo fork-only > /tmp/mark",
+    ]);
+    assert_eq!(
+        d.cli_ok(&["exec", &id, "--", "cat", "/tmp/mark"]),
+        "before-snapshot\n"
+    );
+    let other = create(&d, &[]);
+    let o = d.cli(&["exec", &other, "--", "cat", "/tmp/mark"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+
+    // Errors: each a clear JSON error with the right status, the daemon keeps serving.
+    for (method, path, body, status) in [
+        ("GET", "/sandboxes/sb-000000000000", None, 404),
+        ("POST", "/sandboxes", Some(r#"{"template":"nope"}"#), 404),
+        (
+            "POST",
+            "/sandboxes",
+            Some(r#"{"template":"base","tmeout_s":1}"#),
+            400,
+        ),
+        ("POST", "/sandboxes", Some("{not json"), 400),
+        (
+            "POST",
+            "/sandboxes",
+            Some(r#"{"template":"base","snapshot":"x"}"#),
+            400,
+        ),
+        (
+            "POST",
+            &format!("/sandboxes/{id}/exec"),
+            Some(r#"{"argv":[]}"#),
+            400,
+        ),
+        (
+            "GET",
+            &format!("/sandboxes/{id}/files?path=relative"),
+            None,
+            400,
+        ),
+        ("GET", "/nowhere", None, 404),
+        ("PUT", "/sandboxes", Some("{}"), 405),
+        (
+            "POST",
+            "/templates",
+            Some(r#"{"name":"Bad Name","kernel":"/k","rootfs":"/r"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/templates",
+            Some(r#"{"name":"base","kernel":"/k","rootfs":"/r"}"#),
+            400,
+        ),
+        ("DELETE", "/snapshots/snap-000000000000", None, 404),
+    ] {
+        let (code, text) = d.curl(method, path, body);
+        assert_eq!(code, status, "{method} {path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
+        assert!(
+            v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+            "{text}"
+        );
+    }
+    let (_, text) = d.curl(
+        "POST",
+        "/sandboxes",
+        Some(r#"{"template":"base","tmeout_s":1}"#),
+    );
+    assert!(text.contains("tmeout_s"), "{text}");
+
+    // Concurrent exec and delete on one sandbox: every request gets an answer, nothing leaks.
+    let victim = create(&d, &[]);
+    std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for _ in 0..4 {
+            hs.push(s.spawn(|| {
+                d.curl(
+                    "POST",
+                    &format!("/sandboxes/{victim}/exec"),
+                    Some(r#"{"argv":["sleep","0.3"]}"#),
+                )
+                .0
+            }));
+        }
+        hs.push(s.spawn(|| d.curl("DELETE", &format!("/sandboxes/{victim}"), None).0));
+        for h in hs {
+            let code = h.join().unwrap();
+            assert!([200, 204, 404, 409, 503].contains(&code), "status {code}");
+        }
+    });
+    assert_eq!(d.curl("GET", &format!("/sandboxes/{victim}"), None).0, 404);
+
+    // Events and metrics saw all of it.
+    let ev = d.cli_ok(&["events"]);
+    for kind in [
+        "template.ready",
+        "sandbox.created",
+        "snapshot.created",
+        "sandbox.deleted",
+    ] {
+        assert!(
+            ev.contains(kind),
+            "{kind} missing from events:\n{}",
+            tail(&ev, 20)
+        );
+    }
+    let (code, metrics) = d.curl("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tartarus_sandboxes{state=\"running\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tartarus_sandbox_create_seconds_count"),
+        "{metrics}"
+    );
+
+    // rm with a grace period stops the guest cleanly; snapshots outlive their sandbox.
+    d.cli_ok(&["sandbox", "rm", "--grace", "5", &id]);
+    assert_eq!(d.curl("GET", &format!("/sandboxes/{id}"), None).0, 404);
+    assert!(!alive(pid));
+    let again = d
+        .cli_ok(&["sandbox", "create", "base", "--snapshot", &snap_id])
+        .trim()
+        .to_string();
+    assert_eq!(
+        d.cli_ok(&["exec", &again, "--", "cat", "/tmp/mark"]),
+        "before-snapshot\n"
+    );
+    for s in [&fork, &other, &again] {
+        d.cli_ok(&["sandbox", "rm", s]);
+    }
+    d.cli_ok(&["snapshot", "rm", &snap_id]);
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    assert_eq!(
+        std::fs::read_dir(d.state.join("snapshots"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+#[cfg_attr(
+    tartarus_skip_linux_tests,
+    ignore = "Linux lane turned off with TARTARUS_LINUX_TESTS=0; pass --ignored to run it"
+)]
+fn sandbox_faults_and_daemon_restarts() {
+    let mut d = Daemon::start(
+        "sandbox-faults",
+        &["--max-sandboxes", "3", "--max-memory-mib", "1024"],
+    );
+    d.build_base("base");
+
+    // A VMM killed with SIGKILL: the sandbox is failed with the reason, its jail and cgroups
+    // are gone, an event says so, and the daemon keeps serving.
+    let a = create(&d, &[]);
+    let pid = d.sandbox(&a)["pid"].as_i64().unwrap() as i32;
+    // SAFETY: signalling a process we created.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || d.sandbox(&a)
+        ["state"]
+        == "failed"));
+    let s = d.sandbox(&a);
+    assert!(s["reason"].as_str().unwrap().contains("signal 9"), "{s}");
+    assert!(s["pid"].is_null());
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    assert!(d.cli_ok(&["events"]).contains("failed"));
+
+    // Limits: the fourth live sandbox is a 429 naming the limit.
+    let b = create(&d, &[]);
+    let c = create(&d, &[]);
+    let e = create(&d, &["--timeout", "2"]);
+    let (code, text) = d.curl("POST", "/sandboxes", Some(r#"{"template":"base"}"#));
+    assert_eq!(code, 429, "{text}");
+    assert!(text.contains("--max-sandboxes"), "{text}");
+    // timeout_s: the sandbox is stopped when it outlives it.
+    assert!(wait_until(Duration::from_secs(15), || d.sandbox(&e)
+        ["state"]
+        == "stopped"));
+    assert!(d.sandbox(&e)["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Timeout"));
+
+    // The daemon SIGKILLed while sandboxes run: after a restart they are adopted again.
+    d.cli_ok(&["sandbox", "pause", &c]);
+    let b_pid = d.sandbox(&b)["pid"].as_i64().unwrap() as i32;
+    d.kill9();
+    assert!(alive(b_pid));
+    d.spawn();
+    assert_eq!(d.sandbox(&b)["state"], "running");
+    assert_eq!(d.sandbox(&b)["pid"].as_i64().unwrap() as i32, b_pid);
+    assert_eq!(d.sandbox(&c)["state"], "paused");
+    assert_eq!(
+        d.cli_ok(&["exec", &b, "--", "echo", "adopted"]),
+        "adopted\n"
+    );
+    d.cli_ok(&["sandbox", "resume", &c]);
+    // ... and one whose VMM died while the daemon was down is failed with the reason.
+    let c_pid = d.sandbox(&c)["pid"].as_i64().unwrap() as i32;
+    d.kill9();
+    // SAFETY: as above.
+    unsafe { libc::kill(c_pid, libc::SIGKILL) };
+    d.spawn();
+    let s = d.sandbox(&c);
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("while the daemon was down"),
+        "{s}"
+    );
+    d.cli_ok(&["sandbox", "rm", &b, &c, &a, &e]);
+
+    // The daemon SIGKILLed during a create: after the restart no process, jail or cgroup is
+    // left, and the half-made sandbox is failed.
+    let sock = d.socket.clone();
+    let creator = std::thread::spawn(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--unix-socket"])
+            .arg(&sock)
+            .args([
+                "-X",
+                "POST",
+                "-d",
+                r#"{"template":"base"}"#,
+                "http://localhost/sandboxes",
+            ])
+            .output()
+    });
+    // Kill it once the jail exists (the VMM is starting or restoring).
+    let jails = d.state.join("jail").join("tartarus-vmm");
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_dir(
+        &jails
+    )
+    .map(|mut r| r.next().is_some())
+    .unwrap_or(false)));
+    d.kill9();
+    let _ = creator.join();
+    d.spawn();
+    let list = d.json("GET", "/sandboxes", None, 200);
+    for s in list["items"].as_array().unwrap() {
+        assert_ne!(s["state"], "creating", "{s}");
+        if s["state"] == "failed" {
+            assert!(
+                s["reason"].as_str().unwrap().contains("being created"),
+                "{s}"
+            );
+        }
+    }
+    for s in list["items"].as_array().unwrap() {
+        if s["state"] != "running" {
+            d.cli_ok(&["sandbox", "rm", s["id"].as_str().unwrap()]);
+        }
+    }
+    let running: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "running")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &running {
+        d.cli_ok(&["sandbox", "rm", id]);
+    }
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
+    let vmms = std::process::Command::new("pgrep")
+        .args(["-f", &d.state.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out(&vmms).trim().is_empty(),
+        "processes left: {}",
+        out(&vmms)
+    );
+}
+
+#[test]
+#[cfg_attr(
+    tartarus_skip_linux_tests,
+    ignore = "Linux lane turned off with TARTARUS_LINUX_TESTS=0; pass --ignored to run it"
+)]
+fn snapshot_on_a_full_disk_fails_cleanly() {
+    let mut d = Daemon::start("sandbox-full", &[]);
+    d.build_base("base");
+    let id = create(&d, &[]);
+    // The snapshots directory on a 1 MiB tmpfs: the copy out of the jail runs out of space.
+    let snaps = d.state.join("snapshots");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tartarus-test-full"])
+        .arg(&snaps)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, text) = d.curl("POST", &format!("/sandboxes/{id}/snapshots"), Some("{}"));
+    let _ = std::process::Command::new("umount").arg(&snaps).status();
+    assert_eq!(code, 500, "{text}");
+    assert!(text.contains("No space left"), "{text}");
+    assert_eq!(d.sandbox(&id)["state"], "running");
+    assert_eq!(
+        d.cli_ok(&["exec", &id, "--", "echo", "still-here"]),
+        "still-here\n"
+    );
+    assert_eq!(
+        d.json("GET", "/snapshots", None, 200)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    d.kill9();
+    d.spawn();
+}
