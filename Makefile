@@ -1,10 +1,12 @@
 # Convenience targets; each is a thin wrapper around a script (see README.md).
-.PHONY: setup demo test bench guests kernel initramfs rootfs rootfs-python run-linux run-linux-python linux-test clean-linux
+.PHONY: setup demo demo-vmm test bench guests kernel initramfs rootfs rootfs-python run-linux run-linux-python linux-test clean-linux
 
 setup:            ## install packages, build test guests and the VMM
 	scripts/setup.sh
-demo:             ## the main job: boot a microVM and show it working
+demo:             ## the main job: a Linux sandbox running a command through tartarusd
 	scripts/demo.sh
+demo-vmm:         ## the VMM alone: boot a microVM through its API with curl
+	scripts/demo-vmm.sh
 test:             ## the whole test suite (what .ci/run runs)
 	scripts/test.sh
 bench:            ## all benchmarks, JSON on stdout

@@ -1,43 +1,45 @@
 #!/usr/bin/env bash
-# Sets everything up, then boots a microVM through the API exactly as an orchestrator would:
-# start tartarus-vmm on a Unix socket, configure it with curl, start it, show what the guest
-# prints on its serial port, then end it with SendCtrlAltDel.
+# The main job, from a fresh machine: set everything up (packages, the binaries, our microvm
+# kernel, the busybox root fs), start the sandbox daemon `tartarusd` (if it is not running yet),
+# build the `base` template (one Linux boot, then cached), and run a command in a real Linux
+# sandbox with the `tartarus` CLI:   tartarus run base -- uname -a
+#
+# The daemon keeps running afterwards (state in $TARTARUS_STATE, default /var/lib/tartarus;
+# socket /run/tartarus/tartarusd.sock), so you can go on with `target/release/tartarus ...`.
+# The VMM-level demo (one microVM driven with curl) is scripts/demo-vmm.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --release
 
-VMM="$PWD/target/release/tartarus-vmm"
-KERNEL="$PWD/build/guests/hello.elf"
-WORK="$(mktemp -d /tmp/tartarus-demo.XXXXXX)"
-SOCK="$WORK/api.sock"
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+STATIC=$(scripts/build-static.sh)
+VMM=$(echo "$STATIC" | sed -n 1p)
+JAILER=$(echo "$STATIC" | sed -n 2p)
+KERNEL=$(kernels/build-kernel.sh | sed -n 's/^vmlinux=//p')
+ROOTFS=$(kernels/build-rootfs.sh --variant base | sed -n 's/^rootfs=//p')
+BIN="$PWD/target/release"
+STATE=${TARTARUS_STATE:-/var/lib/tartarus}
+SOCK=/run/tartarus/tartarusd.sock
+export TARTARUS_HOST="unix://$SOCK"
 
-api() { # method path [json]
-  echo "> $1 $2 ${3:-}"
-  curl --silent --show-error --unix-socket "$SOCK" -X "$1" "http://localhost$2" \
-    ${3:+-H 'Content-Type: application/json' -d "$3"} -w '  <- HTTP %{http_code}\n'
-}
+if ! "$BIN/tartarus" health >/dev/null 2>&1; then
+  mkdir -p "$STATE" /run/tartarus
+  echo "demo: starting tartarusd (state $STATE, log $STATE/tartarusd.log)"
+  setsid "$BIN/tartarusd" --socket "$SOCK" --state-dir "$STATE" --vmm "$VMM" --jailer "$JAILER" \
+    </dev/null >>"$STATE/tartarusd.log" 2>&1 &
+  for _ in $(seq 100); do "$BIN/tartarus" health >/dev/null 2>&1 && break; sleep 0.1; done
+  "$BIN/tartarus" health >/dev/null || { echo "demo: tartarusd did not start:" >&2; tail "$STATE/tartarusd.log" >&2; exit 1; }
+fi
 
-"$VMM" --api-sock "$SOCK" --id demo --serial-out "$WORK/serial.log" --log-level Info \
-  2>"$WORK/vmm.log" &
-PID=$!
-for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.02; done
+if ! "$BIN/tartarus" template inspect base >/dev/null 2>&1; then
+  echo "demo: building the base template (boots Linux once: 20-45 s on a nested PVM host)"
+  "$BIN/tartarus" template build --name base --kernel "$KERNEL" --rootfs "$ROOTFS" \
+    --memory 128 --disk 256
+fi
 
-api GET /
-api PUT /machine-config '{"vcpu_count": 2, "mem_size_mib": 256}'
-api PUT /boot-source "{\"kernel_image_path\": \"$KERNEL\", \"boot_args\": \"console=ttyS0 demo=1 wait_cad\"}"
-api PUT /actions '{"action_type": "InstanceStart"}'
-for _ in $(seq 500); do grep -q "waiting for ctrl-alt-del" "$WORK/serial.log" 2>/dev/null && break; sleep 0.02; done
-api GET /
-echo "--- guest serial output ---"
-cat "$WORK/serial.log"
-echo "---------------------------"
-api PUT /actions '{"action_type": "SendCtrlAltDel"}'
-set +e
-wait "$PID"
-code=$?
-set -e
-echo "--- guest serial output after SendCtrlAltDel ---"
-tail -n 2 "$WORK/serial.log"
-echo "tartarus-vmm exited with code $code"
-[ "$code" = 0 ]
+echo "demo: \$ tartarus run base -- uname -a"
+"$BIN/tartarus" run base -- uname -a
+echo "demo: \$ tartarus run base -- sh -c 'cat /proc/cpuinfo | grep -c processor; free -m; id'"
+"$BIN/tartarus" run base -- sh -c 'echo cpus: $(grep -c processor /proc/cpuinfo); free -m; id'
+echo
+echo "demo: tartarusd keeps running; try: $BIN/tartarus sandbox create base"
+echo "      stop it with: pkill -x tartarusd   (sandboxes keep running and are adopted again on restart)"

@@ -7,6 +7,7 @@ mod error;
 mod exec;
 mod fsutil;
 mod metrics;
+mod netns;
 mod ports;
 mod routes;
 mod sandbox;

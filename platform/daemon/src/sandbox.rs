@@ -33,7 +33,7 @@ pub fn view(row: &SandboxRow) -> Sandbox {
         vcpus: row.vcpus,
         memory_mib: row.memory_mib,
         network: row.network,
-        guest_ip: None,
+        guest_ip: row.net_index.map(|_| crate::netns::GUEST_IP.to_string()),
         timeout_s: row.timeout_s,
         labels: row.labels.clone(),
         created_at: rfc3339(row.created_ms),
@@ -127,11 +127,6 @@ fn pick_uid(d: &Daemon, rows: &[SandboxRow]) -> u32 {
 /// `POST /sandboxes`.
 pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError> {
     let t0 = Instant::now();
-    if req.network == NetworkMode::Nat {
-        return Err(ApiError::BadRequest(
-            "network: 'nat' is not available on this daemon yet; use 'none'".into(),
-        ));
-    }
     if req.timeout_s == Some(0) {
         return Err(ApiError::BadRequest("timeout_s: must be at least 1".into()));
     }
@@ -157,6 +152,16 @@ pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError>
             )));
         }
         let live_rows: Vec<SandboxRow> = rows.into_iter().filter(|r| is_live(r.state)).collect();
+        let net_index =
+            match req.network {
+                NetworkMode::None => None,
+                NetworkMode::Nat => {
+                    let used: HashSet<u16> = live_rows.iter().filter_map(|r| r.net_index).collect();
+                    Some((0..16_384u16).find(|i| !used.contains(i)).ok_or_else(|| {
+                        ApiError::Limit("network: every nat subnet is in use".into())
+                    })?)
+                }
+            };
         let row = SandboxRow {
             id: id.clone(),
             state: SandboxState::Creating,
@@ -175,6 +180,7 @@ pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError>
             restore_ms: None,
             reason: None,
             template_dir: src.template_dir.clone(),
+            net_index,
         };
         // The row exists before any resource does, so recovery can always clean up.
         d.store.insert_sandbox(&row)?;
@@ -236,7 +242,17 @@ async fn start_vm(d: &Shared, row: &SandboxRow, src: &Source, t0: Instant) -> Re
         vcpus: row.vcpus,
         memory_mib: row.memory_mib,
     };
-    let pid = d.cfg.launcher.start(&jail, limits).await.map_err(vmm_err)?;
+    let (nid, nat) = (id.clone(), row.net_index);
+    let ns = tokio::task::spawn_blocking(move || crate::netns::create(&nid, uid, nat))
+        .await
+        .map_err(|e| ApiError::Internal(format!("netns task: {e}")))?
+        .map_err(|e| ApiError::internal("the sandbox's network", &e))?;
+    let pid = d
+        .cfg
+        .launcher
+        .start(&jail, limits, Some(&ns))
+        .await
+        .map_err(vmm_err)?;
     let start = vmm::process_start_time(pid).unwrap_or(0);
     d.store.set_sandbox_pid(id, pid, start)?;
     vmm::wait_for_socket(&jail.api_sock(), Duration::from_secs(10))
@@ -371,7 +387,9 @@ async fn teardown(d: &Shared, id: &str) {
     }
     let sdir = d.cfg.sandbox_dir(id);
     let version = d.cfg.launcher.cgroup_version;
+    let nid = id.to_string();
     let _ = tokio::task::spawn_blocking(move || {
+        crate::netns::remove(&nid);
         if jail.serial().exists() {
             let _ = std::fs::create_dir_all(&sdir);
             let _ = std::fs::copy(jail.serial(), sdir.join("serial.log"));
@@ -692,6 +710,12 @@ pub async fn recover(d: &Shared) {
             }
             tracing::info!("removing the orphaned jail {name}");
             let _ = vmm::cleanup_jail(&jail, d.cfg.launcher.cgroup_version);
+        }
+    }
+    for id in crate::netns::existing() {
+        if !keep.contains(&id) {
+            tracing::info!("removing the orphaned network namespace of {id}");
+            crate::netns::remove(&id);
         }
     }
     d.refresh_gauges();

@@ -52,6 +52,8 @@ pub struct SandboxRow {
     pub reason: Option<String>,
     /// The template's directory the sandbox's files were linked from.
     pub template_dir: String,
+    /// The uplink subnet of a `nat` sandbox.
+    pub net_index: Option<u16>,
 }
 
 /// A templates row as read: name, state, spec JSON, dir, created, build ms, bytes, error.
@@ -98,7 +100,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     created_ms INTEGER NOT NULL,
     create_ms REAL,
     restore_ms REAL,
-    reason TEXT
+    reason TEXT,
+    net_index INTEGER
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
@@ -346,7 +349,7 @@ impl Store {
 
     const SANDBOX_COLS: &'static str = "id, state, template, template_dir, snapshot, pid, \
         pid_start, uid, vcpus, memory_mib, network, timeout_s, labels, created_ms, create_ms, \
-        restore_ms, reason";
+        restore_ms, reason, net_index";
 
     fn sandbox_from_row(row: &Row<'_>) -> rusqlite::Result<SandboxRow> {
         let state: String = row.get(1)?;
@@ -374,6 +377,7 @@ impl Store {
             create_ms: row.get(14)?,
             restore_ms: row.get(15)?,
             reason: row.get(16)?,
+            net_index: row.get::<_, Option<i64>>(17)?.map(|v| v as u16),
         })
     }
 
@@ -383,7 +387,7 @@ impl Store {
             c.execute(
                 &format!(
                     "INSERT INTO sandboxes ({}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                     Self::SANDBOX_COLS
                 ),
                 params![
@@ -403,7 +407,8 @@ impl Store {
                     s.created_ms,
                     s.create_ms,
                     s.restore_ms,
-                    s.reason
+                    s.reason,
+                    s.net_index.map(|v| v as i64)
                 ],
             )?;
             Ok(())
@@ -662,6 +667,7 @@ mod tests {
             restore_ms: None,
             reason: None,
             template_dir: "/t".into(),
+            net_index: None,
         }
     }
 

@@ -33,7 +33,7 @@ pub const MEM: &str = "ready.mem";
 
 /// Bumped when the jail layout or boot arguments change in a way that invalidates cached
 /// ready snapshots.
-const LAYOUT_VERSION: &str = "tartarusd-template-v1";
+const LAYOUT_VERSION: &str = "tartarusd-template-v2";
 /// How long a template's first boot may take to reach the agent (emulated guest kernels on
 /// nested PVM hosts take 20-45 s).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -245,9 +245,10 @@ async fn build(
         .cfg
         .templates_dir()
         .join(format!("{name}-{}", fsutil::random_hex(4)));
+    let base = format!("{BASE_BOOT_ARGS} {}", crate::netns::GUEST_IP_ARG);
     let boot_args = match &spec.boot_args {
-        Some(a) if !a.trim().is_empty() => format!("{BASE_BOOT_ARGS} {}", a.trim()),
-        _ => BASE_BOOT_ARGS.to_string(),
+        Some(a) if !a.trim().is_empty() => format!("{base} {}", a.trim()),
+        _ => base,
     };
     let stored = StoredSpec {
         kernel: spec.kernel.clone(),
@@ -379,7 +380,13 @@ async fn boot_and_snapshot(
     let id = format!("tpl-{}", fsutil::random_hex(6));
     let jail = d.cfg.jail(&id);
     let uid = d.cfg.uid_base.saturating_sub(1);
-    let result = boot_in_jail(d, spec, dir, &jail, uid, p).await;
+    let nid = id.clone();
+    let result =
+        match tokio::task::spawn_blocking(move || crate::netns::create(&nid, uid, None)).await {
+            Ok(Ok(ns)) => boot_in_jail(d, spec, dir, &jail, uid, &ns, p).await,
+            Ok(Err(e)) => Err(ApiError::internal("the build VM's network", &e)),
+            Err(e) => Err(ApiError::Internal(format!("netns task: {e}"))),
+        };
     // Whatever happened, the build VM goes.
     if let Ok(pid) = std::fs::read_to_string(jail.pid_file()) {
         if let Ok(pid) = pid.trim().parse::<i32>() {
@@ -390,7 +397,11 @@ async fn boot_and_snapshot(
     let serial = std::fs::read_to_string(jail.serial()).unwrap_or_default();
     let version = d.cfg.launcher.cgroup_version;
     let jail2 = jail.clone();
-    let _ = tokio::task::spawn_blocking(move || vmm::cleanup_jail(&jail2, version)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::netns::remove(&jail2.id);
+        vmm::cleanup_jail(&jail2, version)
+    })
+    .await;
     result.map_err(|e| {
         let tail: Vec<&str> = serial.lines().rev().take(8).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -414,6 +425,7 @@ async fn boot_in_jail(
     dir: &Path,
     jail: &vmm::JailPaths,
     uid: u32,
+    netns: &Path,
     p: &mut Progress,
 ) -> Result<(), ApiError> {
     let fs_err = |e: fsutil::FsError| ApiError::internal("jail", &e);
@@ -430,7 +442,11 @@ async fn boot_in_jail(
         memory_mib: spec.memory_mib,
     };
     let vmm_err = |e: vmm::VmmError| ApiError::Internal(chain(&e));
-    d.cfg.launcher.start(jail, limits).await.map_err(vmm_err)?;
+    d.cfg
+        .launcher
+        .start(jail, limits, Some(netns))
+        .await
+        .map_err(vmm_err)?;
     let sock = jail.api_sock();
     vmm::wait_for_socket(&sock, Duration::from_secs(10))
         .await
@@ -464,6 +480,12 @@ async fn boot_in_jail(
         "/drives/layer",
         json!({"drive_id": "layer", "path_on_host": format!("/{DISK}"),
                "is_root_device": false, "is_read_only": false}),
+    )
+    .await?;
+    put(
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": crate::netns::TAP,
+               "guest_mac": crate::netns::GUEST_MAC}),
     )
     .await?;
     put(

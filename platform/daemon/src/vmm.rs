@@ -142,7 +142,12 @@ impl Launcher {
 
     /// Runs the jailer (which forks the VMM into its PID namespace and exits) and returns the
     /// VMM's host pid. The caller has already created `paths.root` and put the VM's files there.
-    pub async fn start(&self, paths: &JailPaths, limits: Limits) -> Result<i32, VmmError> {
+    pub async fn start(
+        &self,
+        paths: &JailPaths,
+        limits: Limits,
+        netns: Option<&Path>,
+    ) -> Result<i32, VmmError> {
         let mut cmd = tokio::process::Command::new(&self.jailer);
         cmd.arg("--id")
             .arg(&paths.id)
@@ -162,6 +167,9 @@ impl Launcher {
             .arg("no-file=4096")
             .arg("--new-pid-ns")
             .arg("--daemonize");
+        if let Some(ns) = netns {
+            cmd.arg("--netns").arg(ns);
+        }
         for c in self.cgroup_args(limits) {
             cmd.arg("--cgroup").arg(c);
         }
