@@ -18,6 +18,9 @@ use crate::output::OutputError;
 use crate::spec::SpecError;
 
 pub use exec::exec_request;
+pub use files::{parse_side, Side};
+pub use misc::completion_script as misc_completion_script;
+pub use misc::event_line;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
