@@ -29,7 +29,11 @@ fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     move |k: &str| m.get(k).cloned()
 }
 
-fn run(flags: Overrides, e: &[(&str, &str)], c: &ConfigFile) -> Result<tartarus_cli::config::Settings, ConfigError> {
+fn run(
+    flags: Overrides,
+    e: &[(&str, &str)],
+    c: &ConfigFile,
+) -> Result<tartarus_cli::config::Settings, ConfigError> {
     resolve(&flags, &env(e), c, Path::new("config.toml"))
 }
 
@@ -37,7 +41,10 @@ fn run(flags: Overrides, e: &[(&str, &str)], c: &ConfigFile) -> Result<tartarus_
 fn defaults_without_config() {
     let s = run(Overrides::default(), &[], &ConfigFile::default()).unwrap();
     assert_eq!(s.host, "unix:///run/tartarus/tartarusd.sock");
-    assert_eq!((s.api_key, s.output, s.profile), (None, OutputFormat::Table, None));
+    assert_eq!(
+        (s.api_key, s.output, s.profile),
+        (None, OutputFormat::Table, None)
+    );
 }
 
 #[test]
@@ -71,7 +78,12 @@ fn host_precedence() {
         ..Default::default()
     };
     // env beats profile
-    let s = run(lab.clone(), &[("TARTARUS_HOST", "unix:///env.sock")], &cfg()).unwrap();
+    let s = run(
+        lab.clone(),
+        &[("TARTARUS_HOST", "unix:///env.sock")],
+        &cfg(),
+    )
+    .unwrap();
     assert_eq!(s.host, "unix:///env.sock");
     // flag beats env
     let flags = Overrides {
@@ -114,7 +126,12 @@ fn unknown_profile_and_bad_values() {
     };
     let e = run(flags, &[], &cfg()).unwrap_err();
     assert_eq!(e.to_string(), "no profile 'nope' in config.toml");
-    let e = run(Overrides::default(), &[("TARTARUS_PROFILE", "nope")], &cfg()).unwrap_err();
+    let e = run(
+        Overrides::default(),
+        &[("TARTARUS_PROFILE", "nope")],
+        &cfg(),
+    )
+    .unwrap_err();
     assert!(matches!(e, ConfigError::UnknownProfile { .. }));
     let c = ConfigFile::parse(
         "default_profile = \"x\"\n[profiles.x]\noutput = \"yaml\"\n",

@@ -54,7 +54,10 @@ async fn error_body_becomes_message() {
     }
     assert_eq!(err.to_string(), "No sandbox sb-missing");
     // A body that is not the API's error shape still gives a message.
-    let err = unix(&s).bytes(Method::GET, "/plain-error").await.unwrap_err();
+    let err = unix(&s)
+        .bytes(Method::GET, "/plain-error")
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), "the daemon answered 500: boom");
 }
 
@@ -74,7 +77,11 @@ async fn connect_error_names_the_host() {
     let c = ApiClient::new(Endpoint::Unix("/nonexistent/tartarusd.sock".into()), None);
     let err = c.get::<Health>("/health").await.unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }));
-    assert!(err.to_string().contains("unix:///nonexistent/tartarusd.sock"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unix:///nonexistent/tartarusd.sock"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -85,7 +92,10 @@ async fn post_json_and_delete() {
         template: Some("base".into()),
         ..Default::default()
     };
-    let sb: Sandbox = c.json(Method::POST, "/sandboxes", Some(&req)).await.unwrap();
+    let sb: Sandbox = c
+        .json(Method::POST, "/sandboxes", Some(&req))
+        .await
+        .unwrap();
     assert_eq!(sb.id, "sb-000000000001");
     let r = s.last("POST", "/sandboxes").unwrap();
     let sent: tartarus_types::CreateSandbox = serde_json::from_slice(&r.body).unwrap();
@@ -148,7 +158,11 @@ async fn ndjson_build_stream() {
 async fn lines_split_across_chunks() {
     let s = common::start();
     let mut st = unix(&s)
-        .stream(Method::GET, "/sandboxes/sb-1/logs?follow=false", None::<&()>)
+        .stream(
+            Method::GET,
+            "/sandboxes/sb-1/logs?follow=false",
+            None::<&()>,
+        )
         .await
         .unwrap();
     let mut lines = Vec::new();
@@ -230,11 +244,19 @@ fn endpoints() {
         Endpoint::parse("http://localhost:7070/").unwrap(),
         Endpoint::Tcp("localhost:7070".into())
     );
-    for bad in ["unix://rel.sock", "http://host", "ftp://x:1", "http://h:1/path", ""] {
+    for bad in [
+        "unix://rel.sock",
+        "http://host",
+        "ftp://x:1",
+        "http://h:1/path",
+        "",
+    ] {
         assert!(Endpoint::parse(bad).is_err(), "{bad}");
     }
     assert_eq!(
-        Endpoint::parse("http://127.0.0.1:7070").unwrap().to_string(),
+        Endpoint::parse("http://127.0.0.1:7070")
+            .unwrap()
+            .to_string(),
         "http://127.0.0.1:7070"
     );
 }

@@ -17,7 +17,15 @@ fn fails(args: &[&str]) -> clap::Error {
 
 #[test]
 fn globals() {
-    let c = parse(&["--host", "http://127.0.0.1:7070", "--profile", "lab", "-o", "json", "health"]);
+    let c = parse(&[
+        "--host",
+        "http://127.0.0.1:7070",
+        "--profile",
+        "lab",
+        "-o",
+        "json",
+        "health",
+    ]);
     assert_eq!(c.host.as_deref(), Some("http://127.0.0.1:7070"));
     assert_eq!(c.profile.as_deref(), Some("lab"));
     assert_eq!(c.output, Some(OutputFormat::Json));
@@ -35,8 +43,23 @@ fn globals() {
 #[test]
 fn run() {
     let c = parse(&[
-        "run", "python", "--timeout", "30", "--network", "nat", "-e", "A=1", "-e", "B=x=y", "-w",
-        "/tmp", "--keep", "--", "python3", "-c", "print(1)",
+        "run",
+        "python",
+        "--timeout",
+        "30",
+        "--network",
+        "nat",
+        "-e",
+        "A=1",
+        "-e",
+        "B=x=y",
+        "-w",
+        "/tmp",
+        "--keep",
+        "--",
+        "python3",
+        "-c",
+        "print(1)",
     ]);
     let Command::Run(r) = c.command else { panic!() };
     assert_eq!(r.template, "python");
@@ -64,26 +87,43 @@ fn run() {
 #[test]
 fn sandbox_commands() {
     let c = parse(&[
-        "sandbox", "create", "base", "--timeout", "60", "--network", "nat", "--label", "a=b",
-        "-l", "c=d",
+        "sandbox",
+        "create",
+        "base",
+        "--timeout",
+        "60",
+        "--network",
+        "nat",
+        "--label",
+        "a=b",
+        "-l",
+        "c=d",
     ]);
-    let Command::Sandbox(SandboxCmd::Create(a)) = c.command else { panic!() };
+    let Command::Sandbox(SandboxCmd::Create(a)) = c.command else {
+        panic!()
+    };
     assert_eq!(a.template.as_deref(), Some("base"));
     assert_eq!(a.labels.len(), 2);
     let c = parse(&["sandbox", "create", "--snapshot", "snap-1"]);
-    let Command::Sandbox(SandboxCmd::Create(a)) = c.command else { panic!() };
+    let Command::Sandbox(SandboxCmd::Create(a)) = c.command else {
+        panic!()
+    };
     assert_eq!((a.template, a.snapshot.as_deref()), (None, Some("snap-1")));
     fails(&["sandbox", "create"]);
     fails(&["sandbox", "create", "base", "--snapshot", "snap-1"]);
 
-    let Command::Sandbox(SandboxCmd::Ls(a)) = parse(&["sandbox", "ls", "--state", "running"]).command
+    let Command::Sandbox(SandboxCmd::Ls(a)) =
+        parse(&["sandbox", "ls", "--state", "running"]).command
     else {
         panic!()
     };
     assert_eq!(a.state.as_deref(), Some("running"));
     fails(&["sandbox", "ls", "--state", "sleeping"]);
     assert!(matches!(parse(&["ps"]).command, Command::Ps(_)));
-    assert!(matches!(parse(&["sb", "list"]).command, Command::Sandbox(SandboxCmd::Ls(_))));
+    assert!(matches!(
+        parse(&["sb", "list"]).command,
+        Command::Sandbox(SandboxCmd::Ls(_))
+    ));
     assert!(matches!(
         parse(&["sandbox", "inspect", "sb-1"]).command,
         Command::Sandbox(SandboxCmd::Inspect { .. })
@@ -94,7 +134,9 @@ fn sandbox_commands() {
         panic!()
     };
     assert_eq!((a.ids.len(), a.grace), (2, Some(5)));
-    let Command::Rm(a) = parse(&["rm", "sb-1"]).command else { panic!() };
+    let Command::Rm(a) = parse(&["rm", "sb-1"]).command else {
+        panic!()
+    };
     assert_eq!(a.ids, ["sb-1"]);
     fails(&["rm"]);
     assert!(matches!(
@@ -109,11 +151,27 @@ fn sandbox_commands() {
 
 #[test]
 fn exec() {
-    let Command::Exec(e) = parse(&["exec", "-it", "sb-1", "--", "sh"]).command else { panic!() };
+    let Command::Exec(e) = parse(&["exec", "-it", "sb-1", "--", "sh"]).command else {
+        panic!()
+    };
     assert!(e.interactive && e.tty && !e.detach);
-    assert_eq!((e.id.as_str(), e.cmd.as_slice()), ("sb-1", &["sh".to_string()][..]));
+    assert_eq!(
+        (e.id.as_str(), e.cmd.as_slice()),
+        ("sb-1", &["sh".to_string()][..])
+    );
     let Command::Exec(e) = parse(&[
-        "exec", "-d", "-e", "K=V", "-w", "/srv", "--timeout", "9", "sb-1", "--", "sleep", "10",
+        "exec",
+        "-d",
+        "-e",
+        "K=V",
+        "-w",
+        "/srv",
+        "--timeout",
+        "9",
+        "sb-1",
+        "--",
+        "sleep",
+        "10",
     ])
     .command
     else {
@@ -122,7 +180,9 @@ fn exec() {
     assert!(e.detach);
     assert_eq!(e.timeout, Some(9));
     assert_eq!(e.exec.workdir.as_deref(), Some("/srv"));
-    let Command::Exec(e) = parse(&["exec", "sb-1", "--", "ls", "-l"]).command else { panic!() };
+    let Command::Exec(e) = parse(&["exec", "sb-1", "--", "ls", "-l"]).command else {
+        panic!()
+    };
     assert_eq!(e.cmd, ["ls", "-l"]);
     fails(&["exec", "-d", "-i", "sb-1", "--", "sh"]);
     fails(&["exec", "sb-1"]);
@@ -130,13 +190,18 @@ fn exec() {
 
 #[test]
 fn logs_cp_port_forward() {
-    let Command::Logs(l) = parse(&["logs", "-f", "--tail", "20", "sb-1"]).command else { panic!() };
+    let Command::Logs(l) = parse(&["logs", "-f", "--tail", "20", "sb-1"]).command else {
+        panic!()
+    };
     assert!(l.follow);
     assert_eq!(l.tail, Some(20));
     let Command::Cp(c) = parse(&["cp", "--mode", "0755", "./a", "sb-1:/a"]).command else {
         panic!()
     };
-    assert_eq!((c.src.as_str(), c.dst.as_str(), c.mode), ("./a", "sb-1:/a", Some(0o755)));
+    assert_eq!(
+        (c.src.as_str(), c.dst.as_str(), c.mode),
+        ("./a", "sb-1:/a", Some(0o755))
+    );
     fails(&["cp", "--mode", "999", "a", "sb-1:/a"]);
     fails(&["cp", "a"]);
     let Command::PortForward(p) =
@@ -183,7 +248,10 @@ fn snapshot_commands() {
 
 #[test]
 fn template_commands() {
-    assert!(matches!(parse(&["template", "ls"]).command, Command::Template(TemplateCmd::Ls)));
+    assert!(matches!(
+        parse(&["template", "ls"]).command,
+        Command::Template(TemplateCmd::Ls)
+    ));
     assert!(matches!(
         parse(&["template", "inspect", "base"]).command,
         Command::Template(TemplateCmd::Inspect { .. })
@@ -197,18 +265,45 @@ fn template_commands() {
     else {
         panic!()
     };
-    assert_eq!((dir.to_str(), name.as_deref()), (Some("py"), Some("python")));
+    assert_eq!(
+        (dir.to_str(), name.as_deref()),
+        (Some("py"), Some("python"))
+    );
     let Command::Template(TemplateCmd::Build(b)) = parse(&[
-        "template", "build", "--name", "py", "--kernel", "vmlinux", "--rootfs", "r.ext4",
-        "--vcpus", "2", "--memory", "512", "--disk", "2048", "--boot-args", "-- quiet", "--env",
-        "LANG=C", "--warmup", "python3 -c 1", "--warmup-bg", "srv", "--replace", "-v",
+        "template",
+        "build",
+        "--name",
+        "py",
+        "--kernel",
+        "vmlinux",
+        "--rootfs",
+        "r.ext4",
+        "--vcpus",
+        "2",
+        "--memory",
+        "512",
+        "--disk",
+        "2048",
+        "--boot-args",
+        "-- quiet",
+        "--env",
+        "LANG=C",
+        "--warmup",
+        "python3 -c 1",
+        "--warmup-bg",
+        "srv",
+        "--replace",
+        "-v",
     ])
     .command
     else {
         panic!()
     };
     assert_eq!(b.name.as_deref(), Some("py"));
-    assert_eq!((b.vcpus, b.memory, b.disk), (Some(2), Some(512), Some(2048)));
+    assert_eq!(
+        (b.vcpus, b.memory, b.disk),
+        (Some(2), Some(512), Some(2048))
+    );
     assert_eq!(b.boot_args.as_deref(), Some("-- quiet"));
     assert_eq!((b.warmup.len(), b.warmup_bg.len()), (1, 1));
     assert!(b.replace && b.verbose);
@@ -222,7 +317,9 @@ fn template_commands() {
 
 #[test]
 fn events_health_completions() {
-    let Command::Events(e) = parse(&["events", "-f", "--since", "41"]).command else { panic!() };
+    let Command::Events(e) = parse(&["events", "-f", "--since", "41"]).command else {
+        panic!()
+    };
     assert!(e.follow);
     assert_eq!(e.since, Some(41));
     for (s, want) in [
@@ -230,7 +327,9 @@ fn events_health_completions() {
         ("zsh", CompletionShell::Zsh),
         ("fish", CompletionShell::Fish),
     ] {
-        let Command::Completions { shell } = parse(&["completions", s]).command else { panic!() };
+        let Command::Completions { shell } = parse(&["completions", s]).command else {
+            panic!()
+        };
         assert_eq!(shell, want);
     }
     fails(&["completions", "powershell"]);

@@ -134,10 +134,16 @@ fn init_writes_a_loadable_spec() {
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
     assert!(readme.contains("tartarus template build -f template.toml"));
     // Never overwrites.
-    assert!(matches!(init_dir(&dir, Some("x")), Err(SpecError::Exists(_))));
+    assert!(matches!(
+        init_dir(&dir, Some("x")),
+        Err(SpecError::Exists(_))
+    ));
     let other = common::temp_dir("init2");
     init_dir(&other, Some("named")).unwrap();
-    assert_eq!(load_spec(&other.join("template.toml")).unwrap().name, "named");
+    assert_eq!(
+        load_spec(&other.join("template.toml")).unwrap().name,
+        "named"
+    );
 }
 
 #[test]

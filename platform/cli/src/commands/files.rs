@@ -167,3 +167,28 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<i32, CmdError> {
             .map_err(CmdError::io("cannot write to stdout"))?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cp_sides() {
+        assert_eq!(parse_side("-"), Side::Stdio);
+        assert_eq!(
+            parse_side("sb-0123:/tmp/x"),
+            Side::Remote {
+                id: "sb-0123".into(),
+                path: "/tmp/x".into()
+            }
+        );
+        // Relative sandbox paths, and host paths with a colon, are host paths.
+        assert_eq!(parse_side("sb-1:tmp"), Side::Local("sb-1:tmp".into()));
+        assert_eq!(parse_side("./a:/b"), Side::Local("./a:/b".into()));
+        assert_eq!(parse_side("/a:/b"), Side::Local("/a:/b".into()));
+        assert_eq!(
+            files_path("sb-1", "/a b/c", Some(0o644)),
+            "/sandboxes/sb-1/files?path=/a%20b/c&mode=0644"
+        );
+    }
+}

@@ -84,3 +84,23 @@ pub fn completions(shell: CompletionShell) -> Result<i32, CmdError> {
         .map_err(CmdError::io("cannot write the completion script"))?;
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines() {
+        let e = Event {
+            id: 7,
+            time: "t".into(),
+            kind: "sandbox.state".into(),
+            sandbox: Some("sb-1".into()),
+            template: None,
+            snapshot: None,
+            state: Some("paused".into()),
+            message: Some("by request".into()),
+        };
+        assert_eq!(event_line(&e), "7 t sandbox.state sb-1 paused (by request)");
+    }
+}

@@ -99,3 +99,15 @@ pub fn send_resize<S: Read + Write>(
     let _ = (exec, rows, cols);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tty_needs_v2() {
+        let e = check_support(1).unwrap_err();
+        assert!(e.to_string().contains("protocol v1"), "{e}");
+        assert!(check_support(TTY_PROTOCOL_VERSION).is_ok());
+    }
+}

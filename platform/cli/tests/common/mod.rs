@@ -63,6 +63,13 @@ impl StandIn {
             .find(|r| r.method == method && r.uri.starts_with(prefix))
     }
 
+    pub fn exact(&self, method: &str, uri: &str) -> Option<Recorded> {
+        self.requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.method == method && r.uri == uri)
+    }
+
     pub fn file(&self, path: &str) -> Option<Vec<u8>> {
         self.state.lock().unwrap().files.get(path).cloned()
     }
@@ -73,6 +80,12 @@ impl StandIn {
             .unwrap()
             .files
             .insert(path.to_string(), data.to_vec());
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -300,7 +313,11 @@ async fn handle(
                 });
                 switching()
             }
-            None => error(StatusCode::BAD_REQUEST, "bad_request", "Upgrade: tartarus needed"),
+            None => error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "Upgrade: tartarus needed",
+            ),
         },
         ("GET", ["sandboxes", _, "ports", _]) => match on_upgrade {
             Some(on) => {
@@ -311,7 +328,11 @@ async fn handle(
                 });
                 switching()
             }
-            None => error(StatusCode::BAD_REQUEST, "bad_request", "Upgrade: tartarus needed"),
+            None => error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "Upgrade: tartarus needed",
+            ),
         },
         ("PUT", ["sandboxes", _, "files"]) => {
             let p = query(&uri, "path").unwrap_or_default();
@@ -390,15 +411,19 @@ fn exec(body: &[u8]) -> Response<Body> {
     };
     let mut events = vec![serde_json::json!({"type": "started", "pid": 7})];
     let env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    events.push(serde_json::json!({"type": "stdout", "data": format!("argv={} env={} cwd={}\n",
-        req.argv.join(" "), env.join(","), req.cwd.unwrap_or_default())}));
+    events.push(
+        serde_json::json!({"type": "stdout", "data": format!("argv={} env={} cwd={}\n",
+        req.argv.join(" "), env.join(","), req.cwd.unwrap_or_default())}),
+    );
     events.push(serde_json::json!({"type": "stderr", "data": "err\n"}));
     if argv0 == "fail" {
         events.push(serde_json::json!({"type": "error",
             "error": {"code": "unavailable", "message": "The sandbox's agent is not answering"}}));
     } else {
-        events.push(serde_json::json!({"type": "exit", "exit_code": code, "signal": signal,
-            "duration_ms": 3}));
+        events.push(
+            serde_json::json!({"type": "exit", "exit_code": code, "signal": signal,
+            "duration_ms": 3}),
+        );
     }
     ndjson(events)
 }
