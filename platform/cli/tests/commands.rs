@@ -245,6 +245,13 @@ fn exec_interactive_through_the_agent() {
         None,
     );
     assert_eq!(o.status.code(), Some(143), "{}", err(&o));
+    // --timeout kills it.
+    let o = tartarus_with(
+        &s,
+        &["exec", "-i", "--timeout", "1", "sb-1", "--", "sleep", "30"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(137), "{}", err(&o));
 }
 
 #[test]

@@ -48,9 +48,11 @@ pub async fn exec(ctx: &Ctx, id: &str, req: &ExecRequest, want_tty: bool) -> Res
         cwd: req.cwd.clone(),
         stdin: StdinMode::Stream,
     };
-    let result = tokio::task::spawn_blocking(move || session(theirs, sig_rx, spec, want_tty))
-        .await
-        .map_err(|e| CmdError::Failed(format!("the interactive session failed: {e}")))?;
+    let timeout = req.timeout_s.map(std::time::Duration::from_secs);
+    let result =
+        tokio::task::spawn_blocking(move || session(theirs, sig_rx, spec, want_tty, timeout))
+            .await
+            .map_err(|e| CmdError::Failed(format!("the interactive session failed: {e}")))?;
     signals.abort();
     bridge.abort();
     result
@@ -102,12 +104,14 @@ fn write_out(mut w: impl Write, data: &[u8]) -> Result<(), CmdError> {
         .map_err(CmdError::io("cannot write the command's output"))
 }
 
-/// The sync side: hello, exec, then a poll loop over the agent, the signals and stdin.
+/// The sync side: hello, exec, then a poll loop over the agent, the signals and stdin. After
+/// `timeout` the command gets SIGKILL.
 fn session(
     sock: UnixStream,
     mut sigs: UnixStream,
     spec: ExecSpec,
     want_tty: bool,
+    timeout: Option<std::time::Duration>,
 ) -> Result<i32, CmdError> {
     let sock_fd = sock.as_raw_fd();
     let sig_fd = sigs.as_raw_fd();
@@ -141,6 +145,7 @@ fn session(
     } else {
         None
     };
+    let mut deadline = timeout.map(|t| std::time::Instant::now() + t);
     let mut stdin_open = true;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -149,8 +154,20 @@ fn session(
             pollfd(sig_fd),
             pollfd(if stdin_open { 0 } else { -1 }),
         ];
+        let wait_ms = match deadline {
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            None => -1,
+        };
         // SAFETY: fds is a valid array of pollfd of the given length.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if r == 0 && deadline.is_some() {
+            exec.send_signal(libc::SIGKILL)?;
+            deadline = None;
+            continue;
+        }
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
