@@ -1,0 +1,33 @@
+//! `tartarus`, the command line of the Tartarus sandbox platform: a client of `tartarusd`'s
+//! JSON REST API (see `README.md` for every command).
+//!
+//! Layout: [`cli`] (clap types), [`config`] (profiles and precedence), [`client`] (HTTP/1.1
+//! over a Unix socket or TCP, NDJSON streams, upgrades), [`spec`] (template spec files),
+//! [`output`] (tables, sizes, exit codes) and [`commands`] (one module per command group).
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod output;
+pub mod spec;
+
+use clap::Parser;
+
+/// Runs the CLI with the process's arguments; returns the exit code.
+pub fn main_entry() -> i32 {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tartarus: {e}");
+            e.exit_code()
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Tables, human-readable sizes and ages, JSON printing, and the mapping of a guest command's
+//! end to the CLI's exit code.
+
+use std::io::Write;
+
+use tartarus_types::{Sandbox, Snapshot, Template};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("cannot write the output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Aligned columns separated by three spaces; the last column is not padded.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(headers: I) -> Self {
+        Table {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, cells: I) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self
+            .rows
+            .iter()
+            .map(Vec::len)
+            .chain([self.headers.len()])
+            .max()
+            .unwrap_or(0);
+        let mut widths = vec![0usize; cols];
+        for r in std::iter::once(&self.headers).chain(&self.rows) {
+            for (i, c) in r.iter().enumerate() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, c) in r.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("   ");
+                }
+                line.push_str(c);
+                if i + 1 < r.len() {
+                    line.extend(std::iter::repeat_n(' ', widths[i] - c.chars().count()));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `5s`, `3m`, `2h`, `4d`.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// KiB as whole MiB, `-` when unknown.
+pub fn mib_from_kib(kib: Option<u64>) -> String {
+    match kib {
+        Some(k) => format!("{} MiB", k.div_ceil(1024)),
+        None => "-".into(),
+    }
+}
+
+/// Bytes in the largest binary unit that keeps the number at least 1.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// Pretty JSON of a value, with a trailing newline.
+pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), OutputError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Prints text to stdout.
+pub fn print(text: &str) -> Result<(), OutputError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn sandbox_table(items: &[Sandbox]) -> String {
+    let mut t = Table::new(["ID", "TEMPLATE", "STATE", "PID", "AGE", "MEMORY"]);
+    for s in items {
+        t.row([
+            s.id.clone(),
+            s.template.clone(),
+            s.state.as_str().to_string(),
+            opt(s.pid),
+            age(s.age_s),
+            mib_from_kib(s.rss_kib),
+        ]);
+    }
+    t.render()
+}
+
+/// `KEY: value` lines of a sandbox.
+pub fn sandbox_details(s: &Sandbox) -> String {
+    let labels = s
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ms = |v: Option<f64>| {
+        v.map(|v| format!("{v:.1} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut t = Table::new(["ID:", s.id.as_str()]);
+    let rows: Vec<(&str, String)> = vec![
+        ("State:", s.state.as_str().to_string()),
+        ("Template:", s.template.clone()),
+        ("Snapshot:", opt(s.snapshot.clone())),
+        ("PID:", opt(s.pid)),
+        ("vCPUs:", s.vcpus.to_string()),
+        ("Memory:", format!("{} MiB", s.memory_mib)),
+        ("RSS:", mib_from_kib(s.rss_kib)),
+        ("Network:", format!("{:?}", s.network).to_lowercase()),
+        ("Guest IP:", opt(s.guest_ip.clone())),
+        ("Timeout:", opt(s.timeout_s.map(|t| format!("{t}s")))),
+        (
+            "Labels:",
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels
+            },
+        ),
+        (
+            "Created:",
+            format!("{} ({} ago)", s.created_at, age(s.age_s)),
+        ),
+        ("Create time:", ms(s.create_ms)),
+        ("Restore time:", ms(s.restore_ms)),
+        ("Reason:", opt(s.reason.clone())),
+    ];
+    for (k, v) in rows {
+        t.row([k.to_string(), v]);
+    }
+    t.render()
+}
+
+pub fn template_table(items: &[Template]) -> String {
+    let mut t = Table::new([
+        "NAME", "STATE", "VCPUS", "MEMORY", "DISK", "SNAPSHOT", "CREATED",
+    ]);
+    for tp in items {
+        t.row([
+            tp.name.clone(),
+            format!("{:?}", tp.state).to_lowercase(),
+            tp.vcpus.to_string(),
+            format!("{} MiB", tp.memory_mib),
+            format!("{} MiB", tp.disk_mib),
+            opt(tp.snapshot_bytes.map(bytes)),
+            tp.created_at.clone(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn template_details(tp: &Template) -> String {
+    let mut t = Table::new(["Name:", tp.name.as_str()]);
+    let env = tp
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let warmup = tp
+        .warmup
+        .iter()
+        .map(|w| {
+            let cmd = w.argv.join(" ");
+            if w.background {
+                format!("{cmd} (background)")
+            } else {
+                cmd
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let rows: Vec<(&str, String)> = vec![
+        ("State:", format!("{:?}", tp.state).to_lowercase()),
+        ("Kernel:", tp.kernel.clone()),
+        ("Rootfs:", tp.rootfs.clone()),
+        ("Boot args:", tp.boot_args.clone()),
+        ("vCPUs:", tp.vcpus.to_string()),
+        ("Memory:", format!("{} MiB", tp.memory_mib)),
+        ("Disk:", format!("{} MiB", tp.disk_mib)),
+        ("Env:", if env.is_empty() { "-".into() } else { env }),
+        (
+            "Warm-up:",
+            if warmup.is_empty() {
+                "-".into()
+            } else {
+                warmup
+            },
+        ),
+        ("Created:", tp.created_at.clone()),
+        ("Build time:", opt(tp.build_ms.map(|m| format!("{m} ms")))),
+        ("Snapshot:", opt(tp.snapshot_bytes.map(bytes))),
+        ("Error:", opt(tp.error.clone())),
+    ];
+    for (k, v) in rows {
+        t.row([k.to_string(), v]);
+    }
+    t.render()
+}
+
+pub fn snapshot_table(items: &[Snapshot]) -> String {
+    let mut t = Table::new(["ID", "SANDBOX", "TEMPLATE", "SIZE", "CREATED"]);
+    for s in items {
+        t.row([
+            s.id.clone(),
+            s.sandbox.clone(),
+            s.template.clone(),
+            bytes(s.size_bytes),
+            s.created_at.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// The CLI's exit code for a guest command's end: its exit code, 128+N when signal N killed it.
+pub fn exit_status(code: Option<i32>, signal: Option<i32>) -> i32 {
+    match (code, signal) {
+        (_, Some(sig)) => 128 + sig,
+        (Some(c), None) => c & 0xff,
+        (None, None) => 1,
+    }
+}
+
+/// The exit code for an exec the agent refused to start: 127 when the program does not exist,
+/// 126 when it cannot be executed; None when the error is not about the program.
+pub fn exec_error_status(message: &str) -> Option<i32> {
+    if !message.contains("cannot execute") {
+        return None;
+    }
+    if message.contains("No such file") || message.contains("not found") {
+        Some(127)
+    } else {
+        Some(126)
+    }
+}
