@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 # gcc/binutils/make/python3 build the test guests; curl drives the API in the demo;
 # libclang-dev is needed by the userfaultfd crate's bindgen step.
-# iproute2 makes taps for the net tests, e2fsprogs (debugfs) reads the Linux lane's disk.
-PACKAGES=(build-essential binutils make python3 curl libclang-dev pkg-config iproute2 e2fsprogs)
+# iproute2 makes taps for the net tests, e2fsprogs (debugfs) reads the Linux lane's disk and
+# makes the sandboxes' writable layers; iptables does the sandboxes' nat networking.
+PACKAGES=(build-essential binutils make python3 curl libclang-dev pkg-config iproute2 e2fsprogs iptables)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
