@@ -204,8 +204,7 @@ fn stop_everything(grace: Duration) {
     unsafe { libc::kill(-1, libc::SIGTERM) };
     let start = Instant::now();
     while start.elapsed() < grace {
-        // SAFETY: as above; signal 0 only checks whether any process is left.
-        if unsafe { libc::kill(-1, 0) } < 0 {
+        if !user_processes_left() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -226,6 +225,22 @@ fn stop_and_power_off(grace: Duration, why: &str) -> ! {
     ));
     stop_everything(grace);
     power_off();
+}
+
+/// Whether any process but PID 1 is still alive. `kill(-1, 0)` cannot tell: it also succeeds
+/// for kernel threads, so the whole grace period would always pass. Kernel threads and zombies
+/// have an empty /proc/<pid>/cmdline; without /proc, assume some are left.
+fn user_processes_left() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != 1 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    })
 }
 
 /// In the environment of PID 1's re-executed image only (see [`guard_vector_state`]).

@@ -200,3 +200,19 @@ fn switch(device: &str, mounted: &mut Vec<&'static str>) -> Result<(), OverlayEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_device_fails_before_anything_is_mounted() {
+        let mut mounted = Vec::new();
+        let e = switch("/dev/tartarus-no-such-disk", &mut mounted).unwrap_err();
+        assert!(mounted.is_empty());
+        assert_eq!(
+            error_chain(&e),
+            "open /dev/tartarus-no-such-disk failed: entity not found"
+        );
+    }
+}
