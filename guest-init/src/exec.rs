@@ -27,6 +27,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const TICK: Duration = Duration::from_millis(10);
 /// How long a tty exec's master may stay quiet after the exit before the `exit` frame goes.
 const TTY_DRAIN_IDLE: Duration = Duration::from_millis(200);
+/// The longest a tty exec's master is drained after the exit.
+const TTY_DRAIN_MAX: Duration = Duration::from_secs(2);
 
 pub(crate) fn run<C>(
     conn: &mut C,
@@ -278,15 +280,20 @@ impl Streams {
 
     /// Forwards whatever the pipes hold right now, without blocking. A pty master is read until
     /// EIO (every holder of the slave closed it; the kernel pushes pending output first) or
-    /// until it stays quiet for [`TTY_DRAIN_IDLE`] (a leftover process holds the slave).
+    /// until it stays quiet for [`TTY_DRAIN_IDLE`] (a leftover process holds the slave), for
+    /// at most [`TTY_DRAIN_MAX`] (a leftover process that keeps writing).
     fn drain<C: Write>(&mut self, conn: &mut C, buf: &mut [u8]) -> Result<(), AgentError> {
         let wait = if self.tty.is_some() {
             TTY_DRAIN_IDLE
         } else {
             Duration::ZERO
         };
+        let start = std::time::Instant::now();
         for out in [true, false] {
             loop {
+                if self.tty.is_some() && start.elapsed() > TTY_DRAIN_MAX {
+                    break;
+                }
                 let fd = if out {
                     self.stdout.as_ref().map(|s| s.as_raw_fd())
                 } else {

@@ -332,3 +332,17 @@ fn a_v1_client_works_and_its_v2_calls_fail_on_the_client_side() {
         r#"{"type":"exec","argv":["true"],"env":{},"clear_env":false,"cwd":null,"stdin":"null"}"#
     );
 }
+
+#[test]
+fn tty_exit_comes_despite_a_leftover_process_holding_the_terminal() {
+    let a = agent();
+    let mut c = client(&a);
+    let t = Instant::now();
+    // The background sleep keeps the slave open: the drain stops once the master is quiet.
+    let spec = ExecSpec::new(["sh", "-c", "sleep 30 & echo started; exit 0"]).with_tty(0, 0);
+    let out = c.start_exec(&spec, &[]).unwrap().collect().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started"));
+    assert_eq!(out.code, Some(0));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    c.ping().unwrap();
+}
