@@ -11,12 +11,13 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::exec::{self, reply_error, After};
+use crate::forward::{self, ForwardError};
 use crate::protocol::{
-    read_frame, write_frame, AgentInfo, ErrorCode, ProtocolError, Request, Response, MAX_CHUNK,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentInfo, ErrorCode, ProtocolError, Request, Response,
+    DEFAULT_SHUTDOWN_GRACE_MS, MAX_CHUNK, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use crate::reaper::Reaper;
 use crate::vsock::{VsockListener, VsockStream};
@@ -30,7 +31,14 @@ pub enum AgentError {
     Protocol(#[from] ProtocolError),
     #[error("poll failed")]
     Poll(#[source] io::Error),
+    #[error("Cannot duplicate a descriptor")]
+    Dup(#[source] io::Error),
 }
+
+/// What the agent does on a `shutdown` request, after answering `ok`: tartarus-init's stop
+/// sequence (SIGTERM to everything, the grace period, SIGKILL, sync, power off); tests inject
+/// their own.
+pub type ShutdownAction = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// A stream the agent can serve: readable, writable and pollable.
 pub trait Connection: Read + Write + AsRawFd + Send + 'static {}
@@ -68,6 +76,7 @@ pub(crate) struct Shared {
     pub(crate) reaper: Reaper,
     running: Mutex<HashSet<i32>>,
     started: Instant,
+    shutdown: Option<ShutdownAction>,
 }
 
 impl Shared {
@@ -105,6 +114,20 @@ impl Agent {
                 reaper,
                 running: Mutex::new(HashSet::new()),
                 started: Instant::now(),
+                shutdown: None,
+            }),
+        }
+    }
+
+    /// An agent that answers `shutdown` and then runs `action` with the grace period. Without
+    /// one, `shutdown` is answered with `error` `failed`.
+    pub fn with_shutdown(reaper: Reaper, action: ShutdownAction) -> Self {
+        Agent {
+            shared: Arc::new(Shared {
+                reaper,
+                running: Mutex::new(HashSet::new()),
+                started: Instant::now(),
+                shutdown: Some(action),
             }),
         }
     }
@@ -134,7 +157,8 @@ impl Agent {
     }
 
     fn connection<C: Connection>(&self, conn: &mut C) -> Result<(), AgentError> {
-        let mut greeted = false;
+        // The agreed protocol version; 0 until the hello.
+        let mut version = 0;
         loop {
             let frame = match read_frame::<Request, _>(conn) {
                 Ok(f) => f,
@@ -145,7 +169,7 @@ impl Agent {
                     return Ok(());
                 }
             };
-            if !greeted {
+            if version == 0 {
                 let Request::Hello {
                     min_version,
                     max_version,
@@ -156,8 +180,8 @@ impl Agent {
                     let _ = reply_error(conn, ErrorCode::Protocol, msg);
                     return Ok(());
                 };
-                let version = max_version.min(PROTOCOL_VERSION);
-                if version < min_version.max(MIN_PROTOCOL_VERSION) {
+                let agreed = max_version.min(PROTOCOL_VERSION);
+                if agreed < min_version.max(MIN_PROTOCOL_VERSION) || agreed == 0 {
                     let msg = format!(
                         "no common protocol version: client {min_version}..={max_version}, \
                          agent {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
@@ -166,13 +190,25 @@ impl Agent {
                     return Ok(());
                 }
                 let hello = Response::Hello {
-                    version,
+                    version: agreed,
                     min_version: MIN_PROTOCOL_VERSION,
                     max_version: PROTOCOL_VERSION,
                     agent: agent_name(),
                 };
                 write_frame(conn, &hello, &[])?;
-                greeted = true;
+                version = agreed;
+                continue;
+            }
+            let need = frame.msg.min_version();
+            if need > version {
+                let what = match &frame.msg {
+                    Request::Exec(_) => "exec with tty",
+                    other => other.kind(),
+                };
+                let msg = format!(
+                    "{what} needs protocol version {need}; this connection agreed on {version}"
+                );
+                reply_error(conn, ErrorCode::BadRequest, msg)?;
                 continue;
             }
             match frame.msg {
@@ -183,7 +219,8 @@ impl Agent {
                 Request::Ping => write_frame(conn, &Response::Pong, &[])?,
                 Request::Info => write_frame(conn, &Response::Info(self.info()), &[])?,
                 Request::Exec(spec) => {
-                    if let After::Close = exec::run(conn, &self.shared, spec, frame.payload)? {
+                    let after = exec::run(conn, &self.shared, spec, frame.payload, version)?;
+                    if let After::Close = after {
                         return Ok(());
                     }
                 }
@@ -226,6 +263,42 @@ impl Agent {
                         reply_error(conn, error_code_for(&e), format!("read_file {path}: {e}"))?
                     }
                 },
+                // Not answered; outside a tty exec there is no terminal to resize.
+                Request::Resize { .. } => {}
+                Request::Connect { port } => match forward::connect(port) {
+                    Ok(tcp) => {
+                        write_frame(conn, &Response::Ok { bytes: 0 }, &[])?;
+                        // From here on the connection is a raw byte pipe, never framed again.
+                        if let Err(e) = forward::pipe(conn, tcp) {
+                            crate::init::log(&format!(
+                                "connect {port}: {}",
+                                crate::init::error_chain(&e)
+                            ));
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let code = match e {
+                            ForwardError::Refused(_) => ErrorCode::NotFound,
+                            _ => ErrorCode::Failed,
+                        };
+                        reply_error(conn, code, crate::init::error_chain(&e))?
+                    }
+                },
+                Request::Shutdown { grace_ms } => {
+                    let grace = grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS);
+                    match &self.shared.shutdown {
+                        Some(action) => {
+                            write_frame(conn, &Response::Ok { bytes: 0 }, &[])?;
+                            action(Duration::from_millis(grace.into()));
+                        }
+                        None => reply_error(
+                            conn,
+                            ErrorCode::Failed,
+                            "this agent cannot shut the guest down".into(),
+                        )?,
+                    }
+                }
             }
         }
     }

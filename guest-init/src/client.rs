@@ -31,6 +31,12 @@ pub enum ClientError {
     Unexpected(String),
     #[error("The agent did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("{what} needs agent protocol version {need}, but the agent only speaks {agreed}")]
+    Unsupported {
+        what: &'static str,
+        need: u32,
+        agreed: u32,
+    },
 }
 
 /// One event of a streaming exec.
@@ -71,11 +77,17 @@ fn unexpected(r: Response) -> ClientError {
 }
 
 impl<S: Read + Write> Client<S> {
-    /// Greets the agent on `stream` and agrees on a protocol version.
-    pub fn new(mut stream: S) -> Result<Self, ClientError> {
+    /// Greets the agent on `stream` and agrees on a protocol version (the highest both speak,
+    /// up to [`PROTOCOL_VERSION`]).
+    pub fn new(stream: S) -> Result<Self, ClientError> {
+        Self::with_max_version(stream, PROTOCOL_VERSION)
+    }
+
+    /// Like [`Client::new`], offering at most `max_version` (a v1 client: 1).
+    pub fn with_max_version(mut stream: S, max_version: u32) -> Result<Self, ClientError> {
         let hello = Request::Hello {
             min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
+            max_version,
             client: format!("tartarus guest-init client {}", env!("CARGO_PKG_VERSION")),
         };
         write_frame(&mut stream, &hello, &[])?;
@@ -104,6 +116,23 @@ impl<S: Read + Write> Client<S> {
         self.stream
     }
 
+    /// Fails with [`ClientError::Unsupported`] unless the agreed version has `req`.
+    fn require(&self, req: &Request) -> Result<(), ClientError> {
+        let need = req.min_version();
+        if need > self.version {
+            let what = match req {
+                Request::Exec(_) => "a tty exec",
+                other => other.kind(),
+            };
+            return Err(ClientError::Unsupported {
+                what,
+                need,
+                agreed: self.version,
+            });
+        }
+        Ok(())
+    }
+
     fn call(&mut self, req: &Request, payload: &[u8]) -> Result<Frame<Response>, ClientError> {
         write_frame(&mut self.stream, req, payload)?;
         Ok(read_frame(&mut self.stream)?)
@@ -123,13 +152,16 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
-    /// Starts `spec`; `stdin` is the exec frame's payload (see [`StdinMode`]).
+    /// Starts `spec`; `stdin` is the exec frame's payload (see [`StdinMode`]). A tty spec
+    /// ([`ExecSpec::with_tty`], version 2) always streams stdin; its output comes as stdout.
     pub fn start_exec(
         &mut self,
         spec: &ExecSpec,
         stdin: &[u8],
     ) -> Result<ExecStream<'_, S>, ClientError> {
-        match self.call(&Request::Exec(spec.clone()), stdin)?.msg {
+        let req = Request::Exec(spec.clone());
+        self.require(&req)?;
+        match self.call(&req, stdin)?.msg {
             Response::Started { pid } => Ok(ExecStream {
                 client: self,
                 pid,
@@ -204,7 +236,34 @@ impl<S: Read + Write> Client<S> {
         Ok(())
     }
 
+    /// Port forwarding (version 2): the agent connects to 127.0.0.1:`port` in the guest, and
+    /// the stream returned is a raw byte pipe to that socket (no more frames). A refused
+    /// connection is [`ClientError::Agent`] with [`ErrorCode::NotFound`]; the client stays
+    /// usable then only through a new connection, since this call consumes it.
+    pub fn connect_port(mut self, port: u16) -> Result<S, ClientError> {
+        self.expect_ok(&Request::Connect { port }, &[])?;
+        Ok(self.stream)
+    }
+
+    /// Like [`Client::connect_port`], but on failure the client comes back, still usable.
+    pub fn try_connect_port(mut self, port: u16) -> Result<S, (Self, ClientError)> {
+        match self.expect_ok(&Request::Connect { port }, &[]) {
+            Ok(()) => Ok(self.stream),
+            Err(e) => Err((self, e)),
+        }
+    }
+
+    /// Asks tartarus-init to stop every process (SIGTERM, up to `grace_ms`, SIGKILL), sync and
+    /// power off (version 2). Returns once the agent acknowledged; the VM ends soon after.
+    pub fn shutdown(&mut self, grace_ms: u32) -> Result<(), ClientError> {
+        let req = Request::Shutdown {
+            grace_ms: Some(grace_ms),
+        };
+        self.expect_ok(&req, &[])
+    }
+
     fn expect_ok(&mut self, req: &Request, payload: &[u8]) -> Result<(), ClientError> {
+        self.require(req)?;
         match self.call(req, payload)?.msg {
             Response::Ok { .. } => Ok(()),
             other => Err(unexpected(other)),
@@ -268,6 +327,15 @@ impl<S: Read + Write> ExecStream<'_, S> {
     /// Sends more stdin (StdinMode::Stream); `eof` closes it.
     pub fn send_stdin(&mut self, data: &[u8], eof: bool) -> Result<(), ClientError> {
         write_frame(&mut self.client.stream, &Request::Stdin { eof }, data)?;
+        Ok(())
+    }
+
+    /// New window size of a tty exec (version 2; the process gets SIGWINCH). Ignored by the
+    /// agent for an exec without a terminal.
+    pub fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let req = Request::Resize { rows, cols };
+        self.client.require(&req)?;
+        write_frame(&mut self.client.stream, &req, &[])?;
         Ok(())
     }
 

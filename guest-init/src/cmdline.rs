@@ -24,6 +24,18 @@ pub struct Cmdline {
     pub ip: Option<IpConfig>,
     /// `tartarus.shell`: an interactive shell on the console; the VM powers off when it exits.
     pub shell: bool,
+    /// `tartarus.overlay=/dev/vdX`: a writable overlay over the read-only root, its upper layer
+    /// on that ext4 device (see [`overlay_device`]).
+    pub overlay: Option<String>,
+}
+
+/// The device of `tartarus.overlay=` (the last one wins), read without parsing the rest of the
+/// line: PID 1 needs it before anything else, whatever else the line holds.
+pub fn overlay_device(line: &str) -> Option<String> {
+    line.split_whitespace()
+        .filter_map(|w| w.strip_prefix("tartarus.overlay="))
+        .rfind(|v| !v.is_empty())
+        .map(Into::into)
 }
 
 /// A static IPv4 configuration from `ip=`: either the kernel's nfsroot form
@@ -56,6 +68,7 @@ impl Cmdline {
                 }
                 ("ip", Some(v)) => c.ip = parse_ip(v)?,
                 ("tartarus.shell", None | Some("1")) => c.shell = true,
+                ("tartarus.overlay", Some(v)) if !v.is_empty() => c.overlay = Some(v.into()),
                 _ => {}
             }
         }
@@ -139,5 +152,16 @@ mod tests {
         assert!(Cmdline::parse("ip=10.0.0.5/40").is_err());
         assert!(Cmdline::parse("tartarus.agent_port=x").is_err());
         assert_eq!(Cmdline::parse("ip=off").unwrap().ip, None);
+    }
+
+    #[test]
+    fn finds_the_overlay_device() {
+        let line = "ro root=/dev/vda tartarus.overlay=/dev/vdb ip=garbage";
+        assert_eq!(overlay_device(line).as_deref(), Some("/dev/vdb"));
+        assert!(Cmdline::parse(line).is_err());
+        let c = Cmdline::parse("tartarus.overlay=/dev/vdc").unwrap();
+        assert_eq!(c.overlay.as_deref(), Some("/dev/vdc"));
+        assert_eq!(overlay_device("tartarus.overlay= ro"), None);
+        assert_eq!(overlay_device("root=/dev/vda"), None);
     }
 }

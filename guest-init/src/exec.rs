@@ -1,10 +1,11 @@
 //! One exec on one agent connection: spawn, stream stdout/stderr, take stdin and signals from
 //! the client, report the exit. A client that goes away mid-stream gets its process group killed.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::agent::{error_code_for, AgentError, Shared};
 use crate::protocol::{
     read_frame, write_frame, ErrorCode, ExecSpec, ProtocolError, Request, Response, StdinMode,
 };
+use crate::pty::{self, Pty};
 
 /// How a connection goes on after an exec.
 pub(crate) enum After {
@@ -23,12 +25,17 @@ pub(crate) enum After {
 
 const READ_CHUNK: usize = 64 * 1024;
 const TICK: Duration = Duration::from_millis(10);
+/// How long a tty exec's master may stay quiet after the exit before the `exit` frame goes.
+const TTY_DRAIN_IDLE: Duration = Duration::from_millis(200);
+/// The longest a tty exec's master is drained after the exit.
+const TTY_DRAIN_MAX: Duration = Duration::from_secs(2);
 
 pub(crate) fn run<C>(
     conn: &mut C,
     shared: &Shared,
     spec: ExecSpec,
     payload: Vec<u8>,
+    version: u32,
 ) -> Result<After, AgentError>
 where
     C: Read + Write + AsRawFd,
@@ -62,15 +69,49 @@ where
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.stdin(match spec.stdin {
-        StdinMode::Null => Stdio::null(),
-        StdinMode::Data | StdinMode::Stream => Stdio::piped(),
-    });
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut pty = None;
+    if spec.tty {
+        let p = match Pty::open(spec.rows, spec.cols) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("exec: no pseudo-terminal: {}", crate::init::error_chain(&e));
+                reply_error(conn, ErrorCode::Failed, msg)?;
+                return Ok(After::Continue);
+            }
+        };
+        let slave = |p: &Pty| p.slave.try_clone().map(Stdio::from);
+        match (slave(&p), slave(&p), slave(&p)) {
+            (Ok(i), Ok(o), Ok(e)) => {
+                cmd.stdin(i).stdout(o).stderr(e);
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                reply_error(conn, ErrorCode::Failed, format!("exec: pty slave: {e}"))?;
+                return Ok(After::Continue);
+            }
+        }
+        // A session of its own (its process group is its pid, like the others') with the
+        // slave as the controlling terminal.
+        // SAFETY: the closure only makes async-signal-safe calls (setsid, ioctl).
+        unsafe { cmd.pre_exec(pty::make_controlling_terminal) };
+        pty = Some(p);
+    } else {
+        cmd.stdin(match spec.stdin {
+            StdinMode::Null => Stdio::null(),
+            StdinMode::Data | StdinMode::Stream => Stdio::piped(),
+        });
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+    }
 
-    let (mut child, status_rx) = match shared.reaper.spawn(|| cmd.spawn()) {
+    let spawned = shared.reaper.spawn(|| cmd.spawn());
+    // The agent must not hold the slave: the master reads EIO once the child's side is closed.
+    drop(cmd);
+    let pty = pty.map(|p| {
+        drop(p.slave);
+        p.master
+    });
+    let (mut child, status_rx) = match spawned {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("cannot execute '{}': {e}", spec.argv[0]);
@@ -82,24 +123,33 @@ where
     shared.running_insert(pid);
     let result = (|| {
         write_frame(conn, &Response::Started { pid }, &[])?;
-        let stdin_tx = child
-            .stdin
-            .take()
-            .map(|stdin| spawn_stdin_writer(stdin, pid));
-        if let Some(tx) = &stdin_tx {
+        let mut stream = Streams {
+            stdout: child.stdout.take().map(|s| File::from(OwnedFd::from(s))),
+            stderr: child.stderr.take().map(|s| File::from(OwnedFd::from(s))),
+            stdin: None,
+            tty: None,
+            pid,
+            version,
+        };
+        let stdin_mode = if let Some(master) = pty {
+            stream.stdout = Some(File::from(master.try_clone().map_err(AgentError::Dup)?));
+            let writer = File::from(master.try_clone().map_err(AgentError::Dup)?);
+            stream.stdin = Some(spawn_stdin_writer(writer, pid));
+            stream.tty = Some(master);
+            StdinMode::Stream
+        } else {
+            let stdin = child.stdin.take();
+            stream.stdin = stdin.map(|s| spawn_stdin_writer(s, pid));
+            spec.stdin
+        };
+        if let Some(tx) = &stream.stdin {
             if !payload.is_empty() {
                 let _ = tx.send(Some(payload));
             }
-            if spec.stdin == StdinMode::Data {
+            if stdin_mode == StdinMode::Data {
                 let _ = tx.send(None);
             }
         }
-        let mut stream = Streams {
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            stdin: stdin_tx,
-            pid,
-        };
         stream.pump(conn, shared, &status_rx)
     })();
     shared.running_remove(pid);
@@ -112,10 +162,14 @@ where
 }
 
 struct Streams {
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdout: Option<File>,
+    stderr: Option<File>,
     stdin: Option<Sender<Option<Vec<u8>>>>,
+    /// A tty exec's pty master (its output is `stdout`, its input the stdin writer's).
+    tty: Option<OwnedFd>,
     pid: i32,
+    /// The connection's protocol version.
+    version: u32,
 }
 
 impl Streams {
@@ -135,6 +189,8 @@ impl Streams {
                     // The process is gone; send what its pipes still hold without waiting for
                     // grandchildren that may keep them open.
                     self.drain(conn, &mut buf)?;
+                    // Closing the master hangs up the terminal's session (SIGHUP to leftovers).
+                    self.tty = None;
                     let exit = Response::Exit {
                         code: status.code(),
                         signal: status.signal(),
@@ -222,17 +278,29 @@ impl Streams {
         Ok(())
     }
 
-    /// Forwards whatever the pipes hold right now, without blocking.
+    /// Forwards whatever the pipes hold right now, without blocking. A pty master is read until
+    /// EIO (every holder of the slave closed it; the kernel pushes pending output first) or
+    /// until it stays quiet for [`TTY_DRAIN_IDLE`] (a leftover process holds the slave), for
+    /// at most [`TTY_DRAIN_MAX`] (a leftover process that keeps writing).
     fn drain<C: Write>(&mut self, conn: &mut C, buf: &mut [u8]) -> Result<(), AgentError> {
+        let wait = if self.tty.is_some() {
+            TTY_DRAIN_IDLE
+        } else {
+            Duration::ZERO
+        };
+        let start = std::time::Instant::now();
         for out in [true, false] {
             loop {
+                if self.tty.is_some() && start.elapsed() > TTY_DRAIN_MAX {
+                    break;
+                }
                 let fd = if out {
                     self.stdout.as_ref().map(|s| s.as_raw_fd())
                 } else {
                     self.stderr.as_ref().map(|s| s.as_raw_fd())
                 };
                 let Some(fd) = fd else { break };
-                if !poll_in(&[Some(fd)], Duration::ZERO)?[0] {
+                if !poll_in(&[Some(fd)], wait)?[0] {
                     break;
                 }
                 self.forward(conn, buf, out)?;
@@ -262,6 +330,18 @@ impl Streams {
                 }
                 Ok(After::Continue)
             }
+            Request::Resize { .. } if self.version < 2 => {
+                let msg = "resize needs protocol version 2".to_string();
+                reply_error(conn, ErrorCode::BadRequest, msg)?;
+                Ok(After::Continue)
+            }
+            Request::Resize { rows, cols } => {
+                // Not answered; ignored unless the exec has a terminal.
+                if let Some(master) = &self.tty {
+                    let _ = pty::set_window_size(master.as_raw_fd(), rows, cols);
+                }
+                Ok(After::Continue)
+            }
             Request::Signal { pid, signal } => {
                 // Failures are not reported inside a stream: the process may just have exited.
                 let target = pid.unwrap_or(self.pid);
@@ -272,24 +352,11 @@ impl Streams {
                 Ok(After::Continue)
             }
             other => {
-                let msg = format!("{} is not allowed while an exec is streaming", kind(&other));
+                let msg = format!("{} is not allowed while an exec is streaming", other.kind());
                 let _ = reply_error(conn, ErrorCode::Protocol, msg);
                 Ok(After::Close)
             }
         }
-    }
-}
-
-fn kind(r: &Request) -> &'static str {
-    match r {
-        Request::Hello { .. } => "hello",
-        Request::Ping => "ping",
-        Request::Info => "info",
-        Request::Exec(_) => "exec",
-        Request::Stdin { .. } => "stdin",
-        Request::Signal { .. } => "signal",
-        Request::WriteFile { .. } => "write_file",
-        Request::ReadFile { .. } => "read_file",
     }
 }
 
@@ -303,7 +370,10 @@ pub(crate) fn reply_error<C: Write + ?Sized>(
 }
 
 /// Feeds stdin on its own thread so a child that does not read cannot block the stream.
-fn spawn_stdin_writer(mut stdin: std::process::ChildStdin, pid: i32) -> Sender<Option<Vec<u8>>> {
+fn spawn_stdin_writer<W: Write + Send + 'static>(
+    mut stdin: W,
+    pid: i32,
+) -> Sender<Option<Vec<u8>>> {
     let (tx, rx) = channel::<Option<Vec<u8>>>();
     let _ = std::thread::Builder::new()
         .name(format!("stdin-{pid}"))
@@ -313,7 +383,7 @@ fn spawn_stdin_writer(mut stdin: std::process::ChildStdin, pid: i32) -> Sender<O
                     break;
                 }
             }
-            // Dropping `stdin` closes the pipe.
+            // Dropping `stdin` closes the pipe (or this handle of a pty master).
         });
     tx
 }

@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The newest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this crate speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Largest frame (header + payload) either side accepts: 16 MiB.
@@ -62,6 +62,24 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     #[serde(default)]
     pub stdin: StdinMode,
+    /// Version 2: run the process on a new pseudo-terminal (stdin always streams; its output
+    /// comes as `stdout` frames). Left out of the JSON when false, so v1 frames are unchanged.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+    /// Version 2, with `tty`: the terminal's initial rows (0: unset).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows: u16,
+    /// Version 2, with `tty`: the terminal's initial columns (0: unset).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cols: u16,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 impl ExecSpec {
@@ -76,7 +94,19 @@ impl ExecSpec {
             ..Default::default()
         }
     }
+
+    /// This spec on a pseudo-terminal of `rows` x `cols` (stdin streams).
+    pub fn with_tty(mut self, rows: u16, cols: u16) -> Self {
+        self.tty = true;
+        self.rows = rows;
+        self.cols = cols;
+        self.stdin = StdinMode::Stream;
+        self
+    }
 }
+
+/// The stop sequence's default grace period for `shutdown` without `grace_ms`.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u32 = 3000;
 
 /// Messages from the client to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +153,50 @@ pub enum Request {
         #[serde(default)]
         max_len: Option<u64>,
     },
+    /// Version 2: new window size of the running tty exec of this connection. No answer.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Version 2: connect to 127.0.0.1:`port` in the guest; after `ok` the connection is a raw
+    /// byte pipe to that TCP socket.
+    Connect {
+        port: u16,
+    },
+    /// Version 2: stop every process (SIGTERM, `grace_ms`, SIGKILL), sync and power off; `ok`
+    /// comes first.
+    Shutdown {
+        #[serde(default)]
+        grace_ms: Option<u32>,
+    },
+}
+
+impl Request {
+    /// The message's `type` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Ping => "ping",
+            Request::Info => "info",
+            Request::Exec(_) => "exec",
+            Request::Stdin { .. } => "stdin",
+            Request::Signal { .. } => "signal",
+            Request::WriteFile { .. } => "write_file",
+            Request::ReadFile { .. } => "read_file",
+            Request::Resize { .. } => "resize",
+            Request::Connect { .. } => "connect",
+            Request::Shutdown { .. } => "shutdown",
+        }
+    }
+
+    /// The lowest protocol version in which this request (with these fields) exists.
+    pub fn min_version(&self) -> u32 {
+        match self {
+            Request::Exec(spec) if spec.tty => 2,
+            Request::Resize { .. } | Request::Connect { .. } | Request::Shutdown { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// What went wrong, for a program to act on (`error` frames).
@@ -323,6 +397,41 @@ mod tests {
             },
             b"",
         );
+        roundtrip(Request::Exec(ExecSpec::new(["sh"]).with_tty(24, 80)), b"");
+        roundtrip(
+            Request::Resize {
+                rows: 50,
+                cols: 132,
+            },
+            b"",
+        );
+        roundtrip(Request::Connect { port: 8080 }, b"");
+        roundtrip(Request::Shutdown { grace_ms: Some(5) }, b"");
+        roundtrip(Request::Shutdown { grace_ms: None }, b"");
+    }
+
+    #[test]
+    fn v2_fields_are_optional_and_absent_from_v1_frames() {
+        // A v1 exec parses with the v2 defaults, and a v1-style spec serialises without them.
+        let r: Request = serde_json::from_str(r#"{"type":"exec","argv":["true"]}"#).unwrap();
+        let Request::Exec(spec) = &r else {
+            panic!("{r:?}")
+        };
+        assert!(!spec.tty && spec.rows == 0 && spec.cols == 0);
+        assert_eq!(r.min_version(), 1);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("tty") && !json.contains("rows"), "{json}");
+        let r: Request =
+            serde_json::from_str(r#"{"type":"exec","argv":["sh"],"tty":true,"rows":24,"cols":80}"#)
+                .unwrap();
+        assert_eq!(r.min_version(), 2);
+        let r: Request = serde_json::from_str(r#"{"type":"shutdown"}"#).unwrap();
+        assert_eq!(r, Request::Shutdown { grace_ms: None });
+        assert_eq!(r.min_version(), 2);
+        let r: Request = serde_json::from_str(r#"{"type":"connect","port":22}"#).unwrap();
+        assert_eq!((r.kind(), r.min_version()), ("connect", 2));
+        let r: Request = serde_json::from_str(r#"{"type":"resize","rows":1,"cols":2}"#).unwrap();
+        assert_eq!(r, Request::Resize { rows: 1, cols: 2 });
     }
 
     #[test]

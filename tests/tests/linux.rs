@@ -1,23 +1,28 @@
 //! The Linux lane: our microvm kernel boots the ext4 root file system (kernels/build-rootfs.sh)
-//! from virtio-blk with a virtio-net NIC on a tap and a vsock, once per test run, and everything
-//! else reuses that VM or its snapshot:
+//! read-only from virtio-blk, with a second, empty ext4 drive as the writable overlay
+//! (`tartarus.overlay=/dev/vdb`), a virtio-net NIC on a tap and a vsock, once per test run, and
+//! everything else reuses that VM or its snapshot:
 //!
-//! 1. the agent answers over vsock (CONNECT/OK through the VMM's Unix socket);
+//! 1. the agent answers over vsock (CONNECT/OK through the VMM's Unix socket), protocol v2;
 //! 2. `echo`, a shell pipeline and a missing binary through the agent;
-//! 3. a file written and synced in the guest;
+//! 3. / is the overlay; files written and synced in the guest (/root, /etc);
 //! 4. the guest pings the host end of the tap;
-//! 5. pause + Full snapshot, resume, power off (SIGTERM to tartarus-init), and the file is read back
-//!    from the host image with debugfs;
-//! 6. restores of that snapshot (File, then Uffd) answer the agent again.
+//! 5. a tty exec, and a `connect` port forward to a busybox `nc -l -e cat` in the guest;
+//! 6. pause + Full snapshot, resume, the agent's `shutdown`, and the files are read back from the
+//!    overlay disk's `/upper` with debugfs; the root image is unchanged;
+//! 7. restores of that snapshot (File, then Uffd) answer the agent again.
 //!
 //! Slow on PVM hosts (~20 s kernel boot, see kernels/README.md). `TARTARUS_LINUX_TESTS=0` at
 //! build time marks it ignored (run it anyway with `--ignored`).
 
+use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use guest_init::client::{connect_hybrid_vsock, Client};
+use guest_init::client::{connect_hybrid_vsock, Client, ClientError};
+use guest_init::protocol::{ErrorCode, ExecSpec};
 use serde_json::json;
 use tartarus_tests::{build_vecstate, script_output, TempDir, Vmm};
 
@@ -25,6 +30,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_PORT: u32 = 52;
 const GUEST_CID: u32 = 3;
+/// The guest port of the `connect` check's echo server.
+const ECHO_PORT: u16 = 7070;
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd)
@@ -133,6 +140,79 @@ fn restore_and_exec(state: &Path, mem: &Path, uffd: bool, uds: &Path) {
     vmm.kill();
 }
 
+/// A tty exec: the process sees a /dev/pts terminal of the size asked for.
+fn check_tty(agent: &mut Agent) {
+    let spec = ExecSpec::new(["sh", "-c", "tty; stty size"]).with_tty(30, 100);
+    let out = agent
+        .start_exec(&spec, &[])
+        .and_then(|e| e.collect())
+        .expect("tty exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, Some(0), "{text:?}");
+    assert!(text.starts_with("/dev/pts/"), "{text:?}");
+    assert!(text.contains("30 100\r\n"), "{text:?}");
+}
+
+/// `connect`: a closed port is a clear error; then bytes to a busybox `nc -l -e cat` in the
+/// guest come back through the forward, and closing the host side ends it all.
+fn check_port_forward(uds: &Path) {
+    let agent = connect_agent(uds);
+    let Err((mut agent, e)) = agent.try_connect_port(ECHO_PORT) else {
+        panic!("port {ECHO_PORT} is open before the test opened it");
+    };
+    match e {
+        ClientError::Agent { code, message } => {
+            assert_eq!(code, ErrorCode::NotFound);
+            assert_eq!(
+                message,
+                format!("connection refused to 127.0.0.1:{ECHO_PORT}")
+            );
+        }
+        other => panic!("connect to a closed port: {other}"),
+    }
+    agent
+        .ping()
+        .expect("the connection goes on after a refused connect");
+    // The server runs as an exec on a connection of its own until its client is done.
+    let port = ECHO_PORT.to_string();
+    let mut server_conn = connect_agent(uds);
+    let server = server_conn
+        .start_exec(&ExecSpec::new(["nc", "-l", "-p", &port, "-e", "cat"]), &[])
+        .expect("start nc");
+    let start = Instant::now();
+    let mut stream = loop {
+        match connect_agent(uds).try_connect_port(ECHO_PORT) {
+            Ok(s) => break s,
+            Err((_, e)) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("waiting for nc: {e}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err((_, e)) => panic!("connect to nc: {e}"),
+        }
+    };
+    let t = Instant::now();
+    let msg = b"through the port forward\n";
+    stream.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    stream
+        .read_exact(&mut back)
+        .expect("echo through the forward");
+    assert_eq!(back, msg);
+    // The host closes its side: cat sees EOF, nc exits, the guest side closes too.
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    let out = server.collect().expect("nc ends");
+    assert_eq!(
+        out.code,
+        Some(0),
+        "nc: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("port forward: echo and close in {:?}", t.elapsed());
+}
+
 #[test]
 #[cfg_attr(
     tartarus_skip_linux_tests,
@@ -155,6 +235,26 @@ fn linux_lane() {
         ],
     )
     .unwrap();
+    // The writable layer: a fresh, sparse ext4 disk (no journal, lazy init: little to write).
+    let overlay = dir.join("overlay.ext4");
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+            "-m",
+            "0",
+            "-L",
+            "tartarus-overlay",
+            overlay.to_str().unwrap(),
+            "64M",
+        ],
+    )
+    .unwrap();
     let uds = dir.join("v.sock");
     // A /30 of its own per process, so parallel runs on one host do not collide.
     let n = std::process::id() % 250 + 1;
@@ -169,7 +269,8 @@ fn linux_lane() {
     );
     let args = format!(
         "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 clocksource=kvm-clock \
-         tartarus.hostname=lane ip={guest_ip}::{host_ip}:255.255.255.252:lane:eth0:off"
+         tartarus.hostname=lane tartarus.overlay=/dev/vdb \
+         ip={guest_ip}::{host_ip}:255.255.255.252:lane:eth0:off"
     );
     vmm.put_ok(
         "/boot-source",
@@ -178,6 +279,11 @@ fn linux_lane() {
     vmm.put_ok(
         "/drives/rootfs",
         &json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true,
+                "is_read_only": true}),
+    );
+    vmm.put_ok(
+        "/drives/overlay",
+        &json!({"drive_id": "overlay", "path_on_host": overlay, "is_root_device": false,
                 "is_read_only": false}),
     );
     vmm.put_ok(
@@ -187,11 +293,21 @@ fn linux_lane() {
     vmm.put_ok("/vsock", &json!({"guest_cid": GUEST_CID, "uds_path": uds}));
     let t = Instant::now();
     vmm.start();
-    vmm.wait_for_output("tartarus-init: ready", BOOT_TIMEOUT);
+    let console = vmm.wait_for_output("tartarus-init: ready", BOOT_TIMEOUT);
     eprintln!("tartarus-init ready {:?} after InstanceStart", t.elapsed());
+    let overlay_log: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("tartarus-init: overlay:"))
+        .collect();
+    eprintln!("{}", overlay_log.join("\n"));
+    assert!(
+        overlay_log.len() == 1 && overlay_log[0].contains("/dev/vdb as its writable layer"),
+        "{console}"
+    );
 
     // 1-2: the agent and exec.
     let mut agent = connect_agent(&uds);
+    assert_eq!(agent.version(), 2);
     let info = agent.info().expect("agent info");
     assert_eq!(info.hostname, "lane");
     assert_eq!(
@@ -242,7 +358,22 @@ fn linux_lane() {
     let e = missing.expect_err("exec of a missing binary");
     assert!(e.to_string().contains("no-such-program"), "{e}");
 
-    // 3: a file, synced to the disk.
+    // 3: / is the overlay over the read-only root; files land on the overlay disk.
+    let mounts = exec_ok(&mut agent, &["cat", "/proc/mounts"]);
+    assert!(mounts.contains("overlay / overlay "), "{mounts}");
+    // The upper disk is out of reach under the old root, but its super block is listed.
+    let opts = exec_ok(
+        &mut agent,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/fs/ext4/vdb/options 2>/dev/null || true",
+        ],
+    );
+    if !opts.is_empty() {
+        assert!(opts.contains("noinit_itable"), "{opts}");
+        eprintln!("upper disk mounted with noinit_itable");
+    }
     exec_ok(
         &mut agent,
         &[
@@ -251,13 +382,22 @@ fn linux_lane() {
             "echo 'written in the guest' > /root/lane.txt && sync",
         ],
     );
+    agent
+        .write_file("/etc/lane.conf", b"overlay=yes\n", Some(0o644))
+        .expect("write into /etc");
+    assert_eq!(agent.read_file("/etc/lane.conf").unwrap(), b"overlay=yes\n");
+    exec_ok(&mut agent, &["sync"]);
 
     // 4: the network: the guest reaches the host end of the tap.
     let ping = exec_ok(&mut agent, &["ping", "-c", "1", "-W", "10", &host_ip]);
     assert!(ping.contains("1 packets received"), "{ping}");
+
+    // 5: a terminal and a port forward.
+    check_tty(&mut agent);
+    check_port_forward(&uds);
     drop(agent);
 
-    // 5: snapshot, then power off and read the file from the host image.
+    // 6: snapshot, then power off and read the file from the host image.
     let state = dir.join("lane.state");
     let mem = dir.join("lane.mem");
     vmm.patch_ok("/vm", &json!({"state": "Paused"}));
@@ -267,24 +407,27 @@ fn linux_lane() {
     );
     assert_eq!(r.status, 204, "{}\n{}", fault(&r), vmm.diagnostics());
     vmm.patch_ok("/vm", &json!({"state": "Resumed"}));
-    // SIGTERM to PID 1 is tartarus-init's shutdown: stop everything, sync, power off (the
-    // microvm kernel has no keyboard driver, so Ctrl-Alt-Del does not reach it). The agent
-    // dies with everything else, so the exec's answer is not waited for.
+    // The agent's shutdown: tartarus-init stops everything, syncs and powers off (the microvm
+    // kernel has no keyboard driver, so Ctrl-Alt-Del does not reach it).
+    let t = Instant::now();
     let mut a = connect_agent(&uds);
-    let _ = a.start_exec(
-        &guest_init::protocol::ExecSpec::new(["kill", "-TERM", "1"]),
-        &[],
-    );
+    a.shutdown(2000).expect("shutdown request");
     let status = vmm.wait_exit(Duration::from_secs(120));
     assert_eq!(status.code(), Some(0), "{}", vmm.diagnostics());
-    let content = run(
-        "debugfs",
-        &["-R", "cat /root/lane.txt", disk.to_str().unwrap()],
-    )
-    .unwrap();
+    eprintln!("shutdown request -> VMM exit: {:?}", t.elapsed());
+    let debugfs = |cmd: &str, image: &Path| run("debugfs", &["-R", cmd, image.to_str().unwrap()]);
+    let content = debugfs("cat /upper/root/lane.txt", &overlay).unwrap();
     assert_eq!(content, "written in the guest\n");
+    let etc = debugfs("ls -l /upper/etc", &overlay).unwrap();
+    assert!(etc.contains("lane.conf"), "{etc}");
+    assert_eq!(
+        debugfs("cat /upper/etc/lane.conf", &overlay).unwrap(),
+        "overlay=yes\n"
+    );
+    // The read-only root image is byte for byte the one built.
+    run("cmp", &[image.to_str().unwrap(), disk.to_str().unwrap()]).expect("root image changed");
 
-    // 6: the snapshot wakes up with File and with Uffd memory.
+    // 7: the snapshot wakes up with File and with Uffd memory.
     restore_and_exec(&state, &mem, false, &uds);
     restore_and_exec(&state, &mem, true, &uds);
     drop(tap);

@@ -2,6 +2,7 @@
 
 mod console;
 mod net;
+mod overlay;
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -9,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::agent::Agent;
@@ -19,6 +21,7 @@ use crate::xstate;
 use crate::DEFAULT_AGENT_PORT;
 
 pub use net::NetError;
+pub use overlay::OverlayError;
 
 /// Errors of PID 1 set-up.
 #[derive(Debug, thiserror::Error)]
@@ -201,14 +204,43 @@ fn stop_everything(grace: Duration) {
     unsafe { libc::kill(-1, libc::SIGTERM) };
     let start = Instant::now();
     while start.elapsed() < grace {
-        // SAFETY: as above; signal 0 only checks whether any process is left.
-        if unsafe { libc::kill(-1, 0) } < 0 {
+        if !user_processes_left() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
+}
+
+/// The stop sequence: SIGTERM to every process, up to `grace`, SIGKILL the rest, sync, power
+/// off. Signals to PID 1 and the agent's `shutdown` request both end here; a second caller
+/// waits for the first, which never returns.
+fn stop_and_power_off(grace: Duration, why: &str) -> ! {
+    static STOPPING: Mutex<()> = Mutex::new(());
+    let _once = STOPPING.lock().unwrap_or_else(|e| e.into_inner());
+    log(&format!(
+        "{why}: stopping all processes ({} ms grace) and powering off",
+        grace.as_millis()
+    ));
+    stop_everything(grace);
+    power_off();
+}
+
+/// Whether any process but PID 1 is still alive. `kill(-1, 0)` cannot tell: it also succeeds
+/// for kernel threads, so the whole grace period would always pass. Kernel threads and zombies
+/// have an empty /proc/<pid>/cmdline; without /proc, assume some are left.
+fn user_processes_left() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != 1 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    })
 }
 
 /// In the environment of PID 1's re-executed image only (see [`guard_vector_state`]).
@@ -263,6 +295,10 @@ pub fn run() -> ! {
     let reexecuted = std::env::var_os(REEXEC_MARK).is_some();
     std::env::remove_var(REEXEC_MARK);
     if !reexecuted {
+        // The overlay first: the mounts below and the re-exec (which finds the binary through
+        // /proc/self/exe) then happen inside it. The re-executed image keeps the new root and
+        // the mounts (same process) and must not repeat either.
+        overlay::setup();
         mount_all();
     }
     guard_vector_state(reexecuted);
@@ -296,7 +332,10 @@ pub fn run() -> ! {
     let port = cmdline.agent_port.unwrap_or(DEFAULT_AGENT_PORT);
     match VsockListener::bind(port) {
         Ok(listener) => {
-            let agent = Agent::new(reaper.clone());
+            let agent = Agent::with_shutdown(
+                reaper.clone(),
+                Arc::new(|grace| stop_and_power_off(grace, "shutdown requested by the agent")),
+            );
             let _ = std::thread::Builder::new()
                 .name("agent".into())
                 .spawn(move || {
@@ -331,10 +370,6 @@ pub fn run() -> ! {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             continue;
         }
-        log(&format!(
-            "signal {sig}: stopping all processes and powering off"
-        ));
-        stop_everything(Duration::from_secs(3));
-        power_off();
+        stop_and_power_off(Duration::from_secs(3), &format!("signal {sig}"));
     }
 }
