@@ -4,7 +4,6 @@
 use std::os::unix::net::UnixStream;
 
 use guest_init::client::Client;
-use guest_init::protocol::{read_frame, write_frame, Response};
 
 use crate::daemon::agent_error;
 use crate::error::ApiError;
@@ -20,22 +19,5 @@ pub fn open(c: Client<UnixStream>, port: u16) -> Result<UnixStream, ApiError> {
             c.version()
         )));
     }
-    let mut s = c.into_inner();
-    let req = serde_json::json!({"type": "connect", "port": port});
-    let io = |e: guest_init::protocol::ProtocolError| {
-        agent_error(guest_init::client::ClientError::Protocol(e))
-    };
-    write_frame(&mut s, &req, &[]).map_err(io)?;
-    match read_frame::<Response, _>(&mut s).map_err(io)?.msg {
-        Response::Ok { .. } => Ok(s),
-        Response::Error { code, message } => {
-            Err(agent_error(guest_init::client::ClientError::Agent {
-                code,
-                message,
-            }))
-        }
-        other => Err(ApiError::Internal(format!(
-            "Unexpected answer to connect: {other:?}"
-        ))),
-    }
+    c.connect_port(port).map_err(agent_error)
 }

@@ -437,11 +437,16 @@ async fn graceful(d: &Shared, row: &SandboxRow, grace: Duration) {
     let uds = d.vsock_of(&row.id);
     let asked = tokio::task::spawn_blocking(move || {
         let mut c = Daemon::agent_blocking(&uds, Duration::from_secs(5))?;
-        // PID 1 (tartarus-init) turns SIGTERM into: SIGTERM to all, wait, SIGKILL, sync,
-        // power off.
-        c.exec(["kill", "-TERM", "1"])
-            .map_err(crate::daemon::agent_error)
-            .map(|_| ())
+        // tartarus-init's stop sequence: SIGTERM to every process, wait, SIGKILL the rest,
+        // sync, power off. Agents of protocol 1 get the same through SIGTERM to PID 1.
+        let grace_ms = (grace.as_millis() as u32).saturating_sub(500).max(100);
+        if c.version() >= 2 {
+            c.shutdown(grace_ms).map_err(crate::daemon::agent_error)
+        } else {
+            c.exec(["kill", "-TERM", "1"])
+                .map_err(crate::daemon::agent_error)
+                .map(|_| ())
+        }
     })
     .await;
     if !matches!(asked, Ok(Ok(()))) {

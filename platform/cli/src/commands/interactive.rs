@@ -47,6 +47,7 @@ pub async fn exec(ctx: &Ctx, id: &str, req: &ExecRequest, want_tty: bool) -> Res
         clear_env: false,
         cwd: req.cwd.clone(),
         stdin: StdinMode::Stream,
+        ..Default::default()
     };
     let timeout = req.timeout_s.map(std::time::Duration::from_secs);
     let result =

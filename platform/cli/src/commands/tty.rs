@@ -81,11 +81,8 @@ pub fn check_support(version: u32) -> Result<(), TtyError> {
 
 /// The exec spec of a tty exec of `spec` at `size` (rows, cols).
 pub fn tty_spec(spec: ExecSpec, size: Option<(u16, u16)>) -> ExecSpec {
-    // TODO(agent v2): set the v2 spec's tty flag and initial size once `ExecSpec` has them,
-    // e.g. `ExecSpec { tty: true, rows, cols, ..spec }`. Unreachable until then: check_support
-    // refuses every v1 agent.
-    let _ = size;
-    spec
+    let (rows, cols) = size.unwrap_or((24, 80));
+    spec.with_tty(rows, cols)
 }
 
 /// Tells the guest the terminal's new size (on SIGWINCH).
@@ -94,10 +91,7 @@ pub fn send_resize<S: Read + Write>(
     rows: u16,
     cols: u16,
 ) -> Result<(), guest_init::client::ClientError> {
-    // TODO(agent v2): `exec.resize(rows, cols)` (the v2 `resize {rows, cols}` frame). Unreachable
-    // until then: check_support refuses every v1 agent.
-    let _ = (exec, rows, cols);
-    Ok(())
+    exec.resize(rows, cols)
 }
 
 #[cfg(test)]
