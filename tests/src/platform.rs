@@ -142,6 +142,19 @@ impl Daemon {
         child.wait_with_output().expect("tartarus output")
     }
 
+    /// `tartarus ARGS` left running (port-forward, logs -f).
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        Command::new(bin_path("tartarus"))
+            .args(args)
+            .env("TARTARUS_HOST", format!("unix://{}", self.socket.display()))
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run tartarus")
+    }
+
     /// `tartarus ARGS`, which must succeed; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -177,6 +177,67 @@ fn sandbox_lifecycle_through_the_cli() {
     let other = create(&d, &[]);
     let o = d.cli(&["exec", &other, "--", "cat", "/tmp/mark"]);
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    // The root file system is writable (the sandbox's own layer over the shared read-only
+    // image) and what one sandbox writes there no other sandbox, nor the template, sees.
+    d.cli_ok(&[
+        "exec",
+        &other,
+        "--",
+        "sh",
+        "-c",
+        "echo mine > /root/owned; rm /bin/ls",
+    ]);
+    assert_eq!(
+        d.cli_ok(&["exec", &other, "--", "cat", "/root/owned"]),
+        "mine\n"
+    );
+    let o = d.cli(&["exec", &fork, "--", "cat", "/root/owned"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(d.cli(&["exec", &fork, "--", "ls", "/"]).status.success());
+    let mounts = d.cli_ok(&["exec", &other, "--", "cat", "/proc/mounts"]);
+    assert!(mounts.contains("overlay / overlay"), "{mounts}");
+    let o = d.cli(&["run", "base", "--", "cat", "/root/owned"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // An interactive tty exec: the program sees a terminal of the size asked for.
+    let o = d.cli_stdin(
+        &[
+            "exec",
+            "-i",
+            "-t",
+            &other,
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size",
+        ],
+        Some(b""),
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("/dev/pts/"), "{}", out(&o));
+
+    // Port forwarding: a TCP server in the guest, reached from the host through the daemon.
+    d.cli_ok(&[
+        "exec", "-d", &other, "--", "nc", "-l", "-p", "7070", "-e", "cat",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let host_port = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut pf = d.cli_spawn(&["port-forward", &other, &format!("{host_port}:7070")]);
+    let echoed = wait_until(Duration::from_secs(20), || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", host_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        if s.write_all(b"ping-through\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 13];
+        s.read_exact(&mut buf).is_ok() && &buf == b"ping-through\n"
+    });
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert!(echoed, "no echo through the port forward");
 
     // Errors: each a clear JSON error with the right status, the daemon keeps serving.
     for (method, path, body, status) in [
@@ -482,4 +543,165 @@ fn snapshot_on_a_full_disk_fails_cleanly() {
     );
     d.kill9();
     d.spawn();
+}
+
+/// A network namespace standing for "the internet": a veth to the host and an HTTP server.
+struct Upstream {
+    ns: String,
+    host_if: String,
+    server: std::process::Child,
+    _www: tartarus_tests::TempDir,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let n = std::process::id() % 200 + 20;
+        let ns = format!("tt-up-{n}");
+        let host_if = format!("ttup{n}h");
+        let sh = |cmd: &str| {
+            let st = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{cmd}");
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .status();
+        sh(&format!(
+            "ip netns add {ns} && ip link add {host_if} type veth peer name ttupn{n} && \
+             ip link set ttupn{n} netns {ns} && ip addr add 10.201.{n}.1/30 dev {host_if} && \
+             ip link set {host_if} up && ip -n {ns} addr add 10.201.{n}.2/30 dev ttupn{n} && \
+             ip -n {ns} link set ttupn{n} up && ip -n {ns} link set lo up && \
+             ip -n {ns} route add default via 10.201.{n}.1"
+        ));
+        let www = tartarus_tests::TempDir::new("www");
+        std::fs::write(www.join("index.html"), "from-upstream\n").unwrap();
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+            ])
+            .arg(format!("10.201.{n}.2"))
+            .current_dir(www.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        Upstream {
+            ns,
+            host_if,
+            server,
+            _www: www,
+        }
+    }
+
+    fn url(&self) -> String {
+        let n = std::process::id() % 200 + 20;
+        format!("http://10.201.{n}.2:8080/")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[test]
+#[cfg_attr(
+    tartarus_skip_linux_tests,
+    ignore = "Linux lane turned off with TARTARUS_LINUX_TESTS=0; pass --ignored to run it"
+)]
+fn nat_networking_reaches_out_and_keeps_sandboxes_apart() {
+    let d = Daemon::start("sandbox-nat", &[]);
+    d.build_base("base");
+    let up = Upstream::start();
+    let a = create(&d, &["--network", "nat"]);
+    let b = create(&d, &["--network", "nat"]);
+    let none = create(&d, &[]);
+    assert_eq!(d.sandbox(&a)["guest_ip"], "172.16.0.2");
+    assert_eq!(d.sandbox(&b)["guest_ip"], "172.16.0.2");
+    // Egress through the namespace's and the host's NAT.
+    let fetch = format!("wget -q -O - {}", up.url());
+    assert_eq!(
+        d.cli_ok(&["exec", &a, "--", "sh", "-c", &fetch]),
+        "from-upstream\n"
+    );
+    assert_eq!(
+        d.cli_ok(&["exec", &b, "--", "sh", "-c", &fetch]),
+        "from-upstream\n"
+    );
+    // network none: nothing leaves.
+    let o = d.cli(&["exec", &none, "--", "sh", "-c", "ping -c 1 -W 2 10.201.0.1"]);
+    assert!(!o.status.success(), "{}", out(&o));
+    // From a sandbox, neither the host's own services nor another sandbox are reachable.
+    let ip_of = |id: &str| -> (String, String) {
+        let ns = format!("tartarus-{id}");
+        let o = std::process::Command::new("ip")
+            .args(["-n", &ns, "-4", "-o", "addr", "show", "uplink0"])
+            .output()
+            .unwrap();
+        let text = out(&o);
+        let addr = text
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let ns_ip = addr.split('/').next().unwrap().to_string();
+        let mut host_ip: Vec<u8> = ns_ip.split('.').map(|p| p.parse().unwrap()).collect();
+        host_ip[3] -= 1;
+        let host = host_ip
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(".");
+        (host, ns_ip)
+    };
+    let (a_host, _) = ip_of(&a);
+    let (b_host, b_ns) = ip_of(&b);
+    let mut host_server = std::process::Command::new("python3")
+        .args(["-m", "http.server", "18089", "--bind", "0.0.0.0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    for target in [&a_host, &b_host, &b_ns] {
+        let o = d.cli(&[
+            "exec",
+            &a,
+            "--",
+            "sh",
+            "-c",
+            &format!("nc -w 2 {target} 18089 </dev/null && echo reached"),
+        ]);
+        assert!(
+            !out(&o).contains("reached"),
+            "{target} reachable from a sandbox"
+        );
+    }
+    let _ = host_server.kill();
+    let _ = host_server.wait();
+    for id in [&a, &b, &none] {
+        d.cli_ok(&["sandbox", "rm", id]);
+        assert!(!std::path::Path::new(&format!("/run/netns/tartarus-{id}")).exists());
+    }
+    assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
