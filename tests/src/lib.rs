@@ -22,6 +22,7 @@ pub mod guest;
 pub mod http;
 pub mod jail;
 pub mod net;
+pub mod stress;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};

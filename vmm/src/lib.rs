@@ -4,6 +4,7 @@
 //! thread (channel + EventFd); the VMM thread runs an event-manager loop with the
 //! [`controller::Vmm`] as its subscriber; each vCPU runs `KVM_RUN` on its own thread.
 
+pub mod allocator;
 pub mod arch;
 pub mod builder;
 pub mod controller;

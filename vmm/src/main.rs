@@ -212,6 +212,10 @@ fn describe_devices(devices: &serde_json::Value) {
 }
 
 fn run() -> i32 {
+    // Before any thread exists: see vmm::allocator.
+    if let Err(e) = vmm::allocator::use_single_arena() {
+        return fail(e.to_string());
+    }
     let args = Args::parse();
     if let Some(path) = &args.describe_snapshot {
         return describe_snapshot(path);
