@@ -123,3 +123,48 @@ fn every_thread_survives_load_on_a_running_vm_with_many_devices() {
     let out = vmm.wait_success();
     assert!(out.contains("blk write sector 9 status=0"), "{out}");
 }
+
+#[test]
+fn api_requests_in_flight_when_the_guest_resets_do_not_kill_the_vmm() {
+    // The guest resets right after InstanceStart while clients keep requests in flight: the VMM
+    // thread ends, the api thread's channel closes and its server is dropped under the api
+    // filter (it once called statx there to remove the socket file).
+    for run in 0..20 {
+        let mut vmm = Vmm::start_api();
+        vmm.configure(1, 64, &guests().hello_elf, "");
+        let socket = vmm.socket_path().to_path_buf();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (socket, stop) = (socket.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if concurrent_gets(&socket, 1, 4) == 0 {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let _ = vmm.try_request(
+            "PUT",
+            "/actions",
+            Some(br#"{"action_type": "InstanceStart"}"#),
+        );
+        let status = vmm.wait_exit(tartarus_tests::GUEST_TIMEOUT);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in clients {
+            c.join().unwrap();
+        }
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "run {run}: expected the guest's reset (exit 0), got {status}\n{}",
+            vmm.diagnostics()
+        );
+        assert!(
+            !socket.exists(),
+            "run {run}: the API socket was left behind"
+        );
+    }
+}
