@@ -107,10 +107,10 @@ fn every_thread_survives_load_on_a_running_vm_with_many_devices() {
             assert_eq!(vmm.patch("/vm", &json!({"state": "Paused"})).status, 204);
             assert_eq!(vmm.patch("/vm", &json!({"state": "Resumed"})).status, 204);
         }
-        for i in 0..disks.len() {
+        for (i, d) in disks.iter().enumerate() {
             vmm.patch_ok(
                 &format!("/drives/disk{i}"),
-                &json!({"drive_id": format!("disk{i}"), "path_on_host": disks[i]}),
+                &json!({"drive_id": format!("disk{i}"), "path_on_host": d}),
             );
         }
         assert_eq!(vmm.action("FlushMetrics").status, 204);

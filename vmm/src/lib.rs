@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod persist;
 pub mod pvm;
+pub mod snapshot_check;
 pub mod snapshot_io;
 pub mod snapshot_state;
 pub mod state;
