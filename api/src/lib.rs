@@ -12,4 +12,4 @@ pub mod router;
 pub mod server;
 
 pub use models::{VmmAction, VmmResponse};
-pub use server::{ApiServer, ServerError};
+pub use server::{ApiServer, ServerError, SocketFile};

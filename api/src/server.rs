@@ -63,14 +63,39 @@ pub enum ServerError {
 /// The API server: a bound, listening Unix socket.
 ///
 /// Dropping it (including when [`ApiServer::run`] returns) removes the socket file, if the path
-/// still names the socket this server created.
+/// still names the socket this server created, unless [`ApiServer::take_socket_file`] handed
+/// that job to another thread.
 #[derive(Debug)]
 pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
-    /// Device and inode of the socket file, to remove only our own file on drop.
-    file_id: Option<(u64, u64)>,
+    /// Removes the socket file on drop, while this server owns that job.
+    socket_file: Option<SocketFile>,
     max_payload: usize,
+}
+
+/// The API socket's file: dropping it removes the file if the path still names the socket the
+/// server created (same device and inode), so a newer socket at the same path survives.
+///
+/// Removing needs `statx` and `unlink`, which the api thread's seccomp filter does not allow:
+/// the VMM thread holds this and drops it at exit.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    file_id: Option<(u64, u64)>,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let current = self
+            .path
+            .symlink_metadata()
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if current.is_some() && current == self.file_id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl ApiServer {
@@ -87,7 +112,10 @@ impl ApiServer {
         let server = ApiServer {
             listener,
             path: path.to_path_buf(),
-            file_id,
+            socket_file: Some(SocketFile {
+                path: path.to_path_buf(),
+                file_id,
+            }),
             max_payload,
         };
         server
@@ -100,6 +128,12 @@ impl ApiServer {
     /// The path the server is bound to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Hands the removal of the socket file to the caller: the server's own drop (on the api
+    /// thread, when the VMM thread is gone) then makes no file-system calls.
+    pub fn take_socket_file(&mut self) -> Option<SocketFile> {
+        self.socket_file.take()
     }
 
     /// Serves until the process exits. For each request: route it with router::parse_request;
@@ -201,19 +235,6 @@ impl ApiServer {
                     }
                 },
             }
-        }
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let current = self
-            .path
-            .symlink_metadata()
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        if current.is_some() && current == self.file_id {
-            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

@@ -317,6 +317,26 @@ mod tests {
     }
 
     #[test]
+    fn every_thread_may_allocate_and_free() {
+        // What glibc's malloc and free use on any thread (issue 10: the VMM limits itself to
+        // one arena, so no thread needs the /proc read behind non-main heap trimming).
+        for l in [api(), vmm(), vcpu()] {
+            for nr in [
+                libc::SYS_brk,
+                libc::SYS_munmap,
+                libc::SYS_mremap,
+                libc::SYS_madvise,
+                libc::SYS_futex,
+            ] {
+                assert!(l.allows_unconditionally(nr), "syscall {nr}");
+            }
+            for nr in [libc::SYS_mmap, libc::SYS_mprotect] {
+                assert!(l.mentions(nr), "syscall {nr}");
+            }
+        }
+    }
+
+    #[test]
     fn dangerous_syscalls_are_absent() {
         for l in [api(), vmm(), vcpu()] {
             for nr in [

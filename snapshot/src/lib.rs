@@ -34,6 +34,7 @@
 
 pub mod crc64;
 pub mod handler;
+pub mod host_file;
 pub mod memory;
 pub mod server;
 pub mod state;

@@ -156,9 +156,64 @@ impl MemoryLayout {
             .collect()
     }
 
-    /// Size the memory file must have: the sum of all region sizes.
+    /// Size the memory file must have: the sum of all region sizes (saturating: a layout
+    /// whose sizes overflow fails [`validate`](Self::validate)).
     pub fn file_size(&self) -> u64 {
-        self.regions.iter().map(|r| r.size).sum()
+        self.regions
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.size))
+    }
+
+    /// Checks a layout read from a state file before anything is mapped: at least one region,
+    /// each non-empty with base, size and file offset 4 KiB aligned, in guest-address order
+    /// without overlap, and no sum (end address, file end, total size) that overflows. Returns
+    /// the length the memory file needs (the largest region end in the file).
+    pub fn validate(&self) -> Result<u64> {
+        if self.regions.is_empty() {
+            return Err(MemError::Layout("no regions".into()));
+        }
+        let page = PAGE_SIZE as u64;
+        let mut prev_end = 0u64;
+        let mut needed = 0u64;
+        let mut total = 0u64;
+        for (i, r) in self.regions.iter().enumerate() {
+            if r.size == 0 || r.guest_base % page != 0 || r.size % page != 0 {
+                return Err(MemError::Layout(format!(
+                    "region {i} ({:#x}, {:#x}) is empty or not 4 KiB aligned",
+                    r.guest_base, r.size
+                )));
+            }
+            if r.file_offset % page != 0 {
+                return Err(MemError::Layout(format!(
+                    "region {i}'s file offset {:#x} is not 4 KiB aligned",
+                    r.file_offset
+                )));
+            }
+            if i > 0 && r.guest_base < prev_end {
+                return Err(MemError::Layout(format!(
+                    "region {i} at {:#x} overlaps or is out of order",
+                    r.guest_base
+                )));
+            }
+            let overflow =
+                |what: &str| MemError::Layout(format!("region {i}: {what} overflows 64 bits"));
+            prev_end = r
+                .guest_base
+                .checked_add(r.size)
+                .ok_or_else(|| overflow("its end address"))?;
+            let file_end = r
+                .file_offset
+                .checked_add(r.size)
+                .ok_or_else(|| overflow("its end in the memory file"))?;
+            needed = needed.max(file_end);
+            total = total
+                .checked_add(r.size)
+                .ok_or_else(|| overflow("the total memory size"))?;
+            if usize::try_from(r.size).is_err() {
+                return Err(overflow("its size"));
+            }
+        }
+        Ok(needed)
     }
 }
 
@@ -451,12 +506,13 @@ pub fn sync_file(path: &Path) -> Result<()> {
 
 /// Opens `path` and checks it can back `layout`; returns the file and its length.
 pub(crate) fn open_mem_file(path: &Path, layout: &MemoryLayout) -> Result<(File, u64)> {
-    let file = File::open(path).map_err(io_err(path, "open"))?;
+    let needed = layout.validate()?;
+    let file = crate::host_file::open_regular_read_only(path).map_err(io_err(path, "open"))?;
     let len = file.metadata().map_err(io_err(path, "stat"))?.len();
-    if len < layout.file_size() {
+    if len < needed {
         return Err(MemError::FileTooShort {
             path: path.to_path_buf(),
-            expected: layout.file_size(),
+            expected: needed,
             actual: len,
         });
     }

@@ -288,7 +288,7 @@ pub(crate) fn read_envelope(path: &Path, magic: [u8; 8], kind: &'static str) -> 
         source,
     };
     let mut bytes = Vec::new();
-    File::open(path)
+    crate::host_file::open_regular_read_only(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(rerr)?;
     decode_envelope(bytes, magic, kind)

@@ -130,6 +130,7 @@ pub fn new_uffd() -> Result<Uffd> {
 
 /// Maps anonymous regions for `layout` and registers them with a new uffd.
 pub fn create_uffd_memory(layout: &MemoryLayout) -> Result<UffdMemory> {
+    layout.validate().map_err(UffdError::Memory)?;
     let uffd = new_uffd()?;
     let mut regions = Vec::with_capacity(layout.regions.len());
     let mut infos = Vec::with_capacity(layout.regions.len());

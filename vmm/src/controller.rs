@@ -591,7 +591,10 @@ impl Vmm {
             );
         }
         let t0 = std::time::Instant::now();
-        let state: MicroVmState = snapshot_io::read_state(&p.snapshot_path)?;
+        // Every field is checked before anything is built (see snapshot_check).
+        let state: MicroVmState =
+            crate::snapshot_check::read_checked(std::path::Path::new(&p.snapshot_path))
+                .map_err(|e| e.to_string())?;
         let allow_tap_create = self.devices.allow_tap_create;
         device_state::check(&state.devices, allow_tap_create)?;
         let t_state = t0.elapsed();

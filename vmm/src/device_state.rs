@@ -367,6 +367,13 @@ pub fn check(states: &[VirtioDeviceState], allow_tap_create: bool) -> Result<(),
         ..Default::default()
     };
     for s in states {
+        // The API's own validation first (ids, names, CIDs, rate limits), then the host checks.
+        let valid = match &s.kind {
+            DeviceKindState::Block(d) => d.config().validate(),
+            DeviceKindState::Net(n) => n.config().validate(),
+            DeviceKindState::Vsock(v) => v.config().validate(),
+        };
+        valid.map_err(|e| format!("Invalid snapshot device {}: {e}", s.id))?;
         match &s.kind {
             DeviceKindState::Block(d) => crate::drives::check(&d.config())
                 .map_err(|e| format!("{e} (the snapshot's drive {} needs it)", d.drive_id))?,

@@ -68,11 +68,8 @@ pub fn check(d: &BlockDeviceConfig) -> Result<(), String> {
             d.drive_id, d.path_on_host
         ));
     }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(!d.is_read_only)
-        .open(&d.path_on_host)
-        .map_err(|e| {
+    devices::host_file::open_regular(Path::new(&d.path_on_host), !d.is_read_only, true).map_err(
+        |e| {
             format!(
                 "Invalid drive {}: path_on_host '{}' cannot be opened {}: {e}",
                 d.drive_id,
@@ -83,7 +80,8 @@ pub fn check(d: &BlockDeviceConfig) -> Result<(), String> {
                     "for reading and writing"
                 }
             )
-        })?;
+        },
+    )?;
     if d.io_engine == models::IoEngine::Async {
         block::check_io_uring_support().map_err(|e| {
             format!(

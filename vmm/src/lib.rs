@@ -4,6 +4,7 @@
 //! thread (channel + EventFd); the VMM thread runs an event-manager loop with the
 //! [`controller::Vmm`] as its subscriber; each vCPU runs `KVM_RUN` on its own thread.
 
+pub mod allocator;
 pub mod arch;
 pub mod builder;
 pub mod controller;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod persist;
 pub mod pvm;
+pub mod snapshot_check;
 pub mod snapshot_io;
 pub mod snapshot_state;
 pub mod state;

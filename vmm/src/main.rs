@@ -212,6 +212,10 @@ fn describe_devices(devices: &serde_json::Value) {
 }
 
 fn run() -> i32 {
+    // Before any thread exists: see vmm::allocator.
+    if let Err(e) = vmm::allocator::use_single_arena() {
+        return fail(e.to_string());
+    }
     let args = Args::parse();
     if let Some(path) = &args.describe_snapshot {
         return describe_snapshot(path);
@@ -261,7 +265,7 @@ fn run() -> i32 {
     }
 
     // Bind first, so the socket accepts connections as early as possible.
-    let server = if args.no_api {
+    let mut server = if args.no_api {
         None
     } else {
         match ApiServer::bind(&args.api_sock, args.http_api_max_payload_size) {
@@ -269,6 +273,9 @@ fn run() -> i32 {
             Err(e) => return fail(error_chain(&e)),
         }
     };
+    // Removed when this (the VMM) thread returns: the api thread's filter has no statx or
+    // unlink, and its server is dropped when the VMM thread's channel closes at exit.
+    let _socket_file = server.as_mut().and_then(ApiServer::take_socket_file);
 
     let serial_out = match args.serial_out {
         Some(p) => SerialOut::File(p),
@@ -342,11 +349,7 @@ fn run() -> i32 {
     if let Err(e) = install_seccomp(ThreadKind::Vmm) {
         return fail(e);
     }
-    let code = event_loop(vmm);
-    if !args.no_api {
-        let _ = std::fs::remove_file(&args.api_sock);
-    }
-    code
+    event_loop(vmm)
 }
 
 fn event_loop(vmm: Vmm) -> i32 {

@@ -7,13 +7,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{FdChange, VirtioDevice};
+use super::reset::DeviceReset;
+use super::{FdChange, VirtioDevice, VirtioInterrupt};
 
 /// `data` values at or above this mark a device aux fd (`data - AUX_BASE` is its index); below it,
 /// the queue index.
 const AUX_BASE: u32 = 0x1_0000;
 /// `data` values at or above this mark a dynamic fd (`data - DYN_BASE` is its token).
 const DYN_BASE: u32 = 0x8000_0000;
+/// `data` of the device-reset EventFd (below [`AUX_BASE`], above any queue index).
+const RESET_DATA: u32 = AUX_BASE - 1;
+/// [`RESET_DATA`], for tests that drive a handler by hand.
+#[cfg(test)]
+pub(crate) const RESET_DATA_FOR_TESTS: u32 = RESET_DATA;
 /// Largest dynamic fd token.
 pub const MAX_FD_TOKEN: u32 = u32::MAX - DYN_BASE;
 
@@ -31,6 +37,8 @@ pub struct VirtioEventHandler {
     queue_evts: Vec<EventFd>,
     /// Dynamic fds currently in the event loop, by token.
     watched: HashMap<u32, RawFd>,
+    /// Resets the driver asked for on a vCPU thread, done here on the VMM thread.
+    reset: Option<(Arc<DeviceReset>, Arc<VirtioInterrupt>)>,
 }
 
 impl VirtioEventHandler {
@@ -40,7 +48,14 @@ impl VirtioEventHandler {
             device,
             queue_evts,
             watched: HashMap::new(),
+            reset: None,
         }
+    }
+
+    /// Also watches `reset`'s EventFd and carries out the device resets it signals.
+    pub fn with_reset(mut self, reset: Arc<DeviceReset>, interrupt: Arc<VirtioInterrupt>) -> Self {
+        self.reset = Some((reset, interrupt));
+        self
     }
 
     fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
@@ -58,6 +73,13 @@ impl VirtioEventHandler {
         }
         if data >= AUX_BASE {
             self.device().handle_aux_event((data - AUX_BASE) as usize);
+            return;
+        }
+        if data == RESET_DATA {
+            if let Some((reset, interrupt)) = &self.reset {
+                let _ = reset.evt().read();
+                reset.complete(&self.device, interrupt);
+            }
             return;
         }
         let index = data as usize;
@@ -141,6 +163,11 @@ impl MutEventSubscriber for VirtioEventHandler {
         for (i, evt) in self.queue_evts.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
                 tracing::error!("virtio: cannot watch queue {i} event: {e}");
+            }
+        }
+        if let Some((reset, _)) = &self.reset {
+            if let Err(e) = ops.add(Events::with_data(reset.evt(), RESET_DATA, EventSet::IN)) {
+                tracing::error!("virtio: cannot watch the device reset event: {e}");
             }
         }
         let device = self.device();

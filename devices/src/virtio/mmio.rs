@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::reset::DeviceReset;
 use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
 use super::{
     InterruptKind, VirtioDevice, VirtioEventHandler, VirtioInterrupt, VIRTIO_F_VERSION_1,
@@ -94,6 +95,10 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     activated: bool,
+    /// A device reset the driver asked for, done on the VMM thread (see [`super::reset`]).
+    device_reset: Arc<DeviceReset>,
+    /// What Status reads while that reset is pending.
+    status_while_resetting: u32,
 }
 
 fn lock<'a>(
@@ -124,6 +129,7 @@ impl MmioTransport {
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(MmioError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(MmioError::EventFd)?;
+        let device_reset = Arc::new(DeviceReset::new().map_err(MmioError::EventFd)?);
         Ok(MmioTransport {
             device,
             mem,
@@ -137,6 +143,8 @@ impl MmioTransport {
             queue_sel: 0,
             status: 0,
             activated: false,
+            device_reset,
+            status_while_resetting: 0,
         })
     }
 
@@ -168,7 +176,19 @@ impl MmioTransport {
             .iter()
             .map(|e| e.try_clone().map_err(MmioError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(VirtioEventHandler::new(self.device.clone(), evts))
+        Ok(VirtioEventHandler::new(self.device.clone(), evts)
+            .with_reset(self.device_reset.clone(), self.interrupt.clone()))
+    }
+
+    /// Whether a device reset the driver asked for still waits for the VMM thread.
+    pub fn reset_pending(&self) -> bool {
+        self.device_reset.is_pending()
+    }
+
+    /// Carries out a pending device reset now. Call on the VMM thread (the event handler does
+    /// this when the reset EventFd fires; snapshots do it before reading the device).
+    pub fn complete_pending_reset(&self) {
+        self.device_reset.complete(&self.device, &self.interrupt);
     }
 
     /// The driver status register.
@@ -200,10 +220,14 @@ impl MmioTransport {
         self.has(FEATURES_OK) && self.status & (DRIVER_OK | FAILED | DEVICE_NEEDS_RESET) == 0
     }
 
+    /// The driver wrote 0 to Status (vCPU thread): the transport's registers are reset now, the
+    /// device's own reset (which may drain host I/O) is left to the VMM thread.
     fn reset(&mut self) {
-        if self.activated || lock(&self.device).is_activated() {
-            lock(&self.device).reset();
+        if self.device_reset.is_pending() {
+            return;
         }
+        let device_active = self.activated || lock(&self.device).is_activated();
+        let old = self.status;
         self.activated = false;
         for q in &mut self.queues {
             q.reset();
@@ -214,6 +238,10 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.status = 0;
         self.interrupt.clear();
+        if device_active {
+            self.status_while_resetting = old.max(ACKNOWLEDGE);
+            self.device_reset.request();
+        }
     }
 
     fn needs_reset(&mut self, why: &str) {
@@ -315,6 +343,7 @@ impl MmioTransport {
             regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
             regs::QUEUE_READY => self.selected_queue().is_some_and(|q| q.ready()) as u32,
             regs::INTERRUPT_STATUS => self.interrupt.status(),
+            regs::STATUS if self.device_reset.is_pending() => self.status_while_resetting,
             regs::STATUS => self.status,
             regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH => u32::MAX, // no shared memory regions
             regs::CONFIG_GENERATION => self.interrupt.config_generation(),
@@ -323,6 +352,11 @@ impl MmioTransport {
     }
 
     fn write_reg(&mut self, offset: u64, v: u32) {
+        if self.device_reset.is_pending() && offset != regs::QUEUE_NOTIFY {
+            // The driver must wait for Status to read 0 first (spec 2.1.2).
+            tracing::debug!("virtio-mmio: register {offset:#x} written during a reset; ignored");
+            return;
+        }
         match offset {
             regs::DEVICE_FEATURES_SEL => self.features_sel = v,
             regs::DRIVER_FEATURES_SEL => self.acked_features_sel = v,

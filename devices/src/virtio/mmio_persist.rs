@@ -123,6 +123,8 @@ impl MmioTransport {
     /// Finishes the device's in-flight work, then captures the transport's state. Call with
     /// the vCPUs paused; the device keeps running afterwards.
     pub fn save_state(&self) -> Result<TransportState, TransportPersistError> {
+        // A reset the driver asked for is finished first, so the device matches the registers.
+        self.complete_pending_reset();
         let queues = {
             let mut dev = lock_device(&self.device);
             dev.quiesce();

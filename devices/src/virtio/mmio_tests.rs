@@ -9,6 +9,7 @@ use vm_memory::GuestAddress;
 
 use super::regs::*;
 use super::*;
+use crate::virtio::handler::RESET_DATA_FOR_TESTS;
 use crate::virtio::test_utils::*;
 use crate::virtio::{ActivateError, TYPE_BLOCK};
 
@@ -296,6 +297,15 @@ fn reset_and_reactivation() {
         assert!(t.is_activated(), "round {round}");
         w(&mut t, STATUS, 0);
         assert!(!t.is_activated());
+        // The device reset waits for the VMM thread; Status reads non-zero until it is done
+        // and the driver's writes are ignored meanwhile.
+        assert!(t.reset_pending());
+        assert_eq!(dev.lock().unwrap().resets, round);
+        assert_ne!(r(&mut t, STATUS), 0);
+        w(&mut t, STATUS, ACKNOWLEDGE);
+        assert_ne!(r(&mut t, STATUS), ACKNOWLEDGE);
+        t.complete_pending_reset();
+        assert!(!t.reset_pending());
         assert_eq!(dev.lock().unwrap().resets, round + 1);
         assert!(!dev.lock().unwrap().is_activated());
         assert_eq!(r(&mut t, STATUS), 0);
@@ -407,9 +417,14 @@ fn block_end_to_end_through_transport() {
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x20_0000)).unwrap(), 0x42);
         assert_eq!(r(&mut t, INTERRUPT_STATUS), 1);
         assert_eq!(t.interrupt_evt().read().unwrap(), 1);
-        // The guest resets the device; the mock rings start over.
+        // The guest resets the device; the VMM thread's handler resets the device when the
+        // reset EventFd fires; the mock rings start over.
         w(&mut t, STATUS, 0);
+        assert!(block.lock().unwrap().is_activated());
+        assert_ne!(r(&mut t, STATUS), 0);
+        h.handle(RESET_DATA_FOR_TESTS);
         assert!(!block.lock().unwrap().is_activated());
+        assert_eq!(r(&mut t, STATUS), 0);
         vq.avail().idx().store(0);
         vq.used().idx().store(0);
     }

@@ -52,6 +52,7 @@ pub mod block;
 pub mod handler;
 pub mod mmio;
 pub mod net;
+pub mod reset;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod vsock;
@@ -210,6 +211,11 @@ pub enum FdChange {
 /// Life cycle: created inactive; [`activate`](Self::activate) hands it guest memory, the queues
 /// the driver configured and the interrupt; [`reset`](Self::reset) stops it and drops them, after
 /// which it can be activated again. All methods must tolerate any guest behaviour without panicking.
+///
+/// Threads: `activate`, the config-space calls and the feature calls run on a vCPU thread (the
+/// driver's MMIO accesses) and must only move state in memory: no host I/O, no syscalls beyond
+/// the vCPU seccomp filter. Everything else, `reset` included (see [`reset`]), runs on the VMM
+/// thread.
 pub trait VirtioDevice: Send {
     /// The virtio device type (e.g. [`TYPE_BLOCK`]).
     fn device_type(&self) -> u32;
@@ -234,6 +240,7 @@ pub trait VirtioDevice: Send {
     /// Whether [`activate`](Self::activate) succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
     /// Stops the device: in-flight work is drained, queues, memory and interrupt are dropped.
+    /// Called on the VMM thread (the transport defers the driver's reset to it).
     fn reset(&mut self);
     /// Called on the VMM thread when queue `index`'s notification EventFd fired. A no-op when the
     /// device is not active.

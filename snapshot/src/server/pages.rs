@@ -156,11 +156,17 @@ impl Core {
                 )));
             }
         }
-        let mem_size = regions.iter().map(|r| r.offset + r.size).max().unwrap_or(0);
+        let mut mem_size = 0u64;
+        for r in regions.iter() {
+            let end = r.offset.checked_add(r.size).ok_or_else(|| {
+                ServerError::Config(format!("region {r:?} ends past 2^64 in the file"))
+            })?;
+            mem_size = mem_size.max(end);
+        }
         if mem_size == 0 {
             return Err(ServerError::Config("no regions to serve".into()));
         }
-        let file = File::open(path).map_err(ferr)?;
+        let file = crate::host_file::open_regular_read_only(path).map_err(ferr)?;
         let actual = file.metadata().map_err(ferr)?.len();
         if actual < mem_size {
             return Err(ServerError::FileTooShort {

@@ -130,11 +130,19 @@ int virtio_find(uint32_t device_id, unsigned int nth, struct virtio_dev *dev)
 	return -1;
 }
 
-void virtio_reset(struct virtio_dev *dev)
+int virtio_reset(struct virtio_dev *dev)
 {
 	virtio_write32(dev, VIRTIO_MMIO_STATUS, 0);
-	for (unsigned int i = 0; i < 1000 && virtio_read32(dev, VIRTIO_MMIO_STATUS) != 0; i++)
+	/* The device may finish its reset later (spec 2.1.2: wait until Status reads 0). */
+	uint64_t deadline = tsc_deadline_ms(virtio_timeout_ms());
+	int busy = 0;
+	while (virtio_read32(dev, VIRTIO_MMIO_STATUS) != 0) {
+		if (tsc_expired(deadline))
+			return -1;
+		busy++;
 		cpu_relax_n(POLL_SPIN);
+	}
+	return busy;
 }
 
 static void set_status(struct virtio_dev *dev, uint32_t bits)

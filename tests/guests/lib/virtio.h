@@ -153,8 +153,11 @@ int virtq_setup(struct virtio_dev *dev, struct virtq *q, unsigned int index, con
 /* Sets DRIVER_OK. Returns 0, or -1 if the device reports DEVICE_NEEDS_RESET or FAILED. */
 int virtio_driver_ok(struct virtio_dev *dev, const char *who);
 
-/* Writes 0 to Status and waits (bounded) until it reads back 0. */
-void virtio_reset(struct virtio_dev *dev);
+/*
+ * Writes 0 to Status and waits (up to virtio_timeout) until it reads back 0. Returns how
+ * many reads showed a non-zero Status, or -1 if it never read 0.
+ */
+int virtio_reset(struct virtio_dev *dev);
 
 /*
  * Puts a chain of n buffers on the avail ring (readable ones must come first) and

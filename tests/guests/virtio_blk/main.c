@@ -178,6 +178,57 @@ static void wait_then_second_batch(void)
 		do_write(sector);
 }
 
+/* Up to 5 requests of 3 descriptors each fit the 16-entry queue. */
+#define NR_MAX 5
+#define NR_SECTORS 128 /* 64 KiB per request */
+static uint8_t nr_data[NR_MAX][NR_SECTORS * SECTOR_SIZE] __attribute__((aligned(4096)));
+static struct blk_req_hdr nr_hdr[NR_MAX] __attribute__((aligned(16)));
+static volatile uint8_t nr_status[NR_MAX];
+
+/* Negotiates, sets up the queue and sets DRIVER_OK again after a reset. */
+static void reinit(void)
+{
+	if (virtio_negotiate(&dev, VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_RO, WHO) != 0 ||
+	    virtq_setup(&dev, &vq, 0, WHO) != 0 || virtio_driver_ok(&dev, WHO) != 0)
+		finish("failed");
+}
+
+/*
+ * blk_notify_reset=<rounds>: each round queues NR_MAX 64 KiB requests (reads, or writes
+ * with blk_notify_reset_write), notifies, and at once writes 0 to Status, then waits for
+ * Status to read 0, re-initialises the device and reads sector 3 to show it works.
+ */
+static void notify_then_reset(uint64_t rounds)
+{
+	int write = cmdline_has_word("blk_notify_reset_write");
+	for (uint64_t r = 0; r < rounds; r++) {
+		for (unsigned int i = 0; i < NR_MAX; i++) {
+			nr_hdr[i].type = write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
+			nr_hdr[i].reserved = 0;
+			nr_hdr[i].sector = 64 + (uint64_t)i * NR_SECTORS;
+			nr_status[i] = STATUS_UNSET;
+			struct vq_buf bufs[3] = {
+				{ &nr_hdr[i], sizeof(nr_hdr[i]), 0 },
+				{ nr_data[i], sizeof(nr_data[i]), !write },
+				{ (const void *)&nr_status[i], 1, 1 },
+			};
+			if (virtq_add(&vq, bufs, 3) < 0) {
+				gprintf("virtio-blk: no free descriptors\n");
+				finish("failed");
+			}
+		}
+		virtq_kick(&vq);
+		int busy = virtio_reset(&dev);
+		if (busy < 0) {
+			gprintf("blk notify-reset round %lu status never read 0\n", r);
+			finish("timeout");
+		}
+		gprintf("blk notify-reset round %lu busy_reads=%d\n", r, busy);
+		reinit();
+		do_read(3);
+	}
+}
+
 void guest_main(void)
 {
 	if (virtio_find(VIRTIO_ID_BLOCK, (unsigned int)cmdline_u64("blk_dev", 0), &dev) != 0)
@@ -209,6 +260,8 @@ void guest_main(void)
 		do_get_id();
 	if (cmdline_has_word("blk_wait_cad"))
 		wait_then_second_batch();
+	if (sector_arg("blk_notify_reset", &sector))
+		notify_then_reset(sector);
 	if (cmdline_has_word("blk_bench_probe"))
 		blk_bench_probe(&dev);
 	if (blk_bench_requested()) {

@@ -17,7 +17,7 @@ mod tests;
 #[cfg(test)]
 mod tests_hostile;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -144,14 +144,13 @@ struct Disk {
 
 impl Disk {
     fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| BlockError::Open {
+        // A FIFO would block the VMM thread in open(): refused, like sockets and char devices.
+        let file = crate::host_file::open_regular(path, !read_only, true).map_err(|source| {
+            BlockError::Open {
                 path: path.to_owned(),
                 source,
-            })?;
+            }
+        })?;
         let len = file
             .metadata()
             .map_err(|source| BlockError::Size {

@@ -651,8 +651,8 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) {
-        // Runs on a vCPU thread (the driver's Status write): the handler applies the fd changes
-        // when the wake EventFd brings it in.
+        // Runs on the VMM thread (the transport defers the driver's reset there); the handler
+        // applies the fd changes after this call.
         self.drop_all();
         self.active = None;
         self.acked_features = 0;
