@@ -154,7 +154,7 @@ fn sandbox_lifecycle_through_the_cli() {
     let snaps = d.cli_ok(&["snapshot", "ls"]);
     assert!(snaps.contains(&snap_id), "{snaps}");
     let fork = d
-        .cli_ok(&["sandbox", "create", "base", "--snapshot", &snap_id])
+        .cli_ok(&["sandbox", "create", "--snapshot", &snap_id])
         .trim()
         .to_string();
     assert_eq!(
@@ -199,22 +199,20 @@ fn sandbox_lifecycle_through_the_cli() {
     let o = d.cli(&["run", "base", "--", "cat", "/root/owned"]);
     assert_eq!(o.status.code(), Some(1));
 
-    // An interactive tty exec: the program sees a terminal of the size asked for.
-    let o = d.cli_stdin(
-        &[
-            "exec",
-            "-i",
-            "-t",
-            &other,
-            "--",
-            "sh",
-            "-c",
-            "tty; stty size",
-        ],
-        Some(b""),
+    // An interactive tty exec, the CLI itself on a terminal (util-linux `script` gives it one):
+    // the program runs on a pseudo-terminal in the guest.
+    let cmd = format!(
+        "{} exec -it {other} -- sh -c 'tty; stty size; exit 5'",
+        tartarus_tests::bin_path("tartarus").display()
     );
-    assert!(o.status.success(), "{}", err(&o));
-    assert!(out(&o).contains("/dev/pts/"), "{}", out(&o));
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TARTARUS_HOST", format!("unix://{}", d.socket.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out(&o).contains("/dev/pts/"), "{} {}", out(&o), err(&o));
+    assert_eq!(o.status.code(), Some(5), "{} {}", out(&o), err(&o));
 
     // Port forwarding: a TCP server in the guest, reached from the host through the daemon.
     d.cli_ok(&[
@@ -351,7 +349,7 @@ fn sandbox_lifecycle_through_the_cli() {
     assert_eq!(d.curl("GET", &format!("/sandboxes/{id}"), None).0, 404);
     assert!(!alive(pid));
     let again = d
-        .cli_ok(&["sandbox", "create", "base", "--snapshot", &snap_id])
+        .cli_ok(&["sandbox", "create", "--snapshot", &snap_id])
         .trim()
         .to_string();
     assert_eq!(
@@ -497,15 +495,21 @@ fn sandbox_faults_and_daemon_restarts() {
         d.cli_ok(&["sandbox", "rm", id]);
     }
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
-    let vmms = std::process::Command::new("pgrep")
-        .args(["-f", &d.state.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out(&vmms).trim().is_empty(),
-        "processes left: {}",
-        out(&vmms)
-    );
+    // No VMM of any sandbox this daemon ever had is left.
+    let (_, events) = d.curl("GET", "/events", None);
+    let ids: std::collections::BTreeSet<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["sandbox"].as_str().map(str::to_string))
+        .collect();
+    assert!(ids.len() >= 5, "{ids:?}");
+    for id in ids {
+        let p = std::process::Command::new("pgrep")
+            .args(["-f", &format!("tartarus-vmm --id {id} ")])
+            .output()
+            .unwrap();
+        assert!(out(&p).trim().is_empty(), "VMM of {id} left: {}", out(&p));
+    }
 }
 
 #[test]
@@ -595,7 +599,15 @@ impl Upstream {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(800));
+        let probe = format!("import socket; socket.create_connection(('10.201.{n}.2', 8080), 1)");
+        let up = wait_until(Duration::from_secs(20), || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "python3", "-c", &probe])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(up, "the upstream HTTP server did not start");
         Upstream {
             ns,
             host_if,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use guest_init::client::{connect_hybrid_vsock, Client, ClientError};
+use guest_init::client::{Client, ClientError};
 use guest_init::protocol::ErrorCode;
 use tartarus_types::{Event, SandboxState};
 use tokio::sync::broadcast;
@@ -215,14 +215,89 @@ impl Daemon {
         self.cfg.jail(id).vsock()
     }
 
-    /// A fresh agent connection to a running sandbox (blocking: call from spawn_blocking).
+    /// A fresh agent connection to a running sandbox (blocking: call from spawn_blocking);
+    /// later reads and writes on it time out after `timeout`.
     pub fn agent_blocking(uds: &Path, timeout: Duration) -> Result<Client<UnixStream>, ApiError> {
-        let stream = connect_hybrid_vsock(uds, AGENT_PORT).map_err(agent_error)?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        let (c, s) = agent_handshake_clone(uds, HANDSHAKE_TIMEOUT).map_err(agent_error)?;
+        // The clone shares the socket: its timeouts are the client's.
+        s.set_read_timeout(Some(timeout))
+            .and_then(|_| s.set_write_timeout(Some(timeout)))
             .map_err(|e| ApiError::internal("agent socket", &e))?;
-        Client::new(stream).map_err(agent_error)
+        Ok(c)
+    }
+}
+
+/// How long the vsock handshake and the agent's hello may take on a live guest.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// CONNECT + hello with every read bounded by `timeout`: a connection the guest accepted and
+/// then lost (a restored guest handling its vsock transport reset just after accepting) fails
+/// instead of hanging.
+pub fn agent_handshake(uds: &Path, timeout: Duration) -> Result<Client<UnixStream>, ClientError> {
+    agent_handshake_clone(uds, timeout).map(|(c, _)| c)
+}
+
+/// [`agent_handshake`], also returning a clone of the socket (to change its timeouts later).
+fn agent_handshake_clone(
+    uds: &Path,
+    timeout: Duration,
+) -> Result<(Client<UnixStream>, UnixStream), ClientError> {
+    let stream = connect_hybrid_vsock_bounded(uds, timeout)?;
+    let clone = stream.try_clone().map_err(|source| ClientError::Connect {
+        path: uds.display().to_string(),
+        source,
+    })?;
+    let mut c = Client::new(stream)?;
+    c.ping()?;
+    Ok((c, clone))
+}
+
+/// [`connect_hybrid_vsock`] with read and write timeouts set before the handshake.
+fn connect_hybrid_vsock_bounded(uds: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    use std::io::{Read, Write};
+    let err = |source| ClientError::Connect {
+        path: uds.display().to_string(),
+        source,
+    };
+    let mut s = UnixStream::connect(uds).map_err(err)?;
+    s.set_read_timeout(Some(timeout)).map_err(err)?;
+    s.set_write_timeout(Some(timeout)).map_err(err)?;
+    s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+        .map_err(|e| ClientError::Handshake(format!("cannot send CONNECT: {e}")))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return Err(ClientError::Handshake("closed during CONNECT".into())),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) if line.len() < 64 => line.push(b[0]),
+            Ok(_) => return Err(ClientError::Handshake("answer too long".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ClientError::Handshake(format!("no answer to CONNECT: {e}"))),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(ClientError::Handshake(format!(
+            "unexpected answer '{}'",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    Ok(s)
+}
+
+/// Retries [`agent_handshake`] until the agent answers or `deadline` passes.
+pub fn wait_for_agent(uds: &Path, deadline: Duration) -> Result<Client<UnixStream>, ClientError> {
+    let start = std::time::Instant::now();
+    loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        match agent_handshake(
+            uds,
+            HANDSHAKE_TIMEOUT.min(left.max(Duration::from_millis(100))),
+        ) {
+            Ok(c) => return Ok(c),
+            Err(e) if start.elapsed() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
 

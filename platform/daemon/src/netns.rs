@@ -97,9 +97,17 @@ impl IfReq {
 }
 
 fn ioctl(fd: i32, req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> Result<(), NetError> {
-    // SAFETY: the callers pass an fd they own and a pointer to an IfReq (or an integer for the
-    // TUNSET* value requests) that outlives the call.
+    // SAFETY: the callers pass an fd they own and a pointer to an IfReq that outlives the call.
     if unsafe { libc::ioctl(fd, req as _, arg) } < 0 {
+        return Err(last(what));
+    }
+    Ok(())
+}
+
+/// A TUNSET* request whose argument is a plain integer.
+fn ioctl_val(fd: i32, req: libc::c_ulong, val: libc::c_ulong, what: &str) -> Result<(), NetError> {
+    // SAFETY: these requests read their argument as an integer, not through a pointer.
+    if unsafe { libc::ioctl(fd, req as _, val) } < 0 {
         return Err(last(what));
     }
     Ok(())
@@ -177,24 +185,9 @@ fn make_ns(path: &Path, uid: u32, tap_ip: Option<[u8; 4]>) -> Result<(), NetErro
     r.set_short((libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16);
     let fd = tun.as_raw_fd();
     ioctl(fd, TUNSETIFF, (&mut r as *mut IfReq).cast(), "TUNSETIFF")?;
-    ioctl(
-        fd,
-        TUNSETOWNER,
-        uid as usize as *mut libc::c_void,
-        "TUNSETOWNER",
-    )?;
-    ioctl(
-        fd,
-        TUNSETGROUP,
-        uid as usize as *mut libc::c_void,
-        "TUNSETGROUP",
-    )?;
-    ioctl(
-        fd,
-        TUNSETPERSIST,
-        1usize as *mut libc::c_void,
-        "TUNSETPERSIST",
-    )?;
+    ioctl_val(fd, TUNSETOWNER, uid as libc::c_ulong, "TUNSETOWNER")?;
+    ioctl_val(fd, TUNSETGROUP, uid as libc::c_ulong, "TUNSETGROUP")?;
+    ioctl_val(fd, TUNSETPERSIST, 1, "TUNSETPERSIST")?;
     drop(tun);
     if let Some(ip) = tap_ip {
         let mut r = IfReq::new(TAP);

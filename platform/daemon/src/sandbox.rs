@@ -275,14 +275,14 @@ async fn start_vm(d: &Shared, row: &SandboxRow, src: &Source, t0: Instant) -> Re
     let restore = t_load.elapsed();
     let uds = jail.vsock();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let mut c = guest_init::client::wait_for_agent(&uds, vmm::AGENT_PORT, AGENT_TIMEOUT)
+        crate::daemon::wait_for_agent(&uds, AGENT_TIMEOUT)
+            .map(|_| ())
             .map_err(|e| {
                 ApiError::Unavailable(format!(
                     "The restored guest's agent did not answer: {}",
                     chain(&e)
                 ))
-            })?;
-        c.ping().map_err(crate::daemon::agent_error)
+            })
     })
     .await
     .map_err(|e| ApiError::Internal(format!("agent task: {e}")))??;

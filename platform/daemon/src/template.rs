@@ -517,11 +517,10 @@ async fn boot_in_jail(
         }
     });
     let uds = jail.vsock();
-    let agent = tokio::task::spawn_blocking(move || {
-        guest_init::client::wait_for_agent(&uds, vmm::AGENT_PORT, BOOT_TIMEOUT)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("agent wait: {e}")));
+    let agent =
+        tokio::task::spawn_blocking(move || crate::daemon::wait_for_agent(&uds, BOOT_TIMEOUT))
+            .await
+            .map_err(|e| ApiError::Internal(format!("agent wait: {e}")));
     tail.abort();
     let mut agent = agent?.map_err(|e| {
         ApiError::Internal(format!(
@@ -534,7 +533,7 @@ async fn boot_in_jail(
         .await;
     let warmup = spec.warmup.clone();
     let env = spec.env.clone();
-    let mut agent = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+    let agent = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         for (i, w) in warmup.iter().enumerate() {
             let argv = if w.background {
                 // Detach it from the agent connection (which a restore resets): the shell exits
@@ -573,7 +572,6 @@ async fn boot_in_jail(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("warmup task: {e}")))??;
-    let _ = agent.ping();
     drop(agent);
 
     p.step("pausing and writing the ready snapshot").await;
