@@ -263,9 +263,10 @@ pub fn uplink_addrs(index: u16) -> (String, String) {
 
 /// Host interface name of a sandbox's veth.
 pub fn veth_name(id: &str) -> String {
-    let hex: String = id
+    let tail = id.rsplit('-').next().unwrap_or(id);
+    let hex: String = tail
         .chars()
-        .filter(|c| c.is_ascii_hexdigit())
+        .filter(|c| c.is_ascii_alphanumeric())
         .take(10)
         .collect();
     format!("{VETH_PREFIX}{hex}h")
