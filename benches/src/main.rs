@@ -34,6 +34,7 @@
 mod block;
 mod linux;
 mod net;
+mod sandbox;
 mod snapshot;
 mod vsock;
 
@@ -61,12 +62,14 @@ enum Suite {
     Linux,
     Net,
     Vsock,
+    /// tartarusd with the base template (needs root; not part of `all`).
+    Sandbox,
     All,
 }
 
 impl Suite {
     fn includes(self, s: Suite) -> bool {
-        self == s || (self == Suite::All && s != Suite::Linux)
+        self == s || (self == Suite::All && s != Suite::Linux && s != Suite::Sandbox)
     }
 }
 
@@ -77,13 +80,15 @@ struct Options {
     restores: usize,
     /// Linux boots for the linux suite's boot-phase figures.
     linux_boots: usize,
+    /// Sandboxes alive at once for the sandbox suite's density figures.
+    sandboxes: usize,
     vmm: PathBuf,
     guests: Guests,
     out: Option<PathBuf>,
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|all] [--runs N] [--restores N] [--linux-boots N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -97,6 +102,7 @@ fn parse_args() -> Result<Options, String> {
     let mut runs = 20usize;
     let mut restores = 40usize;
     let mut linux_boots = 1usize;
+    let mut sandboxes = 20usize;
     let mut suite = Suite::All;
     let mut vmm: Option<PathBuf> = None;
     let mut guests_dir: Option<PathBuf> = None;
@@ -111,6 +117,7 @@ fn parse_args() -> Result<Options, String> {
             "--runs" => runs = positive("--runs", &value("--runs")?)?,
             "--restores" => restores = positive("--restores", &value("--restores")?)?,
             "--linux-boots" => linux_boots = positive("--linux-boots", &value("--linux-boots")?)?,
+            "--sandboxes" => sandboxes = positive("--sandboxes", &value("--sandboxes")?)?,
             "--suite" => {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
@@ -119,6 +126,7 @@ fn parse_args() -> Result<Options, String> {
                     "linux" => Suite::Linux,
                     "net" => Suite::Net,
                     "vsock" => Suite::Vsock,
+                    "sandbox" => Suite::Sandbox,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -164,6 +172,7 @@ fn parse_args() -> Result<Options, String> {
         runs,
         restores,
         linux_boots,
+        sandboxes,
         vmm,
         guests,
         out,
@@ -599,6 +608,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Vsock) {
         let (report, m) = vsock::run(opts)?;
         doc["vsock"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Sandbox) {
+        let (report, m) = sandbox::run(opts)?;
+        doc["sandbox"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Linux) {

@@ -375,10 +375,31 @@ fn sandbox_lifecycle_through_the_cli() {
     ignore = "Linux lane turned off with TARTARUS_LINUX_TESTS=0; pass --ignored to run it"
 )]
 fn sandbox_faults_and_daemon_restarts() {
+    let tcp_port = (30_000 + std::process::id() % 20_000).to_string();
+    let listen = format!("127.0.0.1:{tcp_port}");
     let mut d = Daemon::start(
         "sandbox-faults",
-        &["--max-sandboxes", "3", "--max-memory-mib", "1024"],
+        &[
+            "--max-sandboxes",
+            "3",
+            "--max-memory-mib",
+            "1024",
+            "--listen",
+            &listen,
+        ],
     );
+    // The API over TCP too (loopback only unless --listen-any).
+    let o = std::process::Command::new(tartarus_tests::bin_path("tartarus"))
+        .args(["--host", &format!("http://{listen}"), "health"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let o = std::process::Command::new(tartarus_tests::bin_path("tartarusd"))
+        .args(["--listen", "0.0.0.0:1", "--socket", "/nonexistent/x.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("not a loopback address"), "{}", err(&o));
     d.build_base("base");
 
     // A VMM killed with SIGKILL: the sandbox is failed with the reason, its jail and cgroups

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use guest_init::client::ExecEvent as AgentEvent;
+use std::os::unix::net::UnixStream;
+
+use guest_init::client::{Client, ExecEvent as AgentEvent, ExecStream};
 use guest_init::protocol::{ExecSpec, StdinMode};
 use tartarus_types::{ExecEvent, ExecRequest, ExecResult, ExecStarted};
 use tokio::io::AsyncWriteExt;
@@ -111,21 +113,11 @@ pub async fn exec_stream(d: &Shared, id: &str, req: ExecRequest) -> Result<Body,
             s.push(b'\n');
             Bytes::from(s)
         };
-        let mut c = match Daemon::agent_blocking(&uds, timeout) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = started_tx.send(Err(e));
-                return;
-            }
+        let mut c = None;
+        let Some(mut s) = start_exec(&mut c, &uds, timeout, &spec, &stdin, started_tx, |_| ())
+        else {
+            return;
         };
-        let mut s = match c.start_exec(&spec, &stdin) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = started_tx.send(Err(agent_error(e)));
-                return;
-            }
-        };
-        let _ = started_tx.send(Ok(()));
         if tx
             .blocking_send(line(&ExecEvent::Started { pid: s.pid() }))
             .is_err()
@@ -207,6 +199,36 @@ pub fn channel_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
     Body::from_stream(ChannelStream(rx))
 }
 
+/// Connects to the agent (kept in `slot`) and starts `spec`; tells `started` the outcome
+/// (`what` of the running exec, or the error). None when it could not start.
+fn start_exec<'c, T>(
+    slot: &'c mut Option<Client<UnixStream>>,
+    uds: &std::path::Path,
+    timeout: Duration,
+    spec: &ExecSpec,
+    stdin: &[u8],
+    started: tokio::sync::oneshot::Sender<Result<T, ApiError>>,
+    what: impl FnOnce(&ExecStream<'c, UnixStream>) -> T,
+) -> Option<ExecStream<'c, UnixStream>> {
+    let c = match Daemon::agent_blocking(uds, timeout) {
+        Ok(c) => slot.insert(c),
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return None;
+        }
+    };
+    match c.start_exec(spec, stdin) {
+        Ok(s) => {
+            let _ = started.send(Ok(what(&s)));
+            Some(s)
+        }
+        Err(e) => {
+            let _ = started.send(Err(agent_error(e)));
+            None
+        }
+    }
+}
+
 /// The sandbox's log of background processes' output.
 pub fn exec_log(d: &Daemon, id: &str) -> PathBuf {
     d.cfg.sandbox_dir(id).join("exec.log")
@@ -227,22 +249,13 @@ pub async fn exec_background(
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let argv0 = req.argv.join(" ");
     std::thread::spawn(move || {
-        let mut c = match Daemon::agent_blocking(&uds, timeout) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = started_tx.send(Err(e));
-                return;
-            }
-        };
-        let mut s = match c.start_exec(&spec, &stdin) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = started_tx.send(Err(agent_error(e)));
-                return;
-            }
+        let mut c = None;
+        let Some(mut s) = start_exec(&mut c, &uds, timeout, &spec, &stdin, started_tx, |s| {
+            s.pid()
+        }) else {
+            return;
         };
         let pid = s.pid();
-        let _ = started_tx.send(Ok(pid));
         let mut f = match std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -501,15 +501,9 @@ pub async fn set_paused(d: &Shared, id: &str, paused: bool) -> Result<Sandbox, A
             if paused { "paused" } else { "resumed" }
         )));
     }
-    vmm::api(
-        &d.cfg.jail(id).api_sock(),
-        "PATCH",
-        "/vm",
-        Some(&json!({ "state": vm_state })),
-        API_TIMEOUT,
-    )
-    .await
-    .map_err(|e| ApiError::Unavailable(format!("The sandbox's VMM: {}", chain(&e))))?;
+    vmm::set_vm_state(&d.cfg.jail(id).api_sock(), vm_state)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("The sandbox's VMM: {}", chain(&e))))?;
     d.set_state(id, to, None);
     Ok(view(&d.sandbox_row(id)?))
 }
@@ -532,15 +526,7 @@ pub async fn snapshot(d: &Shared, id: &str, leave_paused: bool) -> Result<Snapsh
         |e: vmm::VmmError| ApiError::Unavailable(format!("The sandbox's VMM: {}", chain(&e)));
     let was_running = row.state == SandboxState::Running;
     if was_running {
-        vmm::api(
-            &sock,
-            "PATCH",
-            "/vm",
-            Some(&json!({"state": "Paused"})),
-            API_TIMEOUT,
-        )
-        .await
-        .map_err(vmm_err)?;
+        vmm::set_vm_state(&sock, "Paused").await.map_err(vmm_err)?;
     }
     let snap_id = format!("snap-{}", fsutil::random_hex(6));
     let dir = d.cfg.snapshots_dir().join(&snap_id);
@@ -576,15 +562,7 @@ pub async fn snapshot(d: &Shared, id: &str, leave_paused: bool) -> Result<Snapsh
     }
     .await;
     if was_running && !leave_paused {
-        if let Err(e) = vmm::api(
-            &sock,
-            "PATCH",
-            "/vm",
-            Some(&json!({"state": "Resumed"})),
-            API_TIMEOUT,
-        )
-        .await
-        {
+        if let Err(e) = vmm::set_vm_state(&sock, "Resumed").await {
             tracing::warn!("sandbox {id}: resume after snapshot failed: {}", chain(&e));
         }
     }

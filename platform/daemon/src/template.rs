@@ -330,13 +330,7 @@ async fn build(
 
     p.step("template ready").await;
     let bytes = fsutil::allocated_bytes(&dir);
-    // Swap in the new build: the old directory goes once nothing uses it.
-    d.store.put_template(
-        &name,
-        TemplateState::Building,
-        &stored,
-        &dir.display().to_string(),
-    )?;
+    // The new build is in; the old directory goes once nothing uses it.
     d.store.finish_template(
         &name,
         TemplateState::Ready,
@@ -575,9 +569,7 @@ async fn boot_in_jail(
     drop(agent);
 
     p.step("pausing and writing the ready snapshot").await;
-    vmm::api(&sock, "PATCH", "/vm", Some(&json!({"state": "Paused"})), t)
-        .await
-        .map_err(vmm_err)?;
+    vmm::set_vm_state(&sock, "Paused").await.map_err(vmm_err)?;
     vmm::api(
         &sock,
         "PUT",

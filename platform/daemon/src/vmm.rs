@@ -286,6 +286,19 @@ async fn api_inner(
     Ok(value)
 }
 
+/// Pauses (`"Paused"`) or resumes (`"Resumed"`) a VMM's vCPUs.
+pub async fn set_vm_state(sock: &Path, state: &str) -> Result<(), VmmError> {
+    api(
+        sock,
+        "PATCH",
+        "/vm",
+        Some(&serde_json::json!({ "state": state })),
+        Duration::from_secs(30),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), None if it
 /// does not exist or is a zombie.
 pub fn process_start_time(pid: i32) -> Option<u64> {
