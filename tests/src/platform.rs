@@ -15,10 +15,17 @@ use crate::jail::static_bins;
 use crate::{bin_path, script_output, TempDir};
 
 /// The kernel and root fs of the `base` template (built by the kernels/ scripts, cached).
+/// Built once per test process: the tests of one binary run in parallel threads, and two runs
+/// of the build scripts at once would race on their outputs.
 pub fn base_images() -> (PathBuf, PathBuf) {
-    let vmlinux = script_output("kernels/build-kernel.sh", &[], "vmlinux");
-    let rootfs = script_output("kernels/build-rootfs.sh", &["--variant", "base"], "rootfs");
-    (vmlinux, rootfs)
+    static IMAGES: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    IMAGES
+        .get_or_init(|| {
+            let vmlinux = script_output("kernels/build-kernel.sh", &[], "vmlinux");
+            let rootfs = script_output("kernels/build-rootfs.sh", &["--variant", "base"], "rootfs");
+            (vmlinux, rootfs)
+        })
+        .clone()
 }
 
 pub fn template_cache() -> PathBuf {

@@ -674,6 +674,7 @@ pub async fn recover(d: &Shared) {
     }
     // Jails of nothing we know (a build or create cut short by SIGKILL before its row).
     let base = d.cfg.launcher.jail_dir.join(vmm::EXEC_NAME);
+    let mut orphan_jails = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&base) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -692,11 +693,22 @@ pub async fn recover(d: &Shared) {
                 }
             }
             tracing::info!("removing the orphaned jail {name}");
+            orphan_jails.push(name.clone());
             let _ = vmm::cleanup_jail(&jail, d.cfg.launcher.cgroup_version);
         }
     }
+    // Network namespaces of this daemon's sandboxes that are gone (namespaces are host-wide:
+    // only ids from this daemon's own store or jail directory are touched).
+    let ours: HashSet<String> = d
+        .store
+        .sandboxes()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.id)
+        .chain(orphan_jails)
+        .collect();
     for id in crate::netns::existing() {
-        if !keep.contains(&id) {
+        if ours.contains(&id) && !keep.contains(&id) {
             tracing::info!("removing the orphaned network namespace of {id}");
             crate::netns::remove(&id);
         }
