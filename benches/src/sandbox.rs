@@ -11,7 +11,8 @@
 //!   daemon adds (HTTP, SQLite, admission, the jail's files, the namespace, bookkeeping).
 //! - `sandbox_create_to_exec_output_ms`: create + `exec echo` → its output received.
 //! - `sandbox_creates_per_second_cN`: N clients each creating and deleting in a loop.
-//! - memory: `daemon_rss_kib` idle; with `--sandboxes M` (default 20) running at once,
+//! - memory: `daemon_rss_kib` idle; with `--sandboxes M` (default 20) alive at once (each
+//!   paused after its create: idle guests' emulated timer ticks would starve a 2-core PVM host),
 //!   `sandbox_vmm_rss_kib` and `sandbox_vmm_pss_kib` per VMM (PSS splits the pages clones share
 //!   through the snapshot file), and the daemon's RSS with them.
 
@@ -302,7 +303,14 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
     let m = opts.sandboxes;
     let mut ids = Vec::new();
     for _ in 0..m {
-        ids.push(create(&d)?);
+        // Each is paused once created: an idle guest kernel's timer ticks are emulated on PVM
+        // hosts (~10% of a core each), which would starve the next creates on 2 cores.
+        let id = create(&d)?;
+        let (st, v) = call(&d, "POST", &format!("/sandboxes/{id}/pause"), None)?;
+        if st != 200 {
+            return Err(format!("pause: {st} {v}"));
+        }
+        ids.push(id);
     }
     std::thread::sleep(Duration::from_secs(2));
     let mut rss = Vec::new();
