@@ -162,13 +162,24 @@ fn bare_restore(d: &Daemon, tpl: &Path, n: usize) -> Result<f64, String> {
         }
         let body = json!({"snapshot_path": "/ready.state",
             "mem_backend": {"backend_type": "File", "backend_path": "/ready.mem"}, "resume_vm": true});
-        let r = request(
-            &sock,
-            "PUT",
-            "/snapshot/load",
-            Some(body.to_string().as_bytes()),
-        )
-        .map_err(|e| format!("load: {e}"))?;
+        // The VMM binds its socket a moment before it listens: retry a refused connect.
+        let r = loop {
+            match request(
+                &sock,
+                "PUT",
+                "/snapshot/load",
+                Some(body.to_string().as_bytes()),
+            ) {
+                Ok(r) => break r,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && t.elapsed() < Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Err(e) => return Err(format!("load: {e}")),
+            }
+        };
         if r.status != 204 {
             return Err(format!("load: {r}"));
         }

@@ -241,12 +241,26 @@ async fn api_inner(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, VmmError> {
-    let stream = tokio::net::UnixStream::connect(sock)
-        .await
-        .map_err(|source| VmmError::Connect {
-            path: sock.display().to_string(),
-            source,
-        })?;
+    // A VMM binds its socket a moment before it listens: a refused connect right after the
+    // file appears is retried briefly.
+    let start = Instant::now();
+    let stream = loop {
+        match tokio::net::UnixStream::connect(sock).await {
+            Ok(s) => break s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && start.elapsed() < Duration::from_secs(1) =>
+            {
+                tokio::time::sleep(Duration::from_micros(200)).await
+            }
+            Err(source) => {
+                return Err(VmmError::Connect {
+                    path: sock.display().to_string(),
+                    source,
+                })
+            }
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
