@@ -288,12 +288,16 @@ fn connect_hybrid_vsock_bounded(uds: &Path, timeout: Duration) -> Result<UnixStr
 /// Retries [`agent_handshake`] until the agent answers or `deadline` passes.
 pub fn wait_for_agent(uds: &Path, deadline: Duration) -> Result<Client<UnixStream>, ClientError> {
     let start = std::time::Instant::now();
+    let mut attempt = 0u32;
     loop {
+        // A restored guest answers within a second here; a connection it lost in its
+        // transport reset is given up on after 1 s, then 2 s, ... up to HANDSHAKE_TIMEOUT.
+        attempt += 1;
         let left = deadline.saturating_sub(start.elapsed());
-        match agent_handshake(
-            uds,
-            HANDSHAKE_TIMEOUT.min(left.max(Duration::from_millis(100))),
-        ) {
+        let per_try = Duration::from_secs(attempt.into())
+            .min(HANDSHAKE_TIMEOUT)
+            .min(left.max(Duration::from_millis(100)));
+        match agent_handshake(uds, per_try) {
             Ok(c) => return Ok(c),
             Err(e) if start.elapsed() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
