@@ -38,7 +38,7 @@ fi
 
 echo "demo: \$ tartarus run base -- uname -a"
 "$BIN/tartarus" run base -- uname -a
-echo "demo: \$ tartarus run base -- sh -c 'cat /proc/cpuinfo | grep -c processor; free -m; id'"
+echo "demo: \$ tartarus run base -- sh -c 'echo cpus: \$(grep -c processor /proc/cpuinfo); free -m; id'"
 "$BIN/tartarus" run base -- sh -c 'echo cpus: $(grep -c processor /proc/cpuinfo); free -m; id'
 echo
 echo "demo: tartarusd keeps running; try: $BIN/tartarus sandbox create base"
