@@ -738,3 +738,146 @@ fn nat_networking_reaches_out_and_keeps_sandboxes_apart() {
     }
     assert!(d.leftovers().is_empty(), "{:?}", d.leftovers());
 }
+
+#[test]
+#[cfg_attr(
+    tartarus_skip_linux_tests,
+    ignore = "Linux lane turned off with TARTARUS_LINUX_TESTS=0; pass --ignored to run it"
+)]
+fn templates_warm_up_and_go_when_unused() {
+    let d = Daemon::start("sandbox-templates", &[]);
+    let (k, r) = tartarus_tests::platform::base_images();
+    // A template whose ready snapshot holds the result of a warm-up command and a process
+    // left running, with an environment every exec gets.
+    d.cli_ok(&[
+        "template",
+        "build",
+        "--name",
+        "warm",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--disk",
+        "64",
+        "--env",
+        "STAGE=warm",
+        "--warmup",
+        "echo prepared > /root/prepared",
+        "--warmup-bg",
+        "sleep 100000",
+    ]);
+    let t = d.json("GET", "/templates/warm", None, 200);
+    assert_eq!(t["state"], "ready", "{t}");
+    assert_eq!(t["warmup"].as_array().unwrap().len(), 2, "{t}");
+    let id = create_from(&d, "warm");
+    assert_eq!(
+        d.cli_ok(&["exec", &id, "--", "cat", "/root/prepared"]),
+        "prepared\n"
+    );
+    assert_eq!(
+        d.cli_ok(&["exec", &id, "--", "sh", "-c", "echo $STAGE"]),
+        "warm\n"
+    );
+    let ps = d.cli_ok(&["exec", &id, "--", "ps"]);
+    assert!(ps.contains("sleep 100000"), "{ps}");
+    // A second build of the same template is served from the cache: no boot.
+    let t0 = Instant::now();
+    let o = d.cli(&[
+        "template",
+        "build",
+        "--name",
+        "warm",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--disk",
+        "64",
+        "--env",
+        "STAGE=warm",
+        "--warmup",
+        "echo prepared > /root/prepared",
+        "--warmup-bg",
+        "sleep 100000",
+    ]);
+    assert!(!o.status.success(), "an existing name needs --replace");
+    assert!(err(&o).contains("exists"), "{}", err(&o));
+    d.cli_ok(&[
+        "template",
+        "build",
+        "--replace",
+        "--name",
+        "warm",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--disk",
+        "64",
+        "--env",
+        "STAGE=warm",
+        "--warmup",
+        "echo prepared > /root/prepared",
+        "--warmup-bg",
+        "sleep 100000",
+    ]);
+    eprintln!("cached rebuild took {:?}", t0.elapsed());
+    let events = d.cli_ok(&["events"]);
+    assert!(events.matches("template.ready").count() >= 2, "{events}");
+    // A replaced or deleted template's files stay while a sandbox uses them, and go after.
+    let dirs = || {
+        std::fs::read_dir(d.state.join("templates"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(
+        dirs(),
+        2,
+        "the replaced build stays while a sandbox uses it"
+    );
+    d.cli_ok(&["template", "rm", "warm"]);
+    assert_eq!(d.curl("GET", "/templates/warm", None).0, 404);
+    assert_eq!(dirs(), 1, "the unused build went with its template");
+    assert_eq!(
+        d.cli_ok(&["exec", &id, "--", "cat", "/root/prepared"]),
+        "prepared\n"
+    );
+    d.cli_ok(&["sandbox", "rm", &id]);
+    assert_eq!(dirs(), 0);
+    // A warm-up that fails fails the build with its output.
+    let o = d.cli(&[
+        "template",
+        "build",
+        "--name",
+        "broken",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--disk",
+        "64",
+        "--warmup",
+        "echo no-such-thing >&2; exit 7",
+    ]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("no-such-thing"), "{}", err(&o));
+    assert_eq!(
+        d.json("GET", "/templates/broken", None, 200)["state"],
+        "failed"
+    );
+}
+
+fn create_from(d: &Daemon, template: &str) -> String {
+    d.cli_ok(&["sandbox", "create", template])
+        .trim()
+        .to_string()
+}
