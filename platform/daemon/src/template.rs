@@ -315,6 +315,11 @@ async fn build(
             for f in [STATE, MEM, DISK] {
                 fsutil::link_or_copy(&dir.join(f), &tmp.join(f))?;
             }
+            // Another daemon may have filled the same key meanwhile: keep a complete entry
+            // (its readers may be linking from it), replace only an incomplete one.
+            if [STATE, MEM, DISK].iter().all(|f| cache.join(f).is_file()) {
+                return fsutil::remove_tree(&tmp);
+            }
             let _ = fsutil::remove_tree(&cache);
             std::fs::rename(&tmp, &cache).map_err(|source| fsutil::FsError::Io {
                 op: "rename",
