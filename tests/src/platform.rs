@@ -46,6 +46,9 @@ pub struct Daemon {
     pub state: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
+    /// Each daemon of a test process gets uids of its own (sandboxes of two daemons never
+    /// share one).
+    uid_base: u32,
 }
 
 impl Daemon {
@@ -60,6 +63,11 @@ impl Daemon {
             state,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            uid_base: {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                700_000 + (std::process::id() % 1000) * 1000 + n * 100
+            },
         };
         d.spawn();
         d
@@ -85,7 +93,7 @@ impl Daemon {
             .arg("--jailer")
             .arg(&bins.jailer)
             .arg("--uid-base")
-            .arg((700_000 + (std::process::id() % 1000) * 100).to_string())
+            .arg(self.uid_base.to_string())
             .arg("--log")
             .arg("tartarusd=debug,info")
             .args(&self.extra)
