@@ -539,11 +539,7 @@ impl Vmm {
 
     fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), String> {
         let vm = self.vm.as_ref().ok_or("no microVM is running")?;
-        if let Some(v) = &p.version {
-            tracing::info!(
-                "snapshot/create: version {v} ignored (Tartarus writes its own format version)"
-            );
-        }
+        crate::parity::log_create_version(p);
         if p.snapshot_type == SnapshotType::Diff && !self.machine.track_dirty_pages {
             return Err(
                 "a Diff snapshot needs track_dirty_pages (set it in machine-config, or when loading)"

@@ -1,7 +1,7 @@
 //! Where Tartarus follows Firecracker's semantics rather than its own: the version clients gate
 //! on, no-op state changes, per-bucket rate-limiter updates and the overrides of a snapshot load.
 
-use api::models::{RequestedVmState, SnapshotLoadParams, VmmAction};
+use api::models::{RequestedVmState, SnapshotCreateParams, SnapshotLoadParams, VmmAction};
 
 use crate::device_state::{DeviceKindState, VirtioDeviceState};
 use crate::state::VmState;
@@ -24,6 +24,14 @@ pub fn is_noop_state_change(state: VmState, action: &VmmAction) -> bool {
             VmmAction::PatchVmState(RequestedVmState::Resumed)
         )
     )
+}
+
+/// Firecracker's `version` of a snapshot create (the format version to write) is accepted and
+/// ignored: Tartarus writes its own format.
+pub fn log_create_version(p: &SnapshotCreateParams) {
+    if let Some(v) = &p.version {
+        tracing::info!("snapshot/create: version {v} ignored (Tartarus writes its own format)");
+    }
 }
 
 /// Applies a load's `network_overrides` and `vsock_override` to the snapshot's devices, before
