@@ -28,7 +28,7 @@ struct Args {
     /// Path of the API Unix socket (must not exist yet).
     #[arg(long, value_name = "PATH", default_value = "/run/tartarus.socket")]
     api_sock: PathBuf,
-    /// Boot from this JSON file (keys "boot-source", "machine-config", "logger", "metrics").
+    /// Boot from this JSON file (the shape of GET /vm/config; see README "The config file").
     #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
     /// Serve no API; requires --config-file.
@@ -59,8 +59,10 @@ struct Args {
     /// Firecracker's process start time stamps (set by its jailer): accepted and ignored.
     #[arg(long, value_name = "US")]
     start_time_us: Option<u64>,
+    /// Accepted and ignored (Firecracker's start-up timing).
     #[arg(long, value_name = "US")]
     start_time_cpu_us: Option<u64>,
+    /// Accepted and ignored (Firecracker's start-up timing).
     #[arg(long, value_name = "US")]
     parent_cpu_time_us: Option<u64>,
     /// Firecracker's MMDS data store limit: accepted and ignored (Tartarus has no MMDS).
