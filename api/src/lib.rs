@@ -10,6 +10,7 @@ pub mod models;
 pub mod net_models;
 pub mod router;
 pub mod server;
+pub mod snapshot_models;
 
 pub use models::{VmmAction, VmmResponse};
 pub use server::{ApiServer, ServerError, SocketFile};

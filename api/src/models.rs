@@ -5,6 +5,7 @@
 //! Every body rejects unknown fields: a misspelt key is an error, never silently ignored.
 
 pub use crate::net_models::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+pub use crate::snapshot_models::*;
 use serde::{Deserialize, Serialize};
 
 /// Largest number of vCPUs a microVM may have.
@@ -20,6 +21,33 @@ pub struct MachineConfig {
     pub smt: bool,
     #[serde(default)]
     pub track_dirty_pages: bool,
+    /// Firecracker's static CPU template: only "None" (the host's CPUID as KVM filters it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
+    /// Firecracker's hugetlbfs backing of guest memory: only "None" (4 KiB pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<String>,
+}
+
+/// Refuses the values of Firecracker's `cpu_template` and `huge_pages` that Tartarus does not
+/// implement, naming them as unsupported (not as unknown).
+fn check_unsupported_machine(
+    cpu_template: Option<&str>,
+    huge_pages: Option<&str>,
+) -> Result<(), String> {
+    if let Some(t) = cpu_template.filter(|t| *t != "None") {
+        return Err(format!(
+            "Invalid machine-config: cpu_template '{t}' is not supported by Tartarus \
+             (CPU templates are not implemented; only \"None\" is accepted)"
+        ));
+    }
+    if let Some(h) = huge_pages.filter(|h| *h != "None") {
+        return Err(format!(
+            "Invalid machine-config: huge_pages '{h}' is not supported by Tartarus \
+             (guest memory uses 4 KiB pages; only \"None\" is accepted)"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for MachineConfig {
@@ -29,6 +57,8 @@ impl Default for MachineConfig {
             mem_size_mib: 128,
             smt: false,
             track_dirty_pages: false,
+            cpu_template: None,
+            huge_pages: None,
         }
     }
 }
@@ -36,6 +66,7 @@ impl Default for MachineConfig {
 impl MachineConfig {
     /// Checks the values, naming the field and the problem on error.
     pub fn validate(&self) -> Result<(), String> {
+        check_unsupported_machine(self.cpu_template.as_deref(), self.huge_pages.as_deref())?;
         if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
             return Err(format!(
                 "Invalid machine-config: vcpu_count must be between 1 and {MAX_VCPUS}, got {}",
@@ -68,6 +99,8 @@ impl MachineConfig {
             mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
             smt: update.smt.unwrap_or(self.smt),
             track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+            cpu_template: update.cpu_template.clone().or(self.cpu_template.clone()),
+            huge_pages: update.huge_pages.clone().or(self.huge_pages.clone()),
         };
         new.validate()?;
         Ok(new)
@@ -82,6 +115,8 @@ pub struct MachineConfigUpdate {
     pub mem_size_mib: Option<usize>,
     pub smt: Option<bool>,
     pub track_dirty_pages: Option<bool>,
+    pub cpu_template: Option<String>,
+    pub huge_pages: Option<String>,
 }
 
 /// `PUT /boot-source` body (also the `"boot-source"` key of a config file).
@@ -217,11 +252,7 @@ pub struct VersionInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
-    #[serde(
-        rename = "boot-source",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "boot-source", default)]
     pub boot_source: Option<BootSourceConfig>,
     #[serde(rename = "machine-config", default)]
     pub machine_config: Option<MachineConfig>,
@@ -229,17 +260,43 @@ pub struct VmConfig {
     pub drives: Vec<BlockDeviceConfig>,
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub logger: Option<LoggerConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub metrics: Option<MetricsConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub vsock: Option<VsockDeviceConfig>,
+    /// Firecracker devices Tartarus does not have yet: accepted when null (as `GET /vm/config`
+    /// shows them), refused otherwise.
+    #[serde(default)]
+    pub balloon: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub entropy: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub serial: Option<serde_json::Value>,
 }
 
 impl VmConfig {
     /// Validates every section that is present, with the same messages as the API routes.
     pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("balloon", &self.balloon),
+            ("mmds-config", &self.mmds_config),
+            ("entropy", &self.entropy),
+            ("cpu-config", &self.cpu_config),
+            ("serial", &self.serial),
+        ] {
+            if value.is_some() {
+                return Err(format!(
+                    "the \"{key}\" key configures a device Tartarus does not support yet: \
+                     leave it out or set it to null"
+                ));
+            }
+        }
         if let Some(b) = &self.boot_source {
             b.validate()?;
         }
@@ -338,6 +395,21 @@ pub struct RateLimiterConfig {
 }
 
 impl RateLimiterConfig {
+    /// Applies a PATCH the way Firecracker does: a bucket the update names replaces ours, a
+    /// bucket it leaves out is kept.
+    pub fn merged(current: Option<&RateLimiterConfig>, update: &RateLimiterConfig) -> Self {
+        RateLimiterConfig {
+            bandwidth: update
+                .bandwidth
+                .clone()
+                .or_else(|| current.and_then(|c| c.bandwidth.clone())),
+            ops: update
+                .ops
+                .clone()
+                .or_else(|| current.and_then(|c| c.ops.clone())),
+        }
+    }
+
     pub fn validate(&self, what: &str) -> Result<(), String> {
         for (name, b) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
             if let Some(b) = b {
@@ -376,6 +448,9 @@ pub enum IoEngine {
 #[serde(deny_unknown_fields)]
 pub struct BlockDeviceConfig {
     pub drive_id: String,
+    /// Required; a default only so that a vhost-user body (`socket`, no path) gets the
+    /// "not supported" answer rather than "missing field".
+    #[serde(default)]
     pub path_on_host: String,
     pub is_root_device: bool,
     #[serde(default)]
@@ -388,6 +463,9 @@ pub struct BlockDeviceConfig {
     pub io_engine: IoEngine,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
+    /// Firecracker's vhost-user backend socket: refused (no vhost-user in Tartarus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 fn valid_drive_id(id: &str) -> bool {
@@ -404,6 +482,12 @@ impl BlockDeviceConfig {
             return Err(format!(
                 "Invalid drive: drive_id '{}' must be 1-64 characters from [A-Za-z0-9_-]",
                 self.drive_id
+            ));
+        }
+        if let Some(sock) = &self.socket {
+            return Err(format!(
+                "Invalid drive: socket '{sock}': vhost-user drives are not supported by Tartarus \
+                 (give path_on_host for a virtio-blk drive backed by a file)"
             ));
         }
         if self.path_on_host.is_empty() {
@@ -437,145 +521,6 @@ pub struct BlockDeviceUpdate {
     pub path_on_host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
-}
-
-/// Kinds of snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SnapshotType {
-    /// All of guest memory.
-    #[default]
-    Full,
-    /// Only the pages written since the last snapshot, written in place onto that snapshot's
-    /// memory file (needs `track_dirty_pages`).
-    Diff,
-}
-
-/// `PUT /snapshot/create` body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotCreateParams {
-    #[serde(default)]
-    pub snapshot_type: SnapshotType,
-    pub snapshot_path: String,
-    pub mem_file_path: String,
-    /// Accepted for compatibility with older Firecracker clients and ignored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-/// Where restored guest memory comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MemBackendType {
-    /// `mmap(MAP_PRIVATE)` of the memory file.
-    File,
-    /// Anonymous memory filled on demand through userfaultfd.
-    Uffd,
-}
-
-/// `mem_backend` of a `PUT /snapshot/load` body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemBackend {
-    pub backend_type: MemBackendType,
-    /// File: the memory file. Uffd: the memory file (served by the VMM itself) or the Unix
-    /// socket of an external page-fault handler.
-    pub backend_path: String,
-}
-
-/// `prefetch` of a `PUT /snapshot/load` body (a Tartarus extension; needs a Uffd backend served
-/// by the VMM).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrefetchConfig {
-    /// The working-set file: written when recording, read when prefetching.
-    pub working_set_path: String,
-    /// true: record the pages the guest touches into `working_set_path`; false: copy the pages
-    /// listed there before the vCPUs resume.
-    #[serde(default)]
-    pub record: bool,
-    /// How long to record after the vCPUs resume; recording also stops at the next pause.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub record_ms: Option<u64>,
-}
-
-/// `PUT /snapshot/load` body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotLoadParams {
-    pub snapshot_path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mem_backend: Option<MemBackend>,
-    /// Older Firecracker spelling of a File backend.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mem_file_path: Option<String>,
-    #[serde(default)]
-    pub track_dirty_pages: bool,
-    /// Older Firecracker spelling of `track_dirty_pages`.
-    #[serde(default)]
-    pub enable_diff_snapshots: bool,
-    #[serde(default)]
-    pub resume_vm: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefetch: Option<PrefetchConfig>,
-}
-
-impl SnapshotLoadParams {
-    /// The memory backend, from `mem_backend` or the older `mem_file_path`.
-    pub fn backend(&self) -> Result<MemBackend, String> {
-        match (&self.mem_backend, &self.mem_file_path) {
-            (Some(_), Some(_)) => Err(
-                "Invalid snapshot/load body: give either mem_backend or mem_file_path, not both"
-                    .into(),
-            ),
-            (None, None) => {
-                Err("Invalid snapshot/load body: mem_backend (or mem_file_path) is required".into())
-            }
-            (Some(b), None) => Ok(b.clone()),
-            (None, Some(p)) => Ok(MemBackend {
-                backend_type: MemBackendType::File,
-                backend_path: p.clone(),
-            }),
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if self.snapshot_path.is_empty() {
-            return Err("Invalid snapshot/load body: snapshot_path must not be empty".into());
-        }
-        let backend = self.backend()?;
-        if backend.backend_path.is_empty() {
-            return Err("Invalid snapshot/load body: backend_path must not be empty".into());
-        }
-        if let Some(p) = &self.prefetch {
-            if p.working_set_path.is_empty() {
-                return Err(
-                    "Invalid snapshot/load body: prefetch.working_set_path must not be empty"
-                        .into(),
-                );
-            }
-            if backend.backend_type != MemBackendType::Uffd {
-                return Err("Invalid snapshot/load body: prefetch needs a Uffd mem_backend".into());
-            }
-        }
-        Ok(())
-    }
-}
-
-impl SnapshotCreateParams {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.snapshot_path.is_empty() {
-            return Err("Invalid snapshot/create body: snapshot_path must not be empty".into());
-        }
-        if self.mem_file_path.is_empty() {
-            return Err("Invalid snapshot/create body: mem_file_path must not be empty".into());
-        }
-        if self.snapshot_path == self.mem_file_path {
-            return Err(
-                "Invalid snapshot/create body: snapshot_path and mem_file_path must differ".into(),
-            );
-        }
-        Ok(())
-    }
 }
 
 /// A typed request handed from the API thread to the VMM thread.

@@ -297,6 +297,7 @@ mod tests {
                 mem_size_mib: 256,
                 smt: false,
                 track_dirty_pages: true,
+                ..Default::default()
             })
         );
         // Optional fields default.

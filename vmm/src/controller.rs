@@ -242,6 +242,9 @@ impl Vmm {
     }
 
     fn dispatch(&mut self, action: VmmAction) -> VmmResponse {
+        if crate::parity::is_noop_state_change(self.state, &action) {
+            return VmmResponse::Empty;
+        }
         let kind = Self::kind(&action);
         if !accepts(self.state, kind) {
             let when = match kind {
@@ -265,7 +268,7 @@ impl Vmm {
                 app_name: APP_NAME.to_string(),
             }),
             GetVersion => json(&VersionInfo {
-                firecracker_version: VMM_VERSION.to_string(),
+                firecracker_version: crate::parity::FIRECRACKER_API_VERSION.to_string(),
                 tartarus_version: VMM_VERSION.to_string(),
             }),
             GetMachineConfig => json(&self.machine),
@@ -404,7 +407,8 @@ impl Vmm {
             updated.path_on_host = p.clone();
         }
         if let Some(r) = &u.rate_limiter {
-            updated.rate_limiter = Some(r.clone());
+            updated.rate_limiter =
+                Some(RateLimiterConfig::merged(updated.rate_limiter.as_ref(), r));
         }
         if self.vm.is_none() {
             drives::check(&updated)?;
@@ -430,6 +434,7 @@ impl Vmm {
             logger: self.logger_cfg.clone(),
             metrics: self.metrics_cfg.clone(),
             vsock: self.devices.vsock.clone(),
+            ..Default::default()
         }
     }
 
@@ -534,6 +539,7 @@ impl Vmm {
 
     fn create_snapshot(&mut self, p: &SnapshotCreateParams) -> Result<(), String> {
         let vm = self.vm.as_ref().ok_or("no microVM is running")?;
+        crate::parity::log_create_version(p);
         if p.snapshot_type == SnapshotType::Diff && !self.machine.track_dirty_pages {
             return Err(
                 "a Diff snapshot needs track_dirty_pages (set it in machine-config, or when loading)"
@@ -592,9 +598,10 @@ impl Vmm {
         }
         let t0 = std::time::Instant::now();
         // Every field is checked before anything is built (see snapshot_check).
-        let state: MicroVmState =
+        let mut state: MicroVmState =
             crate::snapshot_check::read_checked(std::path::Path::new(&p.snapshot_path))
                 .map_err(|e| e.to_string())?;
+        crate::parity::apply_load_overrides(&mut state.devices, p)?;
         let allow_tap_create = self.devices.allow_tap_create;
         device_state::check(&state.devices, allow_tap_create)?;
         let t_state = t0.elapsed();

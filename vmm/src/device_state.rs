@@ -173,6 +173,7 @@ impl DriveState {
             cache_type: self.cache_type,
             io_engine: self.io_engine,
             rate_limiter: limiter_config(self.rate_limiter.as_ref()),
+            socket: None,
         }
     }
 }
@@ -482,6 +483,7 @@ mod tests {
                 }),
                 ops: None,
             }),
+            socket: None,
         };
         let s = DriveState::new(&cfg, 1 << 32);
         assert_eq!(s.config(), cfg);

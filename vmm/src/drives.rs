@@ -189,6 +189,7 @@ mod tests {
             cache_type: Default::default(),
             io_engine: Default::default(),
             rate_limiter: None,
+            socket: None,
         }
     }
 

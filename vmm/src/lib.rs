@@ -14,6 +14,7 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod net;
+pub mod parity;
 pub mod persist;
 pub mod pvm;
 pub mod snapshot_check;

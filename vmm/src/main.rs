@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 
-use api::models::{LogLevel, VmConfig};
+use api::models::{LogLevel, MetricsConfig, VmConfig, VmmAction, VmmResponse};
 use api::ApiServer;
 use clap::Parser;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -28,7 +28,7 @@ struct Args {
     /// Path of the API Unix socket (must not exist yet).
     #[arg(long, value_name = "PATH", default_value = "/run/tartarus.socket")]
     api_sock: PathBuf,
-    /// Boot from this JSON file (keys "boot-source", "machine-config", "logger", "metrics").
+    /// Boot from this JSON file (the shape of GET /vm/config; see README "The config file").
     #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
     /// Serve no API; requires --config-file.
@@ -37,9 +37,43 @@ struct Args {
     /// Identifier of this microVM.
     #[arg(long, default_value = "anonymous-instance")]
     id: String,
-    /// Off, Error, Warning, Info, Debug or Trace.
-    #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = parse_level)]
+    /// Off, Error, Warning, Info, Debug or Trace (Firecracker's spelling --level works too).
+    #[arg(long, visible_alias = "level", value_name = "LEVEL", default_value = "Warning",
+          value_parser = parse_level)]
     log_level: LogLevel,
+    /// Log only the events of this module (a tracing target such as vmm::controller).
+    #[arg(long, value_name = "MODULE")]
+    module: Option<String>,
+    /// Prefix log lines with their level (the default).
+    #[arg(long)]
+    show_level: bool,
+    /// Prefix log lines with the file and line that logged them.
+    #[arg(long)]
+    show_log_origin: bool,
+    /// Write metrics to this file, as PUT /metrics does.
+    #[arg(long, value_name = "PATH")]
+    metrics_path: Option<String>,
+    /// Firecracker's boot-time measurement device: accepted and ignored (logged).
+    #[arg(long)]
+    boot_timer: bool,
+    /// Firecracker's process start time stamps (set by its jailer): accepted and ignored.
+    #[arg(long, value_name = "US")]
+    start_time_us: Option<u64>,
+    /// Accepted and ignored (Firecracker's start-up timing).
+    #[arg(long, value_name = "US")]
+    start_time_cpu_us: Option<u64>,
+    /// Accepted and ignored (Firecracker's start-up timing).
+    #[arg(long, value_name = "US")]
+    parent_cpu_time_us: Option<u64>,
+    /// Firecracker's MMDS data store limit: accepted and ignored (Tartarus has no MMDS).
+    #[arg(long, value_name = "BYTES")]
+    mmds_size_limit: Option<usize>,
+    /// Print the snapshot format version this VMM writes and exit.
+    #[arg(long, exclusive = true)]
+    snapshot_version: bool,
+    /// Refused: Tartarus has no PCI bus, its devices are virtio-mmio only.
+    #[arg(long)]
+    enable_pci: bool,
     /// Write the log here instead of stderr.
     #[arg(long, value_name = "FILE")]
     log_path: Option<String>,
@@ -83,6 +117,28 @@ fn valid_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Logs the Firecracker flags that are accepted but mean nothing for Tartarus.
+fn log_ignored_flags(args: &Args) {
+    if args.show_level {
+        tracing::debug!("--show-level: log lines show their level by default");
+    }
+    if args.boot_timer {
+        tracing::info!("--boot-timer ignored: Tartarus has no boot-timer device");
+    }
+    for (flag, value) in [
+        ("--start-time-us", args.start_time_us),
+        ("--start-time-cpu-us", args.start_time_cpu_us),
+        ("--parent-cpu-time-us", args.parent_cpu_time_us),
+    ] {
+        if let Some(v) = value {
+            tracing::info!("{flag} {v} ignored (Firecracker's start-up timing)");
+        }
+    }
+    if let Some(limit) = args.mmds_size_limit {
+        tracing::info!("--mmds-size-limit {limit} ignored: Tartarus has no MMDS");
+    }
 }
 
 fn main() {
@@ -220,6 +276,21 @@ fn run() -> i32 {
     if let Some(path) = &args.describe_snapshot {
         return describe_snapshot(path);
     }
+    if args.snapshot_version {
+        println!(
+            "v{}.{}",
+            snapshot::state::FORMAT_MAJOR,
+            snapshot::state::FORMAT_MINOR
+        );
+        return 0;
+    }
+    if args.enable_pci {
+        eprintln!(
+            "tartarus-vmm: --enable-pci is not supported: Tartarus has no PCI bus, its devices \
+             are virtio-mmio only (leave the flag out)"
+        );
+        return 2;
+    }
     if !valid_id(&args.id) {
         eprintln!(
             "tartarus-vmm: invalid --id '{}': use 1-64 characters from [A-Za-z0-9_-]",
@@ -239,12 +310,13 @@ fn run() -> i32 {
     let settings = LogSettings {
         level: args.log_level,
         show_level: true,
-        show_log_origin: false,
-        module: None,
+        show_log_origin: args.show_log_origin,
+        module: args.module.clone(),
         file,
         id: args.id.clone(),
     };
     logger::init(&settings);
+    log_ignored_flags(&args);
 
     // Every thread installs its own filter from this set: api and vCPU threads first thing,
     // the VMM thread right before its event loop.
@@ -311,6 +383,14 @@ fn run() -> i32 {
 
     vmm.set_pvm_mode(args.pvm_workarounds);
     vmm.set_allow_tap_create(args.allow_tap_create);
+    if let Some(path) = &args.metrics_path {
+        let put = VmmAction::PutMetrics(MetricsConfig {
+            metrics_path: path.clone(),
+        });
+        if let VmmResponse::Error(_, e) = vmm.handle(put) {
+            return fail(format!("--metrics-path: {e}"));
+        }
+    }
 
     if let Some(path) = &args.config_file {
         let cfg = std::fs::read_to_string(path)

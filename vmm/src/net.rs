@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use api::models::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use api::models::{NetworkInterfaceConfig, NetworkInterfaceUpdate, RateLimiterConfig};
 use devices::rate_limiter::BucketUpdate;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{self, Net, NetConfig, Tap};
@@ -191,10 +191,10 @@ pub fn patch(
         );
     }
     if let Some(r) = &u.rx_rate_limiter {
-        cfg.rx_rate_limiter = Some(r.clone());
+        cfg.rx_rate_limiter = Some(RateLimiterConfig::merged(cfg.rx_rate_limiter.as_ref(), r));
     }
     if let Some(r) = &u.tx_rate_limiter {
-        cfg.tx_rate_limiter = Some(r.clone());
+        cfg.tx_rate_limiter = Some(RateLimiterConfig::merged(cfg.tx_rate_limiter.as_ref(), r));
     }
     Ok(())
 }
