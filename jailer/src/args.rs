@@ -13,6 +13,7 @@ use clap::Parser;
 
 use crate::cgroup::{self, CgroupPlan};
 use crate::devices::{self, HostDevices};
+use crate::elf::{self, ElfError, Linkage};
 use crate::namespaces;
 use crate::rlimits::{self, ResourceLimit};
 
@@ -128,6 +129,18 @@ pub enum ArgsError {
     },
     #[error("Invalid --exec-file {}: not a regular file", .0.display())]
     ExecFileNotRegular(PathBuf),
+    #[error(
+        "--exec-file {}: dynamically linked (needs {interp}); build it static \
+         (scripts/build-static.sh)",
+        path.display()
+    )]
+    ExecFileDynamic { path: PathBuf, interp: String },
+    #[error("--exec-file {}: not a static ELF executable", path.display())]
+    ExecFileNotElf {
+        path: PathBuf,
+        #[source]
+        source: ElfError,
+    },
     #[error("Invalid --exec-file {}: no file name", .0.display())]
     ExecFileName(PathBuf),
     #[error("Invalid --chroot-base-dir {}: {reason}", path.display())]
@@ -225,6 +238,28 @@ impl Cli {
         })?;
         if !meta.file_type().is_file() {
             return Err(ArgsError::ExecFileNotRegular(self.exec_file));
+        }
+        // The jail has no loader and no libraries: only a static executable can run there.
+        match elf::file_linkage(&self.exec_file) {
+            Err(source) => {
+                return Err(ArgsError::ExecFileMissing {
+                    path: self.exec_file,
+                    source,
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(ArgsError::ExecFileNotElf {
+                    path: self.exec_file,
+                    source,
+                })
+            }
+            Ok(Ok(Linkage::Dynamic { interp })) => {
+                return Err(ArgsError::ExecFileDynamic {
+                    path: self.exec_file,
+                    interp,
+                })
+            }
+            Ok(Ok(Linkage::Static)) => {}
         }
         let exec_name = match self.exec_file.file_name() {
             Some(n) if !n.as_bytes().contains(&b'\n') => n.to_os_string(),

@@ -1,7 +1,8 @@
 //! `tartarus-jailer`: starts `tartarus-vmm` in a jail, with Firecracker's jailer flags.
 //!
 //! The steps, in an order that cannot leak privileges (see README.md):
-//! 1. validate every argument against the host, changing nothing ([`args`]);
+//! 1. validate every argument against the host, changing nothing ([`args`]), including that
+//!    the VMM binary is a static ELF executable ([`elf`]);
 //! 2. close inherited file descriptors, clear the environment ([`process`]); open the netns
 //!    and /dev/null while host paths are still reachable;
 //! 3. create `<base>/<exec name>/<id>/root`, copy the VMM in, give the root to uid:gid
@@ -17,6 +18,7 @@ mod cgroup;
 mod chroot;
 mod cleanup;
 mod devices;
+mod elf;
 mod namespaces;
 mod privileges;
 mod process;

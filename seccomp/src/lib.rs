@@ -209,6 +209,13 @@ impl Filters {
         )
     }
 
+    /// Test builds: makes `kind` call a forbidden syscall after installing its filter (as
+    /// [`TRIGGER_ENV`] does).
+    #[cfg(feature = "test-trigger")]
+    pub fn set_trigger(&mut self, kind: ThreadKind) {
+        self.trigger = Some(kind);
+    }
+
     /// Installs the filter of `kind` on the calling thread; false when disabled.
     pub fn install(&self, kind: ThreadKind) -> Result<bool> {
         let installed = match self.program(kind) {

@@ -99,6 +99,49 @@ fn build_static() -> Result<StaticBins, String> {
     ))
 }
 
+/// The static `tartarus-vmm` with the `seccomp-test-trigger` feature (hidden flag
+/// `--seccomp-test-trigger KIND`), built once per process into `<target>/seccomp-trigger-static`
+/// the way `scripts/build-static.sh` builds the normal one; `$TARTARUS_STATIC_TRIGGER_VMM`
+/// overrides it. Test-only: never jail this binary in production.
+pub fn static_trigger_vmm() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("TARTARUS_STATIC_TRIGGER_VMM") {
+            return p.into();
+        }
+        // static_bins().vmm is <target>/x86_64-unknown-linux-gnu/release/tartarus-vmm.
+        let normal = &static_bins().vmm;
+        let target = normal
+            .ancestors()
+            .nth(3)
+            .expect("the static VMM's target directory");
+        let target_dir = target.join("seccomp-trigger-static");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let rustflags = format!(
+            "{} -C target-feature=+crt-static",
+            std::env::var("RUSTFLAGS").unwrap_or_default()
+        );
+        let out = Command::new(cargo)
+            .args(["build", "--release", "-p", "vmm", "--bin", EXEC_NAME])
+            .args(["--features", "seccomp-test-trigger"])
+            .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+            .arg(&target_dir)
+            .env("RUSTFLAGS", rustflags)
+            .current_dir(repo_root())
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "building the static trigger VMM failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target_dir
+            .join("x86_64-unknown-linux-gnu")
+            .join("release")
+            .join(EXEC_NAME)
+    })
+}
+
 /// Makes this process a child subreaper, so a VMM that the jailer forked (and then left)
 /// becomes our child and can be waited for.
 pub fn become_subreaper() {
@@ -147,6 +190,7 @@ pub struct JailBuilder {
     jailer_args: Vec<OsString>,
     vmm_args: Vec<OsString>,
     files: Vec<(PathBuf, String)>,
+    exec_file: Option<PathBuf>,
 }
 
 impl JailBuilder {
@@ -164,7 +208,15 @@ impl JailBuilder {
                 SERIAL_OUT.into(),
             ],
             files: Vec::new(),
+            exec_file: None,
         }
+    }
+
+    /// Jails this VMM binary instead of the static one (it must be static too, and named
+    /// `tartarus-vmm`).
+    pub fn exec_file(mut self, path: &Path) -> Self {
+        self.exec_file = Some(path.to_path_buf());
+        self
     }
 
     /// Appends jailer arguments (before `--`).
@@ -208,7 +260,7 @@ impl JailBuilder {
         cmd.arg("--id")
             .arg(&self.id)
             .arg("--exec-file")
-            .arg(&bins.vmm)
+            .arg(self.exec_file.as_deref().unwrap_or(&bins.vmm))
             .arg("--uid")
             .arg(JAIL_UID.to_string())
             .arg("--gid")
@@ -233,6 +285,7 @@ impl JailBuilder {
             jailer_exit: None,
             vmm_pid: None,
             vmm_exit: None,
+            vmm_signal: None,
             command_line,
             logs,
             base,
@@ -251,6 +304,8 @@ pub struct Jail {
     jailer_exit: Option<ExitStatus>,
     vmm_pid: Option<i32>,
     vmm_exit: Option<i32>,
+    /// The signal that killed the VMM, once it has been waited for.
+    vmm_signal: Option<i32>,
     command_line: String,
     logs: TempDir,
     base: TempDir,
@@ -445,6 +500,7 @@ impl Jail {
                 if let Ok(Some(s)) = self.jailer.try_wait() {
                     self.jailer_exit = Some(s);
                     self.vmm_exit = Some(s.code().unwrap_or(-1));
+                    self.vmm_signal = std::os::unix::process::ExitStatusExt::signal(&s);
                     return s.code();
                 }
             } else {
@@ -461,6 +517,9 @@ impl Jail {
                     } else {
                         -1
                     };
+                    if libc::WIFSIGNALED(status) {
+                        self.vmm_signal = Some(libc::WTERMSIG(status));
+                    }
                     self.vmm_exit = Some(code);
                     return (code >= 0).then_some(code);
                 }
@@ -473,6 +532,11 @@ impl Jail {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The signal that killed the VMM (after [`Jail::wait_vmm_exit`] saw it exit).
+    pub fn vmm_signal(&self) -> Option<i32> {
+        self.vmm_signal
     }
 
     /// The cgroup directories of this jail that exist now (any hierarchy).

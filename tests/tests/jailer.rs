@@ -417,6 +417,29 @@ fn bad_input_is_refused_and_creates_nothing() {
     refused("--id after --", "Do not pass --id after", |a| {
         a.extend(["--".into(), "--id".into(), "x".into()])
     });
+    // The jail has no loader: a dynamically linked VMM could never start there.
+    refused(
+        "dynamically linked exec file",
+        "--exec-file /bin/true: dynamically linked (needs /",
+        |a| set(a, "--exec-file", "/bin/true"),
+    );
+    refused(
+        "dynamically linked exec file (hint)",
+        "); build it static (scripts/build-static.sh)",
+        |a| set(a, "--exec-file", "/bin/true"),
+    );
+    let scripts = TempDir::new("notelf");
+    let script = scripts.join("tartarus-vmm");
+    fs::write(&script, b"#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    refused(
+        "exec file that is not ELF",
+        &format!(
+            "--exec-file {}: not a static ELF executable: not an ELF file",
+            script.display()
+        ),
+        |a| set(a, "--exec-file", script.to_str().unwrap()),
+    );
 
     // A chroot base that is a file.
     let tmp = TempDir::new("badbase");

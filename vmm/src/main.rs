@@ -101,6 +101,12 @@ struct Args {
     /// "api", "vmm", "vcpu") instead of the built-in ones.
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
+    /// Test builds only: this thread kind (api, vmm, vcpu) calls a forbidden syscall right after
+    /// installing its filter. The same as TARTARUS_SECCOMP_TRIGGER, for runs with an empty
+    /// environment (the jailer clears it).
+    #[cfg(feature = "seccomp-test-trigger")]
+    #[arg(long, value_name = "KIND", hide = true)]
+    seccomp_test_trigger: Option<ThreadKind>,
 }
 
 fn parse_pvm(s: &str) -> Result<vmm::pvm::PvmMode, String> {
@@ -327,10 +333,15 @@ fn run() -> i32 {
     } else {
         Filters::built_in()
     };
-    let filters = match filters {
+    #[cfg_attr(not(feature = "seccomp-test-trigger"), allow(unused_mut))]
+    let mut filters = match filters {
         Ok(f) => f,
         Err(e) => return fail(error_chain(&e)),
     };
+    #[cfg(feature = "seccomp-test-trigger")]
+    if let Some(kind) = args.seccomp_test_trigger {
+        filters.set_trigger(kind);
+    }
     tracing::info!("{}", filters.summary());
     if let Err(e) = seccomp::set_global(filters) {
         return fail(error_chain(&e));
