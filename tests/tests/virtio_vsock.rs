@@ -1,6 +1,7 @@
 //! virtio-vsock end to end with the virtio_vsock test guest: host-initiated connections through
 //! `CONNECT <port>` on uds_path (echoed by the guest), guest-initiated ones to `<uds>_<port>`,
-//! refusals both ways, a host client that vanishes mid-stream, API errors, config-file boot.
+//! refusals both ways, a host client that half-closes or vanishes mid-stream, API errors,
+//! config-file boot.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
@@ -83,7 +84,7 @@ fn host_connects_and_the_guest_echoes() {
     assert_eq!(m["vsock"]["connections_opened"], 1, "{m}");
     assert_eq!(m["vsock"]["rx_bytes"], msg.len(), "{m}");
     assert_eq!(m["vsock"]["tx_bytes"], msg.len(), "{m}");
-    // Close our side: the guest gets SHUTDOWN, answers RST, the VMM closes the stream.
+    // Half-close our side: the guest gets SHUTDOWN(SEND), answers RST, the VMM closes the stream.
     s.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
@@ -94,9 +95,30 @@ fn host_connects_and_the_guest_echoes() {
         "{out}"
     );
     assert!(out.contains("vsock echo 20 bytes"), "{out}");
-    assert!(out.contains("vsock shutdown flags=3"), "{out}");
+    assert!(out.contains("vsock shutdown flags=2"), "{out}");
     assert!(out.contains("virtio-vsock: done"), "{out}");
     assert!(!uds(&vmm).exists(), "uds_path left behind after exit");
+}
+
+/// A client that sends its request and half-closes at once (`nc -N`, HTTP/1.0) still reads the
+/// whole reply: the guest hears SHUTDOWN(SEND) only and its echo, sent after the host's EOF was
+/// seen, reaches the host before the guest's RST ends the connection.
+#[test]
+fn a_host_half_close_still_gets_the_whole_reply() {
+    let mut vmm = boot("vsock_listen=52 vsock_quiet");
+    vmm.wait_for_output("vsock listening on port 52", GUEST_TIMEOUT);
+    let (mut s, line) = connect(&uds(&vmm), 52);
+    host_port(&line);
+    let msg: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    s.write_all(&msg).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply.len(), msg.len(), "reply cut short");
+    assert!(reply == msg, "reply differs");
+    let out = vmm.wait_success();
+    assert!(out.contains("vsock shutdown flags=2"), "{out}");
+    assert!(out.contains("virtio-vsock: done"), "{out}");
 }
 
 /// Accepts one connection within the timeout.

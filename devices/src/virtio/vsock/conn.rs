@@ -25,7 +25,9 @@ pub enum State {
     /// Host-initiated: we sent OP_REQUEST and wait for OP_RESPONSE until the deadline.
     Connecting(Instant),
     Established,
-    /// The host stream ended: we sent OP_SHUTDOWN and wait for OP_RST until the deadline.
+    /// The host stream is gone (closed, or failed): we sent OP_SHUTDOWN with both flags and wait
+    /// for OP_RST until the deadline. A host that only half-closed (`shutdown(SHUT_WR)`) leaves
+    /// the connection `Established` with [`Connection::host_eof`] set.
     Closing(Instant),
 }
 
@@ -69,6 +71,9 @@ pub struct Connection {
     pub host_hup: bool,
     /// The host write side was shut down after the guest's SHUTDOWN(SEND).
     pub host_write_closed: bool,
+    /// The host half-closed its stream (we read EOF without a hang-up): the guest got
+    /// SHUTDOWN(SEND), the stream is no longer read, guest data still goes to the host.
+    pub host_eof: bool,
     /// We asked the guest for credit and have not heard from it since.
     pub credit_requested: bool,
     /// Events the handler currently watches for the stream: (readable, writable); None if
@@ -101,6 +106,7 @@ impl Connection {
             host_readable: false,
             host_hup: false,
             host_write_closed: false,
+            host_eof: false,
             credit_requested: false,
             watched: None,
         }
@@ -127,6 +133,7 @@ impl Connection {
     /// Whether host data may flow to the guest now (state, shutdown and credit allowing).
     pub fn can_send_to_guest(&self) -> bool {
         matches!(self.state, State::Established)
+            && !self.host_eof
             && self.peer_shutdown & super::packet::SHUTDOWN_RCV == 0
             && self.peer_credit() > 0
     }
@@ -196,8 +203,16 @@ impl Connection {
         }
     }
 
+    /// Whether nothing flows either way any more: the host half-closed (EOF) and the guest's
+    /// SHUTDOWN(SEND) has been passed on to the host (its data flushed, the write side shut).
+    pub fn both_sides_done(&self) -> bool {
+        self.host_eof && self.host_write_closed
+    }
+
     /// The events the stream should be watched for: readable when data can flow to the guest
-    /// and `rx_ok` (the guest has receive buffers); writable while guest data waits.
+    /// and `rx_ok` (the guest has receive buffers); writable while guest data waits. A stream
+    /// watched for neither stays registered, so its hang-up (EPOLLHUP, always reported) is seen:
+    /// that is how a half-closed host that then closes for good is noticed.
     pub fn wanted_events(&self, rx_ok: bool) -> Option<(bool, bool)> {
         if self.host_hup {
             return None;

@@ -12,8 +12,11 @@
 //! ways. The listener, a timer and a wake EventFd are the device's static aux fds; every
 //! connection's and every pending handshake's stream is a dynamic fd registered through
 //! [`FdChange`]s. Deadlines: a `CONNECT` line must arrive within [`HANDSHAKE_TIMEOUT`], the
-//! guest must answer an OP_REQUEST within it, and after the host stream ends (we send
-//! OP_SHUTDOWN) the guest's OP_RST is awaited as long; then the device closes by itself.
+//! guest must answer an OP_REQUEST within it, and after the host stream is gone (we send
+//! OP_SHUTDOWN with both flags) the guest's OP_RST is awaited as long; then the device closes by
+//! itself. A host half-close (EOF read with no hang-up) only sends OP_SHUTDOWN(SEND): guest data
+//! still reaches the host until the guest shuts down its send side too (then RST), resets, or
+//! the host closes for good (its EPOLLHUP, or a failed write).
 //!
 //! After a snapshot restore the VMM calls [`Vsock::transport_reset`]: all connections are dropped
 //! and VIRTIO_VSOCK_EVENT_TRANSPORT_RESET goes on the event queue.

@@ -36,6 +36,7 @@ impl Vsock {
         let mut want = Vec::new();
         for (k, c) in self.conns.iter_mut() {
             if c.host_readable
+                && !c.host_eof
                 && c.state == State::Established
                 && c.peer_credit() == 0
                 && !c.credit_requested
@@ -190,6 +191,22 @@ impl Vsock {
         }
     }
 
+    /// The host stream of connection `key` ended for good: SHUTDOWN both ways to the guest,
+    /// whose RST is awaited until the deadline.
+    pub(super) fn host_gone(&mut self, key: (u32, u32)) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        c.host_readable = false;
+        c.state = State::Closing(std::time::Instant::now() + HANDSHAKE_TIMEOUT);
+        self.queue_control(
+            key.0,
+            key.1,
+            packet::OP_SHUTDOWN,
+            packet::SHUTDOWN_RCV | packet::SHUTDOWN_SEND,
+        );
+    }
+
     /// Reads host data for connection `key` into the buffer `head` within the guest's credit.
     fn deliver_data(&mut self, key: (u32, u32), head: u16, buf: RxBuffer) {
         self.cursor = Some(key);
@@ -207,16 +224,20 @@ impl Vsock {
         let res = c.stream.read(&mut self.scratch[..room]);
         match res {
             Ok(0) => {
-                // The host stream ended: close both ways and wait for the guest's RST.
                 c.host_readable = false;
-                c.state = State::Closing(std::time::Instant::now() + HANDSHAKE_TIMEOUT);
-                self.put_back_rx();
-                self.queue_control(
-                    key.0,
-                    key.1,
-                    packet::OP_SHUTDOWN,
-                    packet::SHUTDOWN_RCV | packet::SHUTDOWN_SEND,
-                );
+                if c.host_hup || c.host_write_closed {
+                    // The host stream is gone both ways (closed, or its half-close met ours):
+                    // close both ways and wait for the guest's RST.
+                    self.put_back_rx();
+                    self.host_gone(key);
+                } else {
+                    // A half-close (shutdown(SHUT_WR)): the host sends no more but may still
+                    // read. The guest may go on sending until it shuts down or resets; a host
+                    // that then closes for good hangs up (EPOLLHUP) and is handled as gone.
+                    c.host_eof = true;
+                    self.put_back_rx();
+                    self.queue_control(key.0, key.1, packet::OP_SHUTDOWN, packet::SHUTDOWN_SEND);
+                }
             }
             Ok(n) => {
                 c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);

@@ -672,3 +672,207 @@ fn event_idx_asks_for_the_next_notifications() {
         "EVQ: notify at the first buffer"
     );
 }
+
+/// The host half-closes after its request: the guest hears SHUTDOWN(SEND) only, the host still
+/// gets the guest's reply (with credit updates as usual), and the guest's own SHUTDOWN(SEND)
+/// ends the connection: the host reads EOF and the guest gets RST.
+#[test]
+fn host_half_close_keeps_the_reply_direction_open() {
+    let mem = guest_memory();
+    let mut h = H::new(&mem);
+    let (mut s, token, port) = h.established(52);
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // A peer's SHUT_WR makes the stream readable (EPOLLIN | EPOLLRDHUP), never EPOLLHUP.
+    h.fd_event(token, EventSet::IN | EventSet::READ_HANG_UP);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 2, "{pkts:?}");
+    assert_eq!(pkts[0].0.op, OP_RW);
+    assert_eq!(pkts[0].1, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(pkts[1].0.op, OP_SHUTDOWN);
+    assert_eq!(pkts[1].0.flags, SHUTDOWN_SEND);
+    // Still registered (for its hang-up), no longer read, no deadline.
+    assert_eq!(
+        h.watched.get(&token).map(|w| (w.1, w.2)),
+        Some((false, false))
+    );
+    assert!(!h.dev.has_deadlines());
+    // More readiness reports deliver nothing. (The mock rings hold 8 buffers in all.)
+    h.post_rx(3);
+    h.fd_event(token, EventSet::IN);
+    assert!(h.recv().is_empty());
+    // The guest's reply reaches the host, past the credit-update threshold.
+    let chunk = vec![b'r'; 4000];
+    for _ in 0..5 {
+        h.send(ghdr(52, port, OP_RW), &chunk);
+    }
+    assert_eq!(read_timeout(&mut s, 20000), vec![b'r'; 20000]);
+    let pkts = h.recv();
+    assert!(
+        pkts.iter()
+            .any(|(hd, _)| hd.op == OP_CREDIT_UPDATE && hd.fwd_cnt >= 16000),
+        "{pkts:?}"
+    );
+    assert_eq!(h.dev.connection_count(), 1);
+    // The guest is done too: the host reads EOF, the guest gets RST.
+    let mut sd = ghdr(52, port, OP_SHUTDOWN);
+    sd.flags = SHUTDOWN_SEND;
+    h.send(sd, &[]);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!(pkts[0].0.op, OP_RST);
+    assert_eq!(h.dev.connection_count(), 0);
+    assert!(h.closed.contains(&token));
+    assert_eq!(read_timeout_eof(&mut s), 0);
+}
+
+/// After a host half-close, the guest's SHUTDOWN(SEND) waits for the guest data the host has
+/// not taken yet; the connection ends once it is flushed.
+#[test]
+fn host_half_close_then_guest_shutdown_flushes_before_closing() {
+    let mem = guest_memory();
+    let mut h = H::new(&mem);
+    let (mut s, token, port) = h.established(52);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    h.fd_event(token, EventSet::IN | EventSet::READ_HANG_UP);
+    assert_eq!(h.recv()[0].0.flags, SHUTDOWN_SEND);
+    // The host reads nothing: fill its socket until the device buffers.
+    let chunk = vec![b'x'; 4000];
+    let mut sent = 0usize;
+    let key = (port, 52);
+    while h.dev.conns[&key].to_host.is_empty() {
+        let mut p = ghdr(52, port, OP_RW);
+        p.fwd_cnt = 0;
+        h.send(p, &chunk);
+        sent += chunk.len();
+        assert!(sent < 8 * 1024 * 1024, "the host socket never filled");
+    }
+    assert_eq!(
+        h.watched.get(&token).map(|w| (w.1, w.2)),
+        Some((false, true))
+    );
+    let mut sd = ghdr(52, port, OP_SHUTDOWN);
+    sd.flags = SHUTDOWN_SEND;
+    h.send(sd, &[]);
+    assert_eq!(h.dev.connection_count(), 1, "closed with data unflushed");
+    // The host drains; each writable report flushes, the last one closes.
+    let mut got = 0usize;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    while h.dev.connection_count() == 1 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "EOF before all data arrived");
+        assert!(buf[..n].iter().all(|&b| b == b'x'));
+        got += n;
+        h.fd_event(token, EventSet::OUT);
+    }
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(got + rest.len(), sent);
+    assert!(h.closed.contains(&token));
+    // The RST is delivered or, with the few mock buffers used up by credit updates, queued.
+    let delivered = h.recv().iter().any(|(hd, _)| hd.op == OP_RST);
+    assert!(delivered || h.dev.control.back().map(|c| c.op) == Some(OP_RST));
+}
+
+/// A host that half-closed and then closes for good hangs up: the guest gets SHUTDOWN both
+/// ways, late guest data is dropped, and a guest that never answers is reset after the
+/// deadline.
+#[test]
+fn host_closing_after_its_half_close_is_gone_and_the_deadline_holds() {
+    let mem = guest_memory();
+    let mut h = H::new(&mem);
+    let (s, token, port) = h.established(52);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    h.fd_event(token, EventSet::IN | EventSet::READ_HANG_UP);
+    assert_eq!(h.recv()[0].0.flags, SHUTDOWN_SEND);
+    drop(s);
+    // The stream stayed registered, so epoll reports the hang-up even with no events asked.
+    h.fd_event(token, EventSet::IN | EventSet::HANG_UP);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!(pkts[0].0.op, OP_SHUTDOWN);
+    assert_eq!(pkts[0].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    assert!(
+        !h.watched.contains_key(&token),
+        "hung-up stream still watched"
+    );
+    assert!(h.dev.has_deadlines());
+    h.send(ghdr(52, port, OP_RW), b"late");
+    assert!(h.recv().is_empty());
+    std::thread::sleep(HANDSHAKE_TIMEOUT + Duration::from_millis(100));
+    h.aux(AUX_TIMER);
+    assert_eq!(h.recv()[0].0.op, OP_RST);
+    assert_eq!(h.dev.connection_count(), 0);
+    assert!(h.closed.contains(&token));
+}
+
+/// A host that half-closed and then closed, before any hang-up was reported: the guest's next
+/// data fails to write (EPIPE) and the connection is reset.
+#[test]
+fn guest_data_to_a_host_gone_after_its_half_close_resets() {
+    let mem = guest_memory();
+    let mut h = H::new(&mem);
+    let (s, token, port) = h.established(52);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    h.fd_event(token, EventSet::IN);
+    assert_eq!(h.recv()[0].0.flags, SHUTDOWN_SEND);
+    drop(s);
+    h.send(ghdr(52, port, OP_RW), b"reply");
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!(pkts[0].0.op, OP_RST);
+    assert_eq!(h.dev.connection_count(), 0);
+    assert_eq!(h.dev.metrics().host_io_errors.load(Ordering::Relaxed), 1);
+}
+
+/// A full host close still closes both ways when the EOF is read before the hang-up report:
+/// the EPOLLHUP that follows turns the half-close into SHUTDOWN both ways.
+#[test]
+fn host_full_close_read_as_eof_first_still_ends_both_ways() {
+    let mem = guest_memory();
+    let mut h = H::new(&mem);
+    let (mut s, token, _port) = h.established(52);
+    s.write_all(b"bye").unwrap();
+    drop(s);
+    h.fd_event(token, EventSet::IN);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 2, "{pkts:?}");
+    assert_eq!(pkts[1].0.flags, SHUTDOWN_SEND);
+    h.fd_event(token, EventSet::HANG_UP);
+    let pkts = h.recv();
+    assert_eq!(pkts[0].0.op, OP_SHUTDOWN);
+    assert_eq!(pkts[0].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+}
+
+/// What the kernel reports for a Unix stream whose peer half-closes vs closes, which the device
+/// relies on: SHUT_WR gives POLLIN | POLLRDHUP and no POLLHUP; close gives POLLHUP.
+#[test]
+fn unix_stream_poll_events_after_peer_shutdown_and_close() {
+    fn revents(s: &UnixStream) -> i16 {
+        use std::os::unix::io::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 0) }, 1);
+        p.revents
+    }
+    let (a, b) = UnixStream::pair().unwrap();
+    b.shutdown(std::net::Shutdown::Write).unwrap();
+    // Nothing asked: only the always-reported events could show, and none does.
+    let mut p = libc::pollfd {
+        fd: std::os::unix::io::AsRawFd::as_raw_fd(&a),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    assert_eq!(unsafe { libc::poll(&mut p, 1, 0) }, 1);
+    assert_eq!(p.revents & libc::POLLHUP, 0);
+    assert_ne!(p.revents & libc::POLLRDHUP, 0);
+    assert_ne!(p.revents & libc::POLLIN, 0);
+    drop(b);
+    assert_ne!(revents(&a) & libc::POLLHUP, 0);
+}

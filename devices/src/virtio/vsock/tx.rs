@@ -140,6 +140,10 @@ impl Vsock {
                     self.close(key, true);
                 } else {
                     c.maybe_close_host_write();
+                    if c.both_sides_done() {
+                        // The host had half-closed and now has all the guest sent: done.
+                        self.close(key, true);
+                    }
                 }
             }
             _ => {
@@ -183,6 +187,11 @@ impl Vsock {
         };
         if events.contains(EventSet::OUT) {
             match c.flush_to_host() {
+                Ok(_) if c.both_sides_done() => {
+                    // The last guest data after its SHUTDOWN(SEND) reached a half-closed host.
+                    self.close(key, true);
+                    return;
+                }
                 Ok(_) => {
                     if c.needs_credit_update() {
                         self.queue_control(key.0, key.1, packet::OP_CREDIT_UPDATE, 0);
@@ -199,8 +208,17 @@ impl Vsock {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if events.contains(EventSet::IN) {
+        if events.contains(EventSet::IN) && !c.host_eof {
             c.host_readable = true;
+        }
+        if events.intersects(EventSet::HANG_UP | EventSet::ERROR) && c.host_eof {
+            // A half-closed host (EOF already read) that now hangs up has closed for good (or
+            // failed): nobody reads the guest's data any more.
+            c.host_hup = true;
+            if c.state == State::Established {
+                self.host_gone(key);
+            }
+            return;
         }
         if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
             // Level-triggered hang-ups would fire forever: stop watching and read the stream
