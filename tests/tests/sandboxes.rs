@@ -749,26 +749,7 @@ fn templates_warm_up_and_go_when_unused() {
     let (k, r) = tartarus_tests::platform::base_images();
     // A template whose ready snapshot holds the result of a warm-up command and a process
     // left running, with an environment every exec gets.
-    d.cli_ok(&[
-        "template",
-        "build",
-        "--name",
-        "warm",
-        "--kernel",
-        k.to_str().unwrap(),
-        "--rootfs",
-        r.to_str().unwrap(),
-        "--memory",
-        "128",
-        "--disk",
-        "64",
-        "--env",
-        "STAGE=warm",
-        "--warmup",
-        "echo prepared > /root/prepared",
-        "--warmup-bg",
-        "sleep 100000",
-    ]);
+    d.cli_ok(&warm_args(&k, &r, false));
     let t = d.json("GET", "/templates/warm", None, 200);
     assert_eq!(t["state"], "ready", "{t}");
     assert_eq!(t["warmup"].as_array().unwrap().len(), 2, "{t}");
@@ -785,49 +766,10 @@ fn templates_warm_up_and_go_when_unused() {
     assert!(ps.contains("sleep 100000"), "{ps}");
     // A second build of the same template is served from the cache: no boot.
     let t0 = Instant::now();
-    let o = d.cli(&[
-        "template",
-        "build",
-        "--name",
-        "warm",
-        "--kernel",
-        k.to_str().unwrap(),
-        "--rootfs",
-        r.to_str().unwrap(),
-        "--memory",
-        "128",
-        "--disk",
-        "64",
-        "--env",
-        "STAGE=warm",
-        "--warmup",
-        "echo prepared > /root/prepared",
-        "--warmup-bg",
-        "sleep 100000",
-    ]);
+    let o = d.cli(&warm_args(&k, &r, false));
     assert!(!o.status.success(), "an existing name needs --replace");
     assert!(err(&o).contains("exists"), "{}", err(&o));
-    d.cli_ok(&[
-        "template",
-        "build",
-        "--replace",
-        "--name",
-        "warm",
-        "--kernel",
-        k.to_str().unwrap(),
-        "--rootfs",
-        r.to_str().unwrap(),
-        "--memory",
-        "128",
-        "--disk",
-        "64",
-        "--env",
-        "STAGE=warm",
-        "--warmup",
-        "echo prepared > /root/prepared",
-        "--warmup-bg",
-        "sleep 100000",
-    ]);
+    d.cli_ok(&warm_args(&k, &r, true));
     eprintln!("cached rebuild took {:?}", t0.elapsed());
     let events = d.cli_ok(&["events"]);
     assert!(events.matches("template.ready").count() >= 2, "{events}");
@@ -880,4 +822,31 @@ fn create_from(d: &Daemon, template: &str) -> String {
     d.cli_ok(&["sandbox", "create", template])
         .trim()
         .to_string()
+}
+
+/// `template build` of the "warm" template (a warm-up file, a background process, an env).
+fn warm_args<'a>(k: &'a std::path::Path, r: &'a std::path::Path, replace: bool) -> Vec<&'a str> {
+    let mut a = vec!["template", "build"];
+    if replace {
+        a.push("--replace");
+    }
+    a.extend([
+        "--name",
+        "warm",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--rootfs",
+        r.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--disk",
+        "64",
+        "--env",
+        "STAGE=warm",
+        "--warmup",
+        "echo prepared > /root/prepared",
+        "--warmup-bg",
+        "sleep 100000",
+    ]);
+    a
 }

@@ -375,16 +375,7 @@ async fn teardown(d: &Shared, id: &str) {
         }
     }
     // A VMM started by a jailer whose pid never reached the store.
-    if let Ok(p) = std::fs::read_to_string(jail.pid_file()) {
-        if let Ok(pid) = p.trim().parse::<i32>() {
-            if is_vmm(pid) {
-                vmm::kill_if_same(pid, None);
-                if let Ok(w) = vmm::ProcessWatch::new(pid) {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
-                }
-            }
-        }
-    }
+    kill_jail_vmm(&jail).await;
     let sdir = d.cfg.sandbox_dir(id);
     let version = d.cfg.launcher.cgroup_version;
     let nid = id.to_string();
@@ -399,6 +390,22 @@ async fn teardown(d: &Shared, id: &str) {
         }
     })
     .await;
+}
+
+/// Kills the VMM a jail's pid file names (when it is still a tartarus-vmm) and waits for it.
+async fn kill_jail_vmm(jail: &vmm::JailPaths) {
+    let Ok(p) = std::fs::read_to_string(jail.pid_file()) else {
+        return;
+    };
+    let Ok(pid) = p.trim().parse::<i32>() else {
+        return;
+    };
+    if is_vmm(pid) {
+        vmm::kill_if_same(pid, None);
+        if let Ok(w) = vmm::ProcessWatch::new(pid) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+        }
+    }
 }
 
 /// Whether `pid` is a tartarus-vmm process (before killing a pid read from a file).
@@ -682,16 +689,7 @@ pub async fn recover(d: &Shared) {
                 continue;
             }
             let jail = d.cfg.jail(&name);
-            if let Ok(p) = std::fs::read_to_string(jail.pid_file()) {
-                if let Ok(pid) = p.trim().parse::<i32>() {
-                    if is_vmm(pid) {
-                        vmm::kill_if_same(pid, None);
-                        if let Ok(w) = vmm::ProcessWatch::new(pid) {
-                            let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
-                        }
-                    }
-                }
-            }
+            kill_jail_vmm(&jail).await;
             tracing::info!("removing the orphaned jail {name}");
             orphan_jails.push(name.clone());
             let _ = vmm::cleanup_jail(&jail, d.cfg.launcher.cgroup_version);
