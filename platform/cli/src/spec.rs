@@ -134,6 +134,8 @@ pub fn build_spec(args: &TemplateBuildArgs) -> Result<TemplateSpec, SpecError> {
             env: Default::default(),
             warmup: Vec::new(),
             replace: false,
+            image: None,
+            registry_auth: None,
         },
     };
     if let Some(n) = &args.name {

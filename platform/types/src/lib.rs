@@ -57,10 +57,22 @@ pub struct WarmupCommand {
 pub struct TemplateSpec {
     /// `[a-z0-9][a-z0-9_.-]{0,62}`.
     pub name: String,
-    /// Host path of an uncompressed kernel (`vmlinux`) built for Tartarus (`make kernel`).
+    /// Host path of an uncompressed kernel (`vmlinux`) built for Tartarus (`make kernel`);
+    /// absent: the daemon's `--kernel`.
+    #[serde(default)]
     pub kernel: String,
     /// Host path of an ext4 root file system image with `tartarus-init` as `/sbin/init`.
+    /// Exactly one of `rootfs` and `image`.
+    #[serde(default)]
     pub rootfs: String,
+    /// An OCI image (a reference the daemon has pulled, or pulls first: see `POST
+    /// /images/pull` for the forms) made into the root file system, with its config's Env,
+    /// WorkingDir and User as every exec's defaults.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Credentials for pulling `image` when it is not in the daemon's cache yet.
+    #[serde(default)]
+    pub registry_auth: Option<RegistryAuth>,
     /// Extra kernel command-line words, appended to the daemon's.
     #[serde(default)]
     pub boot_args: Option<String>,
@@ -112,6 +124,9 @@ pub struct Template {
     pub disk_mib: u32,
     pub env: BTreeMap<String, String>,
     pub warmup: Vec<WarmupCommand>,
+    /// The OCI image the root file system was made from.
+    #[serde(default)]
+    pub image: Option<TemplateImage>,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// Milliseconds from the start of the build to the ready snapshot.
@@ -120,6 +135,117 @@ pub struct Template {
     pub snapshot_bytes: Option<u64>,
     /// Why the build failed.
     pub error: Option<String>,
+}
+
+/// The image behind a template, and what `docker run` would take from its config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateImage {
+    /// As the template asked for it.
+    pub reference: String,
+    /// The image id (manifest digest).
+    pub id: String,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `KEY=value`, the image's own environment (the template's `env` wins).
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub working_dir: String,
+    #[serde(default)]
+    pub user: String,
+}
+
+/// Registry credentials: `{"username", "password"}` (basic) or `{"token"}` (bearer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum RegistryAuth {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
+
+/// `POST /images/pull`: fetch an image into the daemon's cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullImage {
+    /// `[docker://]host[:port]/repo[:tag][@digest]` (no host: Docker Hub), `oci:DIR[:TAG]`
+    /// (an OCI layout directory on the daemon's host), `docker-archive:FILE[:NAME:TAG]` (a
+    /// `docker save` tarball on the daemon's host).
+    pub reference: String,
+    /// Store it under this name instead (`name[:tag]`).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub auth: Option<RegistryAuth>,
+    /// Also build its root file system now (otherwise the first template build does).
+    #[serde(default)]
+    pub build: bool,
+}
+
+/// One line of the NDJSON stream `POST /images/pull` answers with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// The manifest is known: `layers` layers, `bytes` compressed bytes in all.
+    Resolved {
+        image: String,
+        digest: String,
+        layers: usize,
+        bytes: u64,
+    },
+    /// Bytes of one layer downloaded so far.
+    Progress { digest: String, done: u64, total: u64 },
+    /// One layer is in the cache (`cached`: it already was).
+    Layer { digest: String, bytes: u64, cached: bool },
+    /// A request failed and is tried again.
+    Retry {
+        what: String,
+        attempt: u32,
+        error: String,
+    },
+    /// A step of making the root file system (unpack, mkfs).
+    Build { message: String },
+    Done { image: Image },
+    Error { error: ErrorDetail },
+}
+
+/// An image in the daemon's cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The manifest digest.
+    pub id: String,
+    /// `registry/repo:tag` names; empty for a dangling image.
+    pub names: Vec<String>,
+    /// Where it was pulled from.
+    pub source: String,
+    /// Compressed bytes (layers + config + manifest).
+    pub size: u64,
+    pub layers: Vec<String>,
+    pub created: Option<String>,
+    /// RFC 3339, UTC.
+    pub pulled_at: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub labels: BTreeMap<String, String>,
+    pub exposed_ports: Vec<String>,
+    /// The built ext4 root file system, once built: its size in bytes.
+    pub rootfs_bytes: Option<u64>,
+    /// Templates made from it.
+    pub templates: Vec<String>,
+}
+
+/// `DELETE /images/{name}` and `POST /images/prune`: what was freed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesFreed {
+    /// Ids of images removed.
+    pub images: Vec<String>,
+    pub blobs: usize,
+    pub rootfs: usize,
+    pub bytes: u64,
 }
 
 /// One line of the NDJSON stream `POST /templates` answers with.
@@ -251,6 +377,10 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Run as this user: `name`, `uid`, `name:group` or `uid:gid`, looked up in the guest's
+    /// /etc/passwd and /etc/group (default: the image's `User`, else root).
+    #[serde(default)]
+    pub user: Option<String>,
     /// All of stdin, as UTF-8 text (use the agent connection for binary or streamed stdin).
     #[serde(default)]
     pub stdin: Option<String>,
