@@ -92,23 +92,50 @@ pub enum UnpackError {
         source: io::Error,
     },
     #[error("Layer {digest}: entry {entry:?} is refused: {reason}")]
-    UnsafePath { digest: String, entry: String, reason: String },
+    UnsafePath {
+        digest: String,
+        entry: String,
+        reason: String,
+    },
     #[error(
         "Layer {digest}: entry {entry:?} is refused: symlink {symlink} -> {target:?} leaves the root"
     )]
-    SymlinkEscape { digest: String, entry: String, symlink: String, target: String },
+    SymlinkEscape {
+        digest: String,
+        entry: String,
+        symlink: String,
+        target: String,
+    },
     #[error("Layer {digest}: entry {entry:?}: too many levels of symbolic links")]
     SymlinkLoop { digest: String, entry: String },
     #[error("Layer {digest}: entry {entry:?}: {parent} is not a directory")]
-    NotADirectory { digest: String, entry: String, parent: String },
+    NotADirectory {
+        digest: String,
+        entry: String,
+        parent: String,
+    },
     #[error("Layer {digest}: hard link {entry:?} -> {target:?}: {reason}")]
-    BadHardLink { digest: String, entry: String, target: String, reason: &'static str },
+    BadHardLink {
+        digest: String,
+        entry: String,
+        target: String,
+        reason: &'static str,
+    },
     #[error("Layer {digest}: entry {entry:?}: {reason}")]
-    BadEntry { digest: String, entry: String, reason: String },
+    BadEntry {
+        digest: String,
+        entry: String,
+        reason: String,
+    },
     #[error(
         "Image is larger than the limit of {limit} bytes: entry {entry:?} of layer {digest} brings it to {total} bytes"
     )]
-    TooLarge { limit: u64, total: u64, digest: String, entry: String },
+    TooLarge {
+        limit: u64,
+        total: u64,
+        digest: String,
+        entry: String,
+    },
     #[error("Disk full while writing entry {entry:?} of layer {digest}")]
     DiskFull {
         digest: String,
@@ -149,8 +176,10 @@ pub fn unpack(
     opts: &UnpackOptions,
     progress: &mut dyn FnMut(usize, u64),
 ) -> Result<UnpackStats, UnpackError> {
-    let root = resolve::Root::open(dest)
-        .map_err(|source| UnpackError::Destination { path: dest.to_path_buf(), source })?;
+    let root = resolve::Root::open(dest).map_err(|source| UnpackError::Destination {
+        path: dest.to_path_buf(),
+        source,
+    })?;
     let mut applier = apply::Applier {
         root,
         max_bytes: opts.max_bytes,
@@ -175,13 +204,24 @@ fn apply_layer(
     progress: &mut dyn FnMut(usize, u64),
 ) -> Result<(), UnpackError> {
     let digest = &layer.digest;
-    let read_err =
-        |source| UnpackError::ReadLayer { digest: digest.clone(), path: layer.path.clone(), source };
-    let corrupt = |source| UnpackError::Corrupt { digest: digest.clone(), source };
+    let read_err = |source| UnpackError::ReadLayer {
+        digest: digest.clone(),
+        path: layer.path.clone(),
+        source,
+    };
+    let corrupt = |source| UnpackError::Corrupt {
+        digest: digest.clone(),
+        source,
+    };
     let count = Rc::new(Cell::new(0u64));
     let file = File::open(&layer.path).map_err(read_err)?;
-    let mut buffered =
-        BufReader::with_capacity(256 * 1024, Counting { inner: file, count: count.clone() });
+    let mut buffered = BufReader::with_capacity(
+        256 * 1024,
+        Counting {
+            inner: file,
+            count: count.clone(),
+        },
+    );
     let compression = match layer.compression {
         Some(c) => c,
         None => Compression::detect(buffered.fill_buf().map_err(read_err)?),

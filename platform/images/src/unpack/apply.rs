@@ -52,7 +52,10 @@ struct Ctx<'e> {
 impl Ctx<'_> {
     fn io(&self, op: &'static str) -> impl FnOnce(io::Error) -> UnpackError + '_ {
         move |source| {
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            ) {
                 UnpackError::DiskFull {
                     digest: self.digest.to_owned(),
                     entry: self.entry.to_owned(),
@@ -70,7 +73,10 @@ impl Ctx<'_> {
     }
 
     fn corrupt(&self, source: io::Error) -> UnpackError {
-        UnpackError::Corrupt { digest: self.digest.to_owned(), source }
+        UnpackError::Corrupt {
+            digest: self.digest.to_owned(),
+            source,
+        }
     }
 
     fn unsafe_path(&self, reason: String) -> UnpackError {
@@ -92,18 +98,22 @@ impl Ctx<'_> {
     fn resolve(&self, err: ResolveError) -> UnpackError {
         let (digest, entry) = (self.digest.to_owned(), self.entry.to_owned());
         match err {
-            ResolveError::Escape { symlink, target } => {
-                UnpackError::SymlinkEscape { digest, entry, symlink, target }
-            }
+            ResolveError::Escape { symlink, target } => UnpackError::SymlinkEscape {
+                digest,
+                entry,
+                symlink,
+                target,
+            },
             ResolveError::Loop => UnpackError::SymlinkLoop { digest, entry },
-            ResolveError::NotADirectory { parent } => {
-                UnpackError::NotADirectory { digest, entry, parent }
-            }
+            ResolveError::NotADirectory { parent } => UnpackError::NotADirectory {
+                digest,
+                entry,
+                parent,
+            },
             ResolveError::Io { op, source } => self.io(op)(source),
         }
     }
 }
-
 
 impl Applier<'_> {
     /// Applies one entry. `tick` is called while file data is copied (for progress).
@@ -115,7 +125,10 @@ impl Applier<'_> {
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let digest = self.digest;
-        let ctx = Ctx { digest, entry: &shown };
+        let ctx = Ctx {
+            digest,
+            entry: &shown,
+        };
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
             return Ok(());
@@ -134,7 +147,10 @@ impl Applier<'_> {
             if kind != EntryType::Directory {
                 return Err(ctx.unsafe_path("a non-directory entry names the root".to_owned()));
             }
-            let dir = self.root.open_dir(Path::new(""), libc::O_RDONLY).map_err(ctx.io("open"))?;
+            let dir = self
+                .root
+                .open_dir(Path::new(""), libc::O_RDONLY)
+                .map_err(ctx.io("open"))?;
             set_fd_meta(dir.as_fd(), &meta, &ctx)?;
             self.dir_times.insert(PathBuf::new(), meta.mtime);
             self.stats.entries += 1;
@@ -221,8 +237,10 @@ impl Applier<'_> {
         parents: &[OsString],
         marker: &OsStr,
     ) -> Result<(), UnpackError> {
-        let Some(parent) =
-            self.root.resolve_dir(parents, false, &mut |_| {}).map_err(|e| ctx.resolve(e))?
+        let Some(parent) = self
+            .root
+            .resolve_dir(parents, false, &mut |_| {})
+            .map_err(|e| ctx.resolve(e))?
         else {
             return Ok(()); // whiting out something that does not exist
         };
@@ -244,10 +262,17 @@ impl Applier<'_> {
                 clear(dir, &name, false, ctx)?;
                 continue;
             }
-            let Some(st) = sys::lstatat(dir, &name).map_err(ctx.io("stat"))? else { continue };
+            let Some(st) = sys::lstatat(dir, &name).map_err(ctx.io("stat"))? else {
+                continue;
+            };
             if sys::is_dir(&st) {
-                let sub = sys::openat(dir, &name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-                    .map_err(ctx.io("open"))?;
+                let sub = sys::openat(
+                    dir,
+                    &name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .map_err(ctx.io("open"))?;
                 self.opaque(sub.as_fd(), &child, ctx)?;
             }
         }
@@ -296,7 +321,8 @@ impl Applier<'_> {
             let chunk = &buf[..n];
             if chunk.iter().all(|b| *b == 0) {
                 // Leave a hole: sparse entries (and runs of zeros) stay sparse on disk.
-                file.seek(SeekFrom::Current(n as i64)).map_err(ctx.io("seek"))?;
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(ctx.io("seek"))?;
             } else {
                 file.write_all(chunk).map_err(ctx.io("write"))?;
             }
@@ -350,9 +376,8 @@ impl Applier<'_> {
             target: shown_target.clone(),
             reason,
         };
-        let comps = split_name(target).map_err(|r| {
-            ctx.unsafe_path(format!("hard link target {shown_target:?}: {r}"))
-        })?;
+        let comps = split_name(target)
+            .map_err(|r| ctx.unsafe_path(format!("hard link target {shown_target:?}: {r}")))?;
         let Some((tname, tparents)) = comps.split_last() else {
             return Err(bad("the target is the root"));
         };
@@ -380,18 +405,37 @@ impl Applier<'_> {
 
     /// Sets the recorded directory mtimes (after all layers: writing into a directory changes it).
     pub(crate) fn finish_dir_times(&mut self) -> Result<(), UnpackError> {
-        let ctx = Ctx { digest: self.digest, entry: "" };
+        let ctx = Ctx {
+            digest: self.digest,
+            entry: "",
+        };
         for (path, (secs, nsecs)) in self.dir_times.drain() {
             let dir = match self.root.open_dir(&path, libc::O_RDONLY) {
                 Ok(dir) => dir,
                 // Removed or replaced by a later layer.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+                    ) =>
+                {
                     continue
                 }
-                Err(e) => return Err(Ctx { entry: &path.to_string_lossy(), ..ctx }.io("open")(e)),
+                Err(e) => {
+                    return Err(Ctx {
+                        entry: &path.to_string_lossy(),
+                        ..ctx
+                    }
+                    .io("open")(e))
+                }
             };
-            sys::set_times(dir.as_fd(), None, secs, nsecs)
-                .map_err(|e| Ctx { entry: &path.to_string_lossy(), ..ctx }.io("utimens")(e))?;
+            sys::set_times(dir.as_fd(), None, secs, nsecs).map_err(|e| {
+                Ctx {
+                    entry: &path.to_string_lossy(),
+                    ..ctx
+                }
+                .io("utimens")(e)
+            })?;
         }
         Ok(())
     }
@@ -399,7 +443,12 @@ impl Applier<'_> {
 
 /// Removes `dir/name` if present (a directory with everything below it), unless it is a
 /// directory and `keep_dir` is set. Returns whether a kept directory exists.
-fn clear(dir: BorrowedFd<'_>, name: &OsStr, keep_dir: bool, ctx: &Ctx<'_>) -> Result<bool, UnpackError> {
+fn clear(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    keep_dir: bool,
+    ctx: &Ctx<'_>,
+) -> Result<bool, UnpackError> {
     let Some(st) = sys::lstatat(dir, name).map_err(ctx.io("stat"))? else {
         return Ok(false);
     };
@@ -415,8 +464,12 @@ fn clear(dir: BorrowedFd<'_>, name: &OsStr, keep_dir: bool, ctx: &Ctx<'_>) -> Re
 }
 
 fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let dir: OwnedFd =
-        sys::openat(parent, name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+    let dir: OwnedFd = sys::openat(
+        parent,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
     for child in sys::read_dir_names(dir.as_fd())? {
         match sys::lstatat(dir.as_fd(), &child)? {
             Some(st) if sys::is_dir(&st) => remove_tree(dir.as_fd(), &child)?,
@@ -447,7 +500,10 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, ctx: &Ctx<'_>) -> Result<Me
             let ext = ext.map_err(|e| ctx.corrupt(e))?;
             let key = ext.key_bytes();
             if let Some(xname) = key.strip_prefix(XATTR_PREFIX) {
-                meta.xattrs.push((OsStr::from_bytes(xname).to_os_string(), ext.value_bytes().to_vec()));
+                meta.xattrs.push((
+                    OsStr::from_bytes(xname).to_os_string(),
+                    ext.value_bytes().to_vec(),
+                ));
             } else if key == b"mtime" {
                 if let Some(t) = parse_pax_time(ext.value_bytes()) {
                     meta.mtime = t;
@@ -467,7 +523,11 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, i64)> {
     if !digits.chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    let nsecs: i64 = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
+    let nsecs: i64 = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
     if secs < 0 && nsecs > 0 {
         // -1.5 means 1.5 s before the epoch: -2 s + 0.5 s.
         return Some((secs - 1, 1_000_000_000 - nsecs));
@@ -495,7 +555,8 @@ fn set_named_meta(
 ) -> Result<(), UnpackError> {
     sys::lchownat(dir, Some(name), meta.uid, meta.gid).map_err(ctx.io("chown"))?;
     if chmod {
-        let node = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(ctx.io("open"))?;
+        let node =
+            sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(ctx.io("open"))?;
         sys::fchmod_any(node.as_fd(), meta.mode).map_err(ctx.io("chmod"))?;
     }
     for (key, value) in &meta.xattrs {

@@ -38,10 +38,18 @@ pub(crate) fn split_name(raw: &[u8]) -> Result<Vec<OsString>, &'static str> {
 #[derive(Debug)]
 pub(crate) enum ResolveError {
     /// The symlink `symlink` (a path inside the root) points above the root.
-    Escape { symlink: String, target: String },
+    Escape {
+        symlink: String,
+        target: String,
+    },
     Loop,
-    NotADirectory { parent: String },
-    Io { op: &'static str, source: io::Error },
+    NotADirectory {
+        parent: String,
+    },
+    Io {
+        op: &'static str,
+        source: io::Error,
+    },
 }
 
 /// A directory resolved inside the root: a descriptor and its symlink-free path from the root.
@@ -75,7 +83,9 @@ impl Root {
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(dest)?;
-        Ok(Root { fd: OwnedFd::from(file) })
+        Ok(Root {
+            fd: OwnedFd::from(file),
+        })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -84,7 +94,11 @@ impl Root {
 
     /// Opens the already-resolved (symlink-free) directory `path` below the root.
     pub(crate) fn open_dir(&self, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
-        let p = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+        let p = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
         sys::openat2(
             self.fd(),
             p.as_os_str(),
@@ -108,7 +122,9 @@ impl Root {
             comps.iter().map(|c| (c.clone(), None)).collect();
         let mut links: Vec<(String, String)> = Vec::new();
         let mut stack: Vec<OsString> = Vec::new();
-        let mut cur = self.open_dir(Path::new(""), libc::O_PATH).map_err(io("open root"))?;
+        let mut cur = self
+            .open_dir(Path::new(""), libc::O_PATH)
+            .map_err(io("open root"))?;
         while let Some((comp, origin)) = queue.pop_front() {
             if comp.is_empty() || comp == "." {
                 continue;
@@ -120,7 +136,9 @@ impl Root {
                         .unwrap_or_else(|| ("?".to_owned(), "..".to_owned()));
                     return Err(ResolveError::Escape { symlink, target });
                 }
-                cur = self.open_dir(&join(&stack), libc::O_PATH).map_err(io("open directory"))?;
+                cur = self
+                    .open_dir(&join(&stack), libc::O_PATH)
+                    .map_err(io("open directory"))?;
                 continue;
             }
             let st = sys::lstatat(cur.as_fd(), &comp).map_err(io("stat"))?;
@@ -151,16 +169,25 @@ impl Root {
                     for part in parts.rev() {
                         queue.push_front(part);
                     }
-                    cur = self.open_dir(&join(&stack), libc::O_PATH).map_err(io("open directory"))?;
+                    cur = self
+                        .open_dir(&join(&stack), libc::O_PATH)
+                        .map_err(io("open directory"))?;
                     continue;
                 }
                 Some(_) => {
                     stack.push(comp);
-                    return Err(ResolveError::NotADirectory { parent: shown(&join(&stack)) });
+                    return Err(ResolveError::NotADirectory {
+                        parent: shown(&join(&stack)),
+                    });
                 }
             }
-            cur = self.open_dir(&join(&stack), libc::O_PATH).map_err(io("open directory"))?;
+            cur = self
+                .open_dir(&join(&stack), libc::O_PATH)
+                .map_err(io("open directory"))?;
         }
-        Ok(Some(Resolved { dir: cur, path: join(&stack) }))
+        Ok(Some(Resolved {
+            dir: cur,
+            path: join(&stack),
+        }))
     }
 }

@@ -74,7 +74,14 @@ pub(crate) fn openat(
 ) -> io::Result<OwnedFd> {
     let name = cstr(name)?;
     // SAFETY: `name` is NUL-terminated and lives across the call; the result is checked.
-    let ret = unsafe { libc::openat(dirfd.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    let ret = unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    };
     check_fd(ret.into())
 }
 
@@ -85,7 +92,12 @@ pub(crate) fn lstatat(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `name` is NUL-terminated and `st` is a writable `stat`; both outlive the call.
     let ret = unsafe {
-        libc::fstatat(dirfd.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     };
     match check(ret) {
         Ok(()) => Ok(Some(st)),
@@ -107,7 +119,12 @@ pub(crate) fn readlinkat(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<OsSt
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: `buf` is writable for `buf.len()` bytes and `name` is NUL-terminated.
     let ret = unsafe {
-        libc::readlinkat(dirfd.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::readlinkat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -147,7 +164,13 @@ pub(crate) fn linkat(
     let newname = cstr(newname)?;
     // SAFETY: both strings are NUL-terminated and live across the call.
     check(unsafe {
-        libc::linkat(olddir.as_raw_fd(), oldname.as_ptr(), newdir.as_raw_fd(), newname.as_ptr(), 0)
+        libc::linkat(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            0,
+        )
     })
 }
 
@@ -171,7 +194,10 @@ pub(crate) fn lchownat(
 ) -> io::Result<()> {
     let (name, flags) = match name {
         Some(n) => (cstr(n)?, libc::AT_SYMLINK_NOFOLLOW),
-        None => (CString::default(), libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH),
+        None => (
+            CString::default(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
+        ),
     };
     // SAFETY: `name` is NUL-terminated and lives across the call.
     check(unsafe { libc::fchownat(dirfd.as_raw_fd(), name.as_ptr(), uid, gid, flags) })
@@ -215,7 +241,13 @@ pub(crate) fn set_xattr(
     let ret = match name {
         // SAFETY: `key` is NUL-terminated and `value` is readable for its length.
         None => unsafe {
-            libc::fsetxattr(dirfd.as_raw_fd(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            libc::fsetxattr(
+                dirfd.as_raw_fd(),
+                key.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
         },
         Some(name) => {
             // The parent is reached through its descriptor's /proc entry (a directory already
@@ -223,7 +255,13 @@ pub(crate) fn set_xattr(
             let path = proc_fd_path(dirfd, Some(name))?;
             // SAFETY: `path` and `key` are NUL-terminated and `value` is readable for its length.
             unsafe {
-                libc::lsetxattr(path.as_ptr(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+                libc::lsetxattr(
+                    path.as_ptr(),
+                    key.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
             }
         }
     };
@@ -238,7 +276,10 @@ pub(crate) fn set_times(
     secs: i64,
     nsecs: i64,
 ) -> io::Result<()> {
-    let ts = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: nsecs as _ };
+    let ts = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nsecs as _,
+    };
     let times = [ts, ts];
     let ret = match name {
         // SAFETY: `times` is an array of two valid timespecs that outlives the call.
@@ -280,7 +321,11 @@ pub(crate) fn read_dir_names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
         let ent = unsafe { libc::readdir64(dirp) };
         if ent.is_null() {
             let err = io::Error::last_os_error();
-            break if err.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(err) };
+            break if err.raw_os_error().unwrap_or(0) == 0 {
+                Ok(())
+            } else {
+                Err(err)
+            };
         }
         // SAFETY: `ent` points at a valid dirent whose `d_name` is NUL-terminated, valid until
         // the next `readdir64` call; we copy it out at once.
