@@ -235,7 +235,16 @@ fn apply_layer(
     };
     progress(index, 0);
     let mut archive = tar::Archive::new(reader);
-    let mut tick = || progress(index, count.get());
+    // Reports only when the count moved (a layer of small files would otherwise call back once
+    // per entry with the same number).
+    let mut reported = 0;
+    let mut tick = || {
+        let now = count.get();
+        if now != reported {
+            reported = now;
+            progress(index, now);
+        }
+    };
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         applier.apply(&mut entry, &mut tick)?;

@@ -237,12 +237,12 @@ impl Applier<'_> {
         parents: &[OsString],
         marker: &OsStr,
     ) -> Result<(), UnpackError> {
-        let Some(parent) = self
-            .root
-            .resolve_dir(parents, false, &mut |_| {})
-            .map_err(|e| ctx.resolve(e))?
-        else {
-            return Ok(()); // whiting out something that does not exist
+        let parent = match self.root.resolve_dir(parents, false, &mut |_| {}) {
+            Ok(Some(parent)) => parent,
+            // Whiting out something that does not exist (a missing parent, or a parent that is
+            // not a directory) changes nothing.
+            Ok(None) | Err(ResolveError::NotADirectory { .. }) => return Ok(()),
+            Err(e) => return Err(ctx.resolve(e)),
         };
         if marker == OPAQUE {
             return self.opaque(parent.dir.as_fd(), &parent.path, ctx);

@@ -269,6 +269,7 @@ fn whiteouts_remove_files_and_trees() {
     );
     s.layer(
         &Tar::new()
+            .file("a/.wh.under_a_file", b"")
             .file(".wh.a", b"")
             .file("d/.wh.x", b"")
             .file("gone/.wh.nothing", b"")
@@ -280,7 +281,7 @@ fn whiteouts_remove_files_and_trees() {
     assert!(!exists(&s.p("d/x")));
     assert_eq!(names(&s.p("d")), ["keep"]);
     assert!(!exists(&s.p(".wh.a")) && !exists(&s.p("d/.wh.x")) && !exists(&s.p("gone")));
-    assert_eq!(stats.whiteouts, 3);
+    assert_eq!(stats.whiteouts, 4);
 }
 
 #[test]
