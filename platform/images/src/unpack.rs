@@ -1,6 +1,27 @@
-//! Applies image layers, in order, to a directory with OCI semantics (placeholder: being written).
+//! Applies image layers, in order, to an empty staging directory with OCI layer semantics
+//! (image-spec `layer.md`): whiteouts and opaque directories, hard links, devices, ownership,
+//! setuid modes, mtimes and `SCHILY.xattr.*` extended attributes. The directory later becomes an
+//! ext4 root file system (`mkfs.ext4 -d`).
+//!
+//! Layers are hostile input. Entry names that are absolute or contain `..` are refused; parent
+//! directories are resolved inside the root with chroot-like semantics (Debian's `/var/run ->
+//! /run` works) and a symlink that climbs above the root is refused; the kernel enforces the same
+//! with `openat2(RESOLVE_IN_ROOT)`, and every write is an `*at()` call on one name that never
+//! follows a symlink (see `unpack/resolve.rs` and `unpack/apply.rs`). Tar's own unpack helpers are
+//! not used.
 
+mod apply;
+mod resolve;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,6 +29,19 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+}
+
+impl Compression {
+    /// Guesses from the first bytes of a blob: gzip `1f 8b`, zstd `28 b5 2f fd`, else plain tar.
+    pub fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
 }
 
 /// One layer blob on disk.
@@ -28,23 +62,196 @@ pub struct UnpackOptions {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnpackStats {
+    /// Entries applied (files, directories, links, devices; not whiteouts).
     pub entries: u64,
+    /// Regular-file bytes written (the sum `max_bytes` limits).
     pub bytes: u64,
+    /// Whiteout and opaque markers applied.
     pub whiteouts: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("unpacking is not written yet")]
-    Todo,
+    #[error("Cannot open the unpack destination {path}")]
+    Destination {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot read layer {digest} from {path}")]
+    ReadLayer {
+        digest: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Layer {digest} is corrupt or truncated")]
+    Corrupt {
+        digest: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Layer {digest}: entry {entry:?} is refused: {reason}")]
+    UnsafePath {
+        digest: String,
+        entry: String,
+        reason: String,
+    },
+    #[error(
+        "Layer {digest}: entry {entry:?} is refused: symlink {symlink} -> {target:?} leaves the root"
+    )]
+    SymlinkEscape {
+        digest: String,
+        entry: String,
+        symlink: String,
+        target: String,
+    },
+    #[error("Layer {digest}: entry {entry:?}: too many levels of symbolic links")]
+    SymlinkLoop { digest: String, entry: String },
+    #[error("Layer {digest}: entry {entry:?}: {parent} is not a directory")]
+    NotADirectory {
+        digest: String,
+        entry: String,
+        parent: String,
+    },
+    #[error("Layer {digest}: hard link {entry:?} -> {target:?}: {reason}")]
+    BadHardLink {
+        digest: String,
+        entry: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("Layer {digest}: entry {entry:?}: {reason}")]
+    BadEntry {
+        digest: String,
+        entry: String,
+        reason: String,
+    },
+    #[error(
+        "Image is larger than the limit of {limit} bytes: entry {entry:?} of layer {digest} brings it to {total} bytes"
+    )]
+    TooLarge {
+        limit: u64,
+        total: u64,
+        digest: String,
+        entry: String,
+    },
+    #[error("Disk full while writing entry {entry:?} of layer {digest}")]
+    DiskFull {
+        digest: String,
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Layer {digest}: entry {entry:?}: {op} failed")]
+    Io {
+        digest: String,
+        entry: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counts the compressed bytes read from a layer file.
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
 }
 
 /// Applies `layers` in order to the empty directory `dest`.
+///
+/// `progress(layer_index, compressed_bytes_read)` is called as each layer is read.
 pub fn unpack(
-    _layers: &[Layer],
-    _dest: &Path,
-    _opts: &UnpackOptions,
-    _progress: &mut dyn FnMut(usize, u64),
+    layers: &[Layer],
+    dest: &Path,
+    opts: &UnpackOptions,
+    progress: &mut dyn FnMut(usize, u64),
 ) -> Result<UnpackStats, UnpackError> {
-    Err(UnpackError::Todo)
+    let root = resolve::Root::open(dest).map_err(|source| UnpackError::Destination {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    let mut applier = apply::Applier {
+        root,
+        max_bytes: opts.max_bytes,
+        stats: UnpackStats::default(),
+        digest: "",
+        written: HashSet::new(),
+        dir_times: HashMap::new(),
+    };
+    for (index, layer) in layers.iter().enumerate() {
+        applier.digest = &layer.digest;
+        applier.written.clear();
+        apply_layer(&mut applier, index, layer, progress)?;
+    }
+    applier.finish_dir_times()?;
+    Ok(applier.stats)
+}
+
+fn apply_layer(
+    applier: &mut apply::Applier<'_>,
+    index: usize,
+    layer: &Layer,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<(), UnpackError> {
+    let digest = &layer.digest;
+    let read_err = |source| UnpackError::ReadLayer {
+        digest: digest.clone(),
+        path: layer.path.clone(),
+        source,
+    };
+    let corrupt = |source| UnpackError::Corrupt {
+        digest: digest.clone(),
+        source,
+    };
+    let count = Rc::new(Cell::new(0u64));
+    let file = File::open(&layer.path).map_err(read_err)?;
+    let mut buffered = BufReader::with_capacity(
+        256 * 1024,
+        Counting {
+            inner: file,
+            count: count.clone(),
+        },
+    );
+    let compression = match layer.compression {
+        Some(c) => c,
+        None => Compression::detect(buffered.fill_buf().map_err(read_err)?),
+    };
+    let reader: Box<dyn Read> = match compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(corrupt)?)
+        }
+    };
+    progress(index, 0);
+    let mut archive = tar::Archive::new(reader);
+    // Reports only when the count moved (a layer of small files would otherwise call back once
+    // per entry with the same number).
+    let mut reported = 0;
+    let mut tick = || {
+        let now = count.get();
+        if now != reported {
+            reported = now;
+            progress(index, now);
+        }
+    };
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        applier.apply(&mut entry, &mut tick)?;
+        tick();
+    }
+    // Read to the end of the stream so a damaged compressed trailer (checksum) is noticed.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(corrupt)?;
+    progress(index, count.get());
+    Ok(())
 }
