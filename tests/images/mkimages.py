@@ -436,29 +436,32 @@ def cached(root, name, packages, build):
 
 
 def du(tree):
+    """(bytes of regular files counting hard links once, number of entries)"""
     total = 0
     seen = set()
-    for rel in walk(tree):
+    paths = walk(tree)
+    for rel in paths:
         st = os.lstat(os.path.join(tree, rel))
         if (st.st_dev, st.st_ino) in seen:
             continue
         seen.add((st.st_dev, st.st_ino))
         if stat.S_ISREG(st.st_mode):
             total += st.st_size
-    return total
+    return total, len(paths)
 
 
-def build_two_layer(tmp, root, packages, check=None):
-    """L1 = minbase, L2 = diff after installing packages. Returns (layout, lower, upper, l1, l2)
-    with the trees still under tmp/work."""
+def build_two_layer(tmp, root, packages, check=None, delete=None):
+    """L1 = minbase, L2 = diff after installing packages (and removing `delete`, to get a
+    whiteout into the diff). Returns (layout, lower, upper, layer descriptors, diff_ids) with
+    the trees still under tmp/work."""
     base = base_tar(root)
     work = os.path.join(tmp, "work")
     lower, upper = os.path.join(work, "lower"), os.path.join(work, "upper")
     extract_base(base, lower)
     extract_base(base, upper)
     apt_install(upper, packages)
-    # A deletion too, so that the diff writes a whiteout (etc/issue.net is in base-files).
-    os.unlink(os.path.join(upper, DELETED_IN_L2))
+    if delete:
+        os.unlink(os.path.join(upper, delete))
     if check:
         check(upper)
     layout = Layout(os.path.join(tmp, "oci"))
@@ -482,7 +485,7 @@ def build_python_ds(root):
     def build(tmp):
         layout, _lower, upper, layers, diff_ids = build_two_layer(
             tmp, root, PYTHON_DS_PACKAGES, check)
-        size = du(upper)
+        size, count = du(upper)
         layout.finish(layers, diff_ids, {
             "Env": [PATH_ENV, "LANG=C.UTF-8"],
             "Cmd": ["python3"],
@@ -490,13 +493,14 @@ def build_python_ds(root):
         }, [f"debootstrap --variant={VARIANT} {SUITE}",
             "apt-get install -y --no-install-recommends " + " ".join(PYTHON_DS_PACKAGES)])
         with open(os.path.join(tmp, "info.json"), "w") as f:
-            json.dump({"unpacked_bytes": size,
+            json.dump({"unpacked_bytes": size, "entries": count,
                        "compressed_bytes": sum(d["size"] for d in layers)}, f)
 
     d = cached(root, "python-ds", PYTHON_DS_PACKAGES, build)
     with open(os.path.join(d, "info.json")) as f:
         info = json.load(f)
-    log(f"python-ds: unpacked {info['unpacked_bytes'] / 1e6:.1f} MB (regular file bytes), "
+    log(f"python-ds: unpacked {info['unpacked_bytes'] / 1e6:.1f} MB of regular files in "
+        f"{info['entries']} entries, "
         f"compressed layers {info['compressed_bytes'] / 1e6:.1f} MB")
     print(f"PYTHON_DS={d}/oci")
     print(f"PYTHON_DS_UNPACKED_BYTES={info['unpacked_bytes']}")
@@ -506,7 +510,7 @@ def build_python_ds(root):
 
 LONG_DIR = "opt/tartarus/" + "/".join(["long-directory-name-" + c * 20 for c in "abcd"])
 LONG_PATH = LONG_DIR + "/file-at-the-end-of-a-long-path.txt"
-# Removed after the package install: the diff turns it into a whiteout in L2.
+# Removed after the package install (edge only): the diff turns it into a whiteout in L2.
 DELETED_IN_L2 = "etc/issue.net"
 # The whited-out tree of L1 (removed whole by L3).
 WH_TREE = "usr/share/lintian"
@@ -658,7 +662,8 @@ def edge_expect(lower, upper, entries):
 
 def build_edge(root):
     def build(tmp):
-        layout, lower, upper, layers, diff_ids = build_two_layer(tmp, root, EDGE_PACKAGES)
+        layout, lower, upper, layers, diff_ids = build_two_layer(tmp, root, EDGE_PACKAGES,
+                                                               delete=DELETED_IN_L2)
         entries = l3_entries()
         l3tar = os.path.join(tmp, "work", "l3.tar")
         w = LayerWriter(l3tar)
