@@ -69,6 +69,37 @@ where
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    if let Some(user) = spec.user.as_deref().filter(|u| !u.is_empty()) {
+        let id = match crate::user::resolve(user) {
+            Ok(id) => id,
+            Err(e) => {
+                reply_error(conn, ErrorCode::BadRequest, format!("exec: {e}"))?;
+                return Ok(After::Continue);
+            }
+        };
+        for (k, v) in [("HOME", id.home.clone()), ("USER", id.name.clone())] {
+            if let (Some(v), false) = (v, spec.env.contains_key(k)) {
+                cmd.env(k, v);
+            }
+        }
+        let groups: Vec<libc::gid_t> = id.groups.clone();
+        let (uid, gid) = (id.uid, id.gid);
+        // Groups, then gid, then uid, all in the child (std's own uid/gid switch would run
+        // before this closure and leave no right to set the groups).
+        // SAFETY: setgroups/setgid/setuid are async-signal-safe; the closure only reads data
+        // the child owns a copy of, and runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(gid) < 0
+                    || libc::setuid(uid) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    }
     let mut pty = None;
     if spec.tty {
         let p = match Pty::open(spec.rows, spec.cols) {

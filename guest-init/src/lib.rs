@@ -15,6 +15,7 @@ pub mod init;
 pub mod protocol;
 pub mod pty;
 pub mod reaper;
+pub mod user;
 pub mod vsock;
 pub mod xstate;
 

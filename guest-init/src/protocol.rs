@@ -62,6 +62,10 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     #[serde(default)]
     pub stdin: StdinMode,
+    /// Run as this user (`name`, `uid`, `name:group`, `uid:gid`, resolved in the guest);
+    /// absent: the agent's (root). Left out of the JSON when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Version 2: run the process on a new pseudo-terminal (stdin always streams; its output
     /// comes as `stdout` frames). Left out of the JSON when false, so v1 frames are unchanged.
     #[serde(default, skip_serializing_if = "is_false")]

@@ -27,6 +27,8 @@ pub struct Config {
     pub max_sandboxes: usize,
     pub max_memory_mib: u64,
     pub launcher: Launcher,
+    /// The kernel of templates that name none (`--kernel`).
+    pub default_kernel: Option<PathBuf>,
 }
 
 impl Config {
@@ -72,6 +74,7 @@ impl Drop for Live {
 
 pub struct Daemon {
     pub cfg: Config,
+    pub images: crate::images::Images,
     pub store: Store,
     pub metrics: Metrics,
     pub events: broadcast::Sender<Event>,
@@ -87,10 +90,11 @@ pub struct Daemon {
 pub type Shared = Arc<Daemon>;
 
 impl Daemon {
-    pub fn new(cfg: Config, store: Store) -> Daemon {
+    pub fn new(cfg: Config, store: Store, images: crate::images::Images) -> Daemon {
         let (events, _) = broadcast::channel(1024);
         Daemon {
             cfg,
+            images,
             store,
             metrics: Metrics::new(),
             events,

@@ -22,6 +22,12 @@ pub enum ApiError {
     Agent(String),
     #[error("{0}")]
     Internal(String),
+    /// A registry refused the credentials (or their absence) for a pull.
+    #[error("{0}")]
+    RegistryAuth(String),
+    /// A registry failed, could not be reached, or sent what it should not have.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl ApiError {
@@ -33,6 +39,8 @@ impl ApiError {
             ApiError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RegistryAuth(_) => StatusCode::FORBIDDEN,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -45,6 +53,8 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Agent(_) => "agent_error",
             ApiError::Internal(_) => "internal",
+            ApiError::RegistryAuth(_) => "registry_unauthorized",
+            ApiError::Upstream(_) => "upstream",
         }
     }
 

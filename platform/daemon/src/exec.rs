@@ -31,15 +31,27 @@ fn spec_of(d: &Daemon, template: &str, req: &ExecRequest) -> Result<(ExecSpec, V
             "background, stream: a background exec cannot stream".into(),
         ));
     }
-    let mut env = d
-        .store
-        .template(template)?
-        .map(|t| t.api.env)
-        .unwrap_or_default();
+    let t = d.store.template(template)?.map(|t| t.api);
+    // Docker's order: the image's Env, then the template's, then the request's.
+    let mut env = std::collections::BTreeMap::new();
+    let image = t.as_ref().and_then(|t| t.image.clone()).unwrap_or_default();
+    for kv in &image.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    env.extend(t.map(|t| t.env).unwrap_or_default());
     env.extend(req.env.clone());
     let mut spec = ExecSpec::new(req.argv.clone());
     spec.env = env;
-    spec.cwd = req.cwd.clone();
+    spec.cwd = req
+        .cwd
+        .clone()
+        .or_else(|| (!image.working_dir.is_empty()).then(|| image.working_dir.clone()));
+    spec.user = req
+        .user
+        .clone()
+        .or_else(|| (!image.user.is_empty()).then(|| image.user.clone()));
     let stdin = req.stdin.clone().unwrap_or_default().into_bytes();
     spec.stdin = if req.stdin.is_some() {
         StdinMode::Data

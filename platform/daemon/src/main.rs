@@ -6,6 +6,7 @@ mod daemon;
 mod error;
 mod exec;
 mod fsutil;
+mod images;
 mod metrics;
 mod netns;
 mod ports;
@@ -60,6 +61,23 @@ struct Args {
     /// PVM guest work-arounds for booted kernels: auto (detect the host), on, off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pvm_workarounds: String,
+    /// Kernel for templates that name none (e.g. built from an image): `make kernel`'s vmlinux.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Image cache: pulled blobs and built root file systems (default: <state-dir>/images).
+    #[arg(long)]
+    image_cache: Option<PathBuf>,
+    /// tartarus-init, injected into root file systems made from images (default: next to
+    /// this binary, else scripts/build-init.sh's output).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// A registry (host[:port]) spoken to over plain HTTP; loopback registries always are.
+    /// Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// Largest image accepted, compressed and unpacked, in bytes (suffixes K, M, G).
+    #[arg(long, default_value = "16G", value_parser = parse_size)]
+    max_image_size: u64,
     /// Log filter (tracing's env-filter syntax), e.g. info or tartarusd=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -76,6 +94,29 @@ fn sibling(name: &str) -> PathBuf {
         }
     }
     PathBuf::from(format!("/usr/local/bin/{name}"))
+}
+
+/// `123`, `64K`, `512M`, `16G` → bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("'{s}': unknown size suffix '{c}' (K, M, G, T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size (e.g. 512M, 16G)"))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -158,6 +199,31 @@ fn main() {
             pvm_workarounds: pvm,
             cgroup_version: vmm::detect_cgroup_version(),
         },
+        default_kernel: args.kernel.clone(),
+    };
+    if let Some(k) = &args.kernel {
+        if !k.is_absolute() || !k.is_file() {
+            fail(format_args!(
+                "--kernel '{}' is not an absolute path to a file",
+                k.display()
+            ));
+        }
+    }
+    let image_cache = args
+        .image_cache
+        .clone()
+        .unwrap_or_else(|| state.join("images"));
+    let image_store = tartarus_images::ImageStore::open(&image_cache)
+        .unwrap_or_else(|e| fail(format_args!("image cache: {}", chain(&e))));
+    image_store.blobs.clean_tmp();
+    let images = images::Images {
+        store: Arc::new(image_store),
+        init: args
+            .init
+            .clone()
+            .unwrap_or_else(|| sibling("tartarus-init")),
+        insecure_registries: args.insecure_registries.clone(),
+        max_image_size: Some(args.max_image_size),
     };
     let store = store::Store::open(&state.join("state.db"))
         .unwrap_or_else(|e| fail(format_args!("state database: {}", chain(&e))));
@@ -170,11 +236,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(format_args!("tokio runtime: {e}")));
-    rt.block_on(run(args, cfg, store));
+    rt.block_on(run(args, cfg, store, images));
 }
 
-async fn run(args: Args, cfg: Config, store: store::Store) {
-    let d = Arc::new(Daemon::new(cfg, store));
+async fn run(args: Args, cfg: Config, store: store::Store, images: images::Images) {
+    let d = Arc::new(Daemon::new(cfg, store, images));
     template::recover(&d);
     sandbox::recover(&d).await;
     let app = routes::router(d.clone());

@@ -8,14 +8,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tartarus_types::{
-    CreateSandbox, CreateSnapshot, ExecRequest, Health, List, Sandbox, SandboxState, Snapshot,
-    Template, TemplateSpec, UPGRADE_PROTOCOL,
+    CreateSandbox, CreateSnapshot, ExecRequest, Health, Image, ImagesFreed, List, PullImage,
+    Sandbox, SandboxState, Snapshot, Template, TemplateSpec, UPGRADE_PROTOCOL,
 };
 use tokio::sync::mpsc;
 
 use crate::daemon::Shared;
 use crate::error::ApiError;
-use crate::{exec, sandbox, template};
+use crate::{exec, images, sandbox, template};
 
 /// Largest body `PUT /files` takes.
 pub const MAX_FILE: usize = 512 << 20;
@@ -46,6 +46,10 @@ pub fn router(d: Shared) -> Router {
         )
         .route("/sandboxes/{id}/agent", get(agent_upgrade))
         .route("/sandboxes/{id}/ports/{port}", get(port_upgrade))
+        .route("/images", get(list_images))
+        .route("/images/pull", post(pull_image))
+        .route("/images/prune", post(prune_images))
+        .route("/images/{*name}", get(get_image).delete(delete_image))
         .route("/snapshots", get(list_snapshots))
         .route("/snapshots/{id}", get(get_snapshot).delete(delete_snapshot))
         .route("/events", get(events))
@@ -187,6 +191,73 @@ async fn build_template(
         }
     });
     Ok(ndjson(exec::channel_body(out)))
+}
+
+/// Sends each item of `rx` as one NDJSON line; the work behind it goes on if the client leaves.
+fn ndjson_of<T: serde::Serialize + Send + 'static>(mut rx: mpsc::Receiver<T>) -> Response {
+    let (tx, out) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+            line.push(b'\n');
+            let _ = tx.send(Ok(Bytes::from(line))).await;
+        }
+    });
+    ndjson(exec::channel_body(out))
+}
+
+async fn pull_image(
+    State(d): State<Shared>,
+    Body2(req): Body2<PullImage>,
+) -> Result<Response, ApiError> {
+    if req.reference.trim().is_empty() {
+        return Err(ApiError::BadRequest("reference: empty".into()));
+    }
+    tartarus_images::source::Source::parse(&req.reference)
+        .map_err(|e| ApiError::BadRequest(format!("reference: {e}")))?;
+    Ok(ndjson_of(images::start_pull(&d, req)))
+}
+
+async fn list_images(State(d): State<Shared>) -> Result<Json<List<Image>>, ApiError> {
+    let d2 = d.clone();
+    let items = tokio::task::spawn_blocking(move || images::list(&d2))
+        .await
+        .map_err(|e| ApiError::Internal(format!("task: {e}")))??;
+    Ok(Json(List { items }))
+}
+
+async fn get_image(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Image>, ApiError> {
+    Ok(Json(images::get(&d, &name)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_image(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Q(q): Q<ForceQuery>,
+) -> Result<Json<ImagesFreed>, ApiError> {
+    let d2 = d.clone();
+    let freed = tokio::task::spawn_blocking(move || images::remove(&d2, &name, q.force))
+        .await
+        .map_err(|e| ApiError::Internal(format!("task: {e}")))??;
+    Ok(Json(freed))
+}
+
+async fn prune_images(State(d): State<Shared>) -> Result<Json<ImagesFreed>, ApiError> {
+    let d2 = d.clone();
+    let freed = tokio::task::spawn_blocking(move || images::prune(&d2))
+        .await
+        .map_err(|e| ApiError::Internal(format!("task: {e}")))??;
+    Ok(Json(freed))
 }
 
 #[derive(Deserialize)]

@@ -58,9 +58,16 @@ fn daemon() -> (Arc<Daemon>, std::path::PathBuf) {
             pvm_workarounds: false,
             cgroup_version: 1,
         },
+        default_kernel: None,
     };
     let store = crate::store::Store::open(&dir.join("state.db")).unwrap();
-    (Arc::new(Daemon::new(cfg, store)), dir)
+    let images = crate::images::Images {
+        store: Arc::new(tartarus_images::ImageStore::open(&dir.join("images")).unwrap()),
+        init: "/nonexistent".into(),
+        insecure_registries: vec![],
+        max_image_size: None,
+    };
+    (Arc::new(Daemon::new(cfg, store, images)), dir)
 }
 
 async fn call(d: &Arc<Daemon>, method: &str, path: &str) -> (StatusCode, String) {

@@ -137,6 +137,12 @@ pub struct StoredSpec {
     pub disk_mib: u32,
     pub env: BTreeMap<String, String>,
     pub warmup: Vec<WarmupCommand>,
+    /// The image the root file system was made from.
+    #[serde(default)]
+    pub image: Option<tartarus_types::TemplateImage>,
+    /// The built root file system's cache key (stands for its content in the snapshot key).
+    #[serde(default)]
+    pub rootfs_key: Option<String>,
 }
 
 pub fn now_ms() -> i64 {
@@ -280,6 +286,7 @@ impl Store {
                 disk_mib: spec.disk_mib,
                 env: spec.env,
                 warmup: spec.warmup,
+                image: spec.image,
                 created_at: rfc3339(created),
                 build_ms: build_ms.map(|v| v as u64),
                 snapshot_bytes: bytes.map(|v| v as u64),

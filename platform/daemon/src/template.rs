@@ -80,7 +80,25 @@ fn validate(spec: &TemplateSpec) -> Result<(), ApiError> {
             spec.disk_mib
         )));
     }
-    for (field, path) in [("kernel", &spec.kernel), ("rootfs", &spec.rootfs)] {
+    let mut files = vec![("kernel", &spec.kernel)];
+    match (&spec.image, spec.rootfs.is_empty()) {
+        (Some(_), false) => {
+            return Err(ApiError::BadRequest(
+                "rootfs, image: give one of them, not both".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(ApiError::BadRequest(
+                "rootfs: missing (give a root file system image or an OCI image)".into(),
+            ))
+        }
+        (Some(i), true) => {
+            tartarus_images::source::Source::parse(i)
+                .map_err(|e| ApiError::BadRequest(format!("image: {e}")))?;
+        }
+        (None, false) => files.push(("rootfs", &spec.rootfs)),
+    }
+    for (field, path) in files {
         let p = Path::new(path);
         if !p.is_absolute() {
             return Err(ApiError::BadRequest(format!(
@@ -133,7 +151,11 @@ fn cache_key(spec: &StoredSpec, vmm: &Path, pvm: bool) -> std::io::Result<String
     let mut h = Sha256::new();
     h.update(LAYOUT_VERSION.as_bytes());
     for p in [Path::new(&spec.kernel), Path::new(&spec.rootfs), vmm] {
-        hash_file(&mut h, p)?;
+        match &spec.rootfs_key {
+            // An image's root fs is named by its content key already.
+            Some(k) if p == Path::new(&spec.rootfs) => h.update(k.as_bytes()),
+            _ => hash_file(&mut h, p)?,
+        }
         h.update(b"\0");
     }
     let shape = json!({
@@ -150,6 +172,87 @@ fn cache_key(spec: &StoredSpec, vmm: &Path, pvm: bool) -> std::io::Result<String
 struct Progress {
     tx: mpsc::Sender<BuildEvent>,
     step: u32,
+    steps: u32,
+}
+
+/// The root file system of a template made from an image: pulled if not in the cache yet,
+/// then built (or found built).
+async fn image_rootfs(
+    d: &Shared,
+    reference: &str,
+    auth: Option<&tartarus_types::RegistryAuth>,
+    p: &mut Progress,
+) -> Result<
+    (
+        tartarus_images::rootfs::Built,
+        tartarus_types::TemplateImage,
+    ),
+    ApiError,
+> {
+    let rec = match d.images.store.get(reference) {
+        Ok(r) => {
+            p.step(format!(
+                "image {reference}: {} (in the cache)",
+                r.id.short()
+            ))
+            .await;
+            r
+        }
+        Err(tartarus_images::store::StoreError::NotFound(_)) => {
+            p.step(format!("pulling {reference}")).await;
+            let (tx, mut rx) = mpsc::channel(64);
+            let logs = p.tx.clone();
+            let fwd = tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    let line = match ev {
+                        tartarus_types::PullEvent::Resolved {
+                            digest,
+                            layers,
+                            bytes,
+                            ..
+                        } => {
+                            format!("{digest}: {layers} layers, {bytes} bytes")
+                        }
+                        tartarus_types::PullEvent::Layer {
+                            digest,
+                            bytes,
+                            cached,
+                        } => {
+                            format!(
+                                "layer {digest} ({bytes} bytes){}",
+                                if cached { ", cached" } else { "" }
+                            )
+                        }
+                        tartarus_types::PullEvent::Retry {
+                            what,
+                            attempt,
+                            error,
+                        } => {
+                            format!("retrying {what} (attempt {attempt}): {error}")
+                        }
+                        _ => continue,
+                    };
+                    let _ = logs.send(BuildEvent::Log { line }).await;
+                }
+            });
+            let r = crate::images::pull(d, reference, None, auth, tx).await;
+            let _ = fwd.await;
+            r?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    p.step("making the root file system from the image").await;
+    let (tx, mut rx) = mpsc::channel::<String>(16);
+    let logs = p.tx.clone();
+    let fwd = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let _ = logs.send(BuildEvent::Log { line }).await;
+        }
+    });
+    let built = crate::images::build_rootfs(d, &rec, tx).await;
+    let _ = fwd.await;
+    let built = built?;
+    Ok((built, crate::images::template_image(reference, &rec)))
 }
 
 impl Progress {
@@ -161,7 +264,7 @@ impl Progress {
             .tx
             .send(BuildEvent::Progress {
                 step: self.step,
-                steps: STEPS,
+                steps: self.steps,
                 message,
             })
             .await;
@@ -170,7 +273,20 @@ impl Progress {
 
 /// Starts a template build; the returned channel carries its progress and ends with `done` or
 /// `error`. The build goes on if the receiver is dropped.
-pub fn start_build(d: &Shared, spec: TemplateSpec) -> Result<mpsc::Receiver<BuildEvent>, ApiError> {
+pub fn start_build(
+    d: &Shared,
+    mut spec: TemplateSpec,
+) -> Result<mpsc::Receiver<BuildEvent>, ApiError> {
+    if spec.kernel.is_empty() {
+        spec.kernel = match &d.cfg.default_kernel {
+            Some(k) => k.display().to_string(),
+            None => {
+                return Err(ApiError::BadRequest(
+                    "kernel: missing, and the daemon has no default (tartarusd --kernel)".into(),
+                ))
+            }
+        };
+    }
     validate(&spec)?;
     {
         let mut b = d.building.lock().unwrap_or_else(|p| p.into_inner());
@@ -196,6 +312,11 @@ pub fn start_build(d: &Shared, spec: TemplateSpec) -> Result<mpsc::Receiver<Buil
         let mut progress = Progress {
             tx: tx.clone(),
             step: 0,
+            steps: if spec.image.is_some() {
+                STEPS + 2
+            } else {
+                STEPS
+            },
         };
         let result = build(&d, spec, &mut progress, started).await;
         d.building
@@ -205,7 +326,9 @@ pub fn start_build(d: &Shared, spec: TemplateSpec) -> Result<mpsc::Receiver<Buil
         d.metrics.template_builds.inc();
         let ev = match result {
             Ok(()) => match d.store.template(&name) {
-                Ok(Some(t)) => BuildEvent::Done { template: t.api },
+                Ok(Some(t)) => BuildEvent::Done {
+                    template: Box::new(t.api),
+                },
                 _ => BuildEvent::Error {
                     error: ErrorDetail {
                         code: "internal".into(),
@@ -245,20 +368,30 @@ async fn build(
         .cfg
         .templates_dir()
         .join(format!("{name}-{}", fsutil::random_hex(4)));
-    let base = format!("{BASE_BOOT_ARGS} {}", crate::netns::GUEST_IP_ARG);
+    let mut base = format!("{BASE_BOOT_ARGS} {}", crate::netns::GUEST_IP_ARG);
+    let (mut rootfs, mut image, mut rootfs_key) = (spec.rootfs.clone(), None, None);
+    if let Some(reference) = &spec.image {
+        let built = image_rootfs(d, reference, spec.registry_auth.as_ref(), p).await?;
+        rootfs = built.0.path.display().to_string();
+        rootfs_key = Some(built.0.key.clone());
+        image = Some(built.1);
+        base = format!("{base} init={}", tartarus_images::rootfs::INIT_PATH);
+    }
     let boot_args = match &spec.boot_args {
         Some(a) if !a.trim().is_empty() => format!("{base} {}", a.trim()),
         _ => base,
     };
     let stored = StoredSpec {
         kernel: spec.kernel.clone(),
-        rootfs: spec.rootfs.clone(),
+        rootfs,
         boot_args,
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         disk_mib: spec.disk_mib,
         env: spec.env.clone(),
         warmup: spec.warmup.clone(),
+        image,
+        rootfs_key,
     };
     let old = d.store.template(&name)?;
     d.store.put_template(
@@ -277,8 +410,14 @@ async fn build(
         std::fs::create_dir_all(&dir2).map_err(|e| ApiError::internal("template directory", &e))?;
         for (src, name) in [(&stored2.kernel, KERNEL), (&stored2.rootfs, ROOTFS)] {
             let dst = dir2.join(name);
-            fsutil::sparse_copy(Path::new(src), &dst)
-                .map_err(|e| ApiError::BadRequest(chain(&e)))?;
+            if name == ROOTFS && stored2.rootfs_key.is_some() {
+                // The image cache's root fs never changes once built: share it.
+                fsutil::link_or_copy(Path::new(src), &dst)
+                    .map_err(|e| ApiError::internal("template", &e))?;
+            } else {
+                fsutil::sparse_copy(Path::new(src), &dst)
+                    .map_err(|e| ApiError::BadRequest(chain(&e)))?;
+            }
             fsutil::make_shared_readonly(&dst).map_err(|e| ApiError::internal("template", &e))?;
         }
         cache_key(&stored2, &vmm_bin, pvm)
@@ -531,7 +670,15 @@ async fn boot_in_jail(
     p.step(format!("agent ready ({}); warming up", agent.agent()))
         .await;
     let warmup = spec.warmup.clone();
-    let env = spec.env.clone();
+    let stored_image = spec.image.clone();
+    // As for every exec: the image's Env under the template's.
+    let mut env = std::collections::BTreeMap::new();
+    for kv in stored_image.iter().flat_map(|i| i.env.iter()) {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    env.extend(spec.env.clone());
     let agent = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         for (i, w) in warmup.iter().enumerate() {
             let argv = if w.background {
@@ -550,6 +697,10 @@ async fn boot_in_jail(
             };
             let mut spec = guest_init::protocol::ExecSpec::new(argv);
             spec.env = env.clone();
+            if let Some(img) = &stored_image {
+                spec.cwd = (!img.working_dir.is_empty()).then(|| img.working_dir.clone());
+                spec.user = (!img.user.is_empty()).then(|| img.user.clone());
+            }
             let out = agent
                 .start_exec(&spec, &[])
                 .and_then(|s| s.collect())
@@ -676,8 +827,23 @@ mod tests {
             env: Default::default(),
             warmup: vec![],
             replace: false,
+            image: None,
+            registry_auth: None,
         };
         assert!(validate(&spec("/etc/hostname")).is_ok());
+        let mut both = spec("/etc/hostname");
+        both.image = Some("127.0.0.1:5000/x".into());
+        let e = validate(&both).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        both.rootfs.clear();
+        assert!(validate(&both).is_ok());
+        both.image = Some("Bad Ref!".into());
+        let e = validate(&both).unwrap_err().to_string();
+        assert!(e.starts_with("image:"), "{e}");
+        let mut none = spec("/etc/hostname");
+        none.rootfs.clear();
+        let e = validate(&none).unwrap_err().to_string();
+        assert!(e.starts_with("rootfs: missing"), "{e}");
         let e = validate(&spec("relative")).unwrap_err().to_string();
         assert!(e.starts_with("kernel:"), "{e}");
         let e = validate(&spec("/nonexistent")).unwrap_err().to_string();

@@ -424,8 +424,14 @@ async fn pull_registry(
     fetch_blob(store, &c, &target, &m.config, opts, progress, false).await?;
     let config_bytes = store.blobs.read(&m.config.digest)?;
     let config = manifest::parse_config(&config_bytes, &m).map_err(merr)?;
-    futures_util::stream::iter(m.layers.iter())
+    // Futures made first: a stream that maps with a closure over borrowed data is not
+    // `Send` for every lifetime, and the daemon runs pulls on spawned tasks.
+    let fetches: Vec<_> = m
+        .layers
+        .iter()
         .map(|l| fetch_blob(store, &c, &target, l, opts, progress, true))
+        .collect();
+    futures_util::stream::iter(fetches)
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<()>>()
         .await?;

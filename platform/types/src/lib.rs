@@ -26,7 +26,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `bad_request`, `not_found`, `conflict`, `limit_exceeded`,
-    /// `unavailable`, `internal`, `agent_error`, `method_not_allowed`.
+    /// `unavailable`, `internal`, `agent_error`, `method_not_allowed`, `registry_unauthorized`,
+    /// `upstream`.
     pub code: String,
     /// A sentence for people; names the field or resource at fault.
     pub message: String,
@@ -195,9 +196,17 @@ pub enum PullEvent {
         bytes: u64,
     },
     /// Bytes of one layer downloaded so far.
-    Progress { digest: String, done: u64, total: u64 },
+    Progress {
+        digest: String,
+        done: u64,
+        total: u64,
+    },
     /// One layer is in the cache (`cached`: it already was).
-    Layer { digest: String, bytes: u64, cached: bool },
+    Layer {
+        digest: String,
+        bytes: u64,
+        cached: bool,
+    },
     /// A request failed and is tried again.
     Retry {
         what: String,
@@ -205,9 +214,15 @@ pub enum PullEvent {
         error: String,
     },
     /// A step of making the root file system (unpack, mkfs).
-    Build { message: String },
-    Done { image: Image },
-    Error { error: ErrorDetail },
+    Build {
+        message: String,
+    },
+    Done {
+        image: Box<Image>,
+    },
+    Error {
+        error: ErrorDetail,
+    },
 }
 
 /// An image in the daemon's cache.
@@ -261,7 +276,7 @@ pub enum BuildEvent {
     /// A line the guest printed on its console while building.
     Log { line: String },
     /// The build finished: the template is ready.
-    Done { template: Template },
+    Done { template: Box<Template> },
     /// The build failed; the template is `failed` with this error.
     Error { error: ErrorDetail },
 }
