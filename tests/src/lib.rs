@@ -23,6 +23,7 @@ pub mod http;
 pub mod jail;
 pub mod net;
 pub mod platform;
+pub mod debugfs;
 pub mod registry;
 pub mod stress;
 pub mod vmm;
