@@ -92,6 +92,9 @@ pub enum Command {
     /// Manage templates (kernel + root file system + warm-up, snapshotted once booted)
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Manage OCI images in the daemon's cache (pull, list, inspect, remove)
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Print the daemon's events (sandboxes, templates, snapshots)
     Events(EventsArgs),
     /// Check that the daemon answers
@@ -112,13 +115,47 @@ pub struct ExecOpts {
     /// Working directory in the guest
     #[arg(short = 'w', long = "workdir", value_name = "CWD")]
     pub workdir: Option<String>,
+    /// Run as this user: name, uid, name:group or uid:gid (default: the image's user, else
+    /// root)
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+}
+
+/// Registry credentials for pulling an image. Without flags, `TARTARUS_REGISTRY_USER` and
+/// `TARTARUS_REGISTRY_PASSWORD` are used when both are set.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryAuthArgs {
+    /// Registry user name (with --password-stdin, --password or TARTARUS_REGISTRY_PASSWORD)
+    #[arg(long, value_name = "USER", conflicts_with = "token")]
+    pub username: Option<String>,
+    /// Registry password (visible to other users in `ps`: prefer --password-stdin)
+    #[arg(long, value_name = "PASSWORD", conflicts_with_all = ["password_stdin", "token"])]
+    pub password: Option<String>,
+    /// Read the registry password from stdin
+    #[arg(long, conflicts_with = "token")]
+    pub password_stdin: bool,
+    /// Registry bearer token
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example: tartarus run python -- python3 -c 'print(6*7)'")]
+#[command(
+    after_help = "Examples:\n  tartarus run python -- python3 -c 'print(6*7)'\n  \
+                        tartarus run docker.io/library/alpine:3.20 -- cat /etc/os-release\n  \
+                        tartarus run --image alpine          # the image's own entrypoint and cmd\n\n\
+                  A NAME that is not a template but looks like an image reference (it has a `/`, \
+                  `:` or `.`), or any NAME with --image, is built into the template \
+                  img-<name> once (later runs reuse it)."
+)]
 pub struct RunArgs {
-    /// Template to start the sandbox from
+    /// Template to start the sandbox from, or an image reference
+    #[arg(value_name = "NAME")]
     pub template: String,
+    /// NAME is an image reference: run it through its template img-<name> (built first when
+    /// missing)
+    #[arg(long)]
+    pub image: bool,
     /// Kill the sandbox after this many seconds
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
@@ -129,9 +166,12 @@ pub struct RunArgs {
     /// Keep the sandbox afterwards (its id is printed on stderr)
     #[arg(long)]
     pub keep: bool,
-    /// The command and its arguments (after `--`)
+    /// Print the guest's console lines while a template is built from the image
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// The command and its arguments (after `--`); for a template made from an image it
+    /// replaces the image's cmd (after its entrypoint) and may be left out
     #[arg(
-        required = true,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"
@@ -300,7 +340,7 @@ pub enum TemplateCmd {
     /// Show a template
     Inspect { name: String },
     /// Build a template from a spec file and/or flags, with progress
-    Build(TemplateBuildArgs),
+    Build(Box<TemplateBuildArgs>),
     /// Delete a template
     #[command(visible_alias = "delete")]
     Rm { name: String },
@@ -318,7 +358,9 @@ pub enum TemplateCmd {
 #[command(
     after_help = "Examples:\n  tartarus template build -f ./python/template.toml\n  \
                         tartarus template build --name base --kernel vmlinux --rootfs rootfs.ext4 \
-                        --memory 512 --warmup 'python3 -c \"import numpy\"'"
+                        --memory 512 --warmup 'python3 -c \"import numpy\"'\n  \
+                        tartarus template build --name py --from-image python:3.12-slim \
+                        --warmup 'python3 -c \"import json\"'"
 )]
 pub struct TemplateBuildArgs {
     /// Spec file (TOML, or JSON when it ends in .json); flags override its fields
@@ -333,6 +375,12 @@ pub struct TemplateBuildArgs {
     /// Host path of the ext4 root file system image
     #[arg(long, value_name = "PATH")]
     pub rootfs: Option<PathBuf>,
+    /// Make the root file system from this OCI image (pulled first when not in the daemon's
+    /// cache); --kernel is then optional (the daemon's default kernel)
+    #[arg(long, value_name = "REF", conflicts_with = "rootfs")]
+    pub from_image: Option<String>,
+    #[command(flatten)]
+    pub auth: RegistryAuthArgs,
     #[arg(long)]
     pub vcpus: Option<u8>,
     /// Guest memory, MiB
@@ -359,6 +407,73 @@ pub struct TemplateBuildArgs {
     /// Print the guest's console lines above the progress bar
     #[arg(short = 'v', long)]
     pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Pull an image into the daemon's cache, with progress; prints its id
+    Pull(ImagePullArgs),
+    /// List images
+    #[command(visible_alias = "list")]
+    Ls(ImageLsArgs),
+    /// Show images (JSON)
+    Inspect {
+        /// Names (`repo:tag`, `host:port/repo:tag`), ids (`sha256:...`) or id prefixes
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Delete images (and the blobs and root file systems only they used)
+    #[command(visible_alias = "delete")]
+    Rm(ImageRmArgs),
+    /// Delete images no name or template refers to, and unused blobs
+    Prune,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  tartarus image pull docker.io/library/python:3.12-slim\n  \
+                        tartarus image pull 127.0.0.1:5000/edge:latest --name edge\n  \
+                        echo \"$TOKEN\" | tartarus image pull ghcr.io/org/app:1 --username me \
+                        --password-stdin\n  \
+                        tartarus image pull oci:/srv/layouts/app:v1 --build -q\n\n\
+                  REF: [docker://]host[:port]/repo[:tag][@digest] (no host: Docker Hub), \
+                  oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG] (paths on the daemon's host)."
+)]
+pub struct ImagePullArgs {
+    /// The image reference
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Store it under this name instead (`name[:tag]`)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub auth: RegistryAuthArgs,
+    /// Also build its root file system now (otherwise the first template build does)
+    #[arg(long)]
+    pub build: bool,
+    /// No progress: print only the image id
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageLsArgs {
+    /// Print only the image ids (12 hex digits, one per image)
+    #[arg(short = 'q', long, conflicts_with = "json")]
+    pub quiet: bool,
+    /// Print the API's body (same as -o json)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageRmArgs {
+    /// Names, ids or id prefixes
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Delete it even when templates were made from it (they keep their root file system)
+    #[arg(short = 'f', long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -432,3 +432,18 @@ pub fn encode_query(s: &str) -> String {
 pub fn encode_segment(s: &str) -> String {
     encode_query(s).replace('/', "%2F")
 }
+
+/// Percent-encodes a path rest that may span segments, such as an image name
+/// (`127.0.0.1:5000/team/edge:latest`, `repo@sha256:...`): `/`, `:` and `@` stay, as do
+/// unreserved characters; everything else (`%`, `?`, `#`, spaces, non-ASCII...) is encoded.
+pub fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

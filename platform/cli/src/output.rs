@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use tartarus_types::{Sandbox, Snapshot, Template};
+use tartarus_types::{Image, ImagesFreed, Sandbox, Snapshot, Template};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -223,6 +223,13 @@ pub fn template_details(tp: &Template) -> String {
         ("State:", format!("{:?}", tp.state).to_lowercase()),
         ("Kernel:", tp.kernel.clone()),
         ("Rootfs:", tp.rootfs.clone()),
+        (
+            "Image:",
+            opt(tp
+                .image
+                .as_ref()
+                .map(|i| format!("{} ({})", i.reference, short_id(&i.id)))),
+        ),
         ("Boot args:", tp.boot_args.clone()),
         ("vCPUs:", tp.vcpus.to_string()),
         ("Memory:", format!("{} MiB", tp.memory_mib)),
@@ -259,6 +266,120 @@ pub fn snapshot_table(items: &[Snapshot]) -> String {
         ]);
     }
     t.render()
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time (`2026-01-01T00:00:00Z`,
+/// `2026-01-01T02:00:00.5+02:00`); None when it is not one.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first() {
+                Some(b'+') => 1,
+                Some(b'-') => -1,
+                _ => return None,
+            };
+            let (oh, om) = rest[1..].split_once(':')?;
+            if oh.len() != 2 || om.len() != 2 {
+                return None;
+            }
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// An image id's first 12 hex digits (`sha256:` dropped), as `docker images` shows it.
+pub fn short_id(id: &str) -> String {
+    let hex = id.split_once(':').map_or(id, |(_, h)| h);
+    hex.chars().take(12).collect()
+}
+
+/// `docker images`-like: one row per name (`<none>` for a dangling image), `now` in seconds
+/// since the epoch for the PULLED column.
+pub fn image_table(items: &[Image], now: i64) -> String {
+    let mut t = Table::new(["NAME", "ID", "SIZE", "PULLED"]);
+    for img in items {
+        let pulled = match parse_rfc3339(&img.pulled_at) {
+            Some(at) => format!("{} ago", age(now.saturating_sub(at).max(0) as u64)),
+            None => img.pulled_at.clone(),
+        };
+        let none = ["<none>".to_string()];
+        let names = if img.names.is_empty() {
+            &none[..]
+        } else {
+            &img.names[..]
+        };
+        for n in names {
+            t.row([
+                n.clone(),
+                short_id(&img.id),
+                bytes(img.size),
+                pulled.clone(),
+            ]);
+        }
+    }
+    t.render()
+}
+
+/// What `image rm` and `image prune` freed: a `Deleted: ID` line per image, then the totals.
+pub fn freed_text(f: &ImagesFreed) -> String {
+    let mut out = String::new();
+    for id in &f.images {
+        out.push_str(&format!("Deleted: {id}\n"));
+    }
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    out.push_str(&format!(
+        "Freed {} ({}, {}, {})\n",
+        bytes(f.bytes),
+        plural(f.images.len(), "image", "images"),
+        plural(f.blobs, "blob", "blobs"),
+        plural(f.rootfs, "root file system", "root file systems"),
+    ));
+    out
 }
 
 /// The CLI's exit code for a guest command's end: its exit code, 128+N when signal N killed it.

@@ -1,6 +1,7 @@
 //! Template specs: loading `template.toml` / `.json` files (relative kernel and rootfs paths
-//! resolve against the file's directory), applying `template build` flags on top, and the
-//! `template init` scaffold.
+//! resolve against the file's directory; `image = "REF"` instead of `rootfs` makes the root
+//! file system from an OCI image), applying `template build` flags on top, and the `template
+//! init` scaffold.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,11 @@ pub enum SpecError {
     Parse { path: String, message: String },
     #[error("missing {0}: give it in the spec file (-f) or as a flag (--{0})")]
     Missing(&'static str),
+    #[error(
+        "missing the root file system: give `rootfs` or `image` in the spec file (-f), or \
+         --rootfs PATH or --from-image REF"
+    )]
+    MissingRoot,
     #[error("cannot find the current directory: {0}")]
     Cwd(std::io::Error),
     #[error("cannot write {path}: {source}")]
@@ -121,12 +127,22 @@ pub fn build_spec(args: &TemplateBuildArgs) -> Result<TemplateSpec, SpecError> {
     };
     let kernel = flag_path(&args.kernel)?;
     let rootfs = flag_path(&args.rootfs)?;
+    let image = args.from_image.clone();
     let mut spec = match spec.take() {
         Some(s) => s,
         None => TemplateSpec {
             name: args.name.clone().ok_or(SpecError::Missing("name"))?,
-            kernel: kernel.clone().ok_or(SpecError::Missing("kernel"))?,
-            rootfs: rootfs.clone().ok_or(SpecError::Missing("rootfs"))?,
+            // From an image, no kernel means the daemon's default one.
+            kernel: match (&kernel, &image) {
+                (Some(k), _) => k.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => return Err(SpecError::Missing("kernel")),
+            },
+            rootfs: match (&rootfs, &image) {
+                (Some(r), _) => r.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => return Err(SpecError::MissingRoot),
+            },
             boot_args: None,
             vcpus: tartarus_types::default_vcpus(),
             memory_mib: tartarus_types::default_memory_mib(),
@@ -144,8 +160,17 @@ pub fn build_spec(args: &TemplateBuildArgs) -> Result<TemplateSpec, SpecError> {
     if let Some(k) = kernel {
         spec.kernel = k;
     }
+    // --rootfs and --from-image each replace the file's root file system, whichever kind.
     if let Some(r) = rootfs {
         spec.rootfs = r;
+        spec.image = None;
+    }
+    if let Some(i) = image {
+        spec.image = Some(i);
+        spec.rootfs = String::new();
+    }
+    if spec.rootfs.is_empty() && spec.image.as_deref().is_none_or(str::is_empty) {
+        return Err(SpecError::MissingRoot);
     }
     if let Some(b) = &args.boot_args {
         spec.boot_args = Some(b.clone());
@@ -185,6 +210,11 @@ kernel = "vmlinux"
 
 # ext4 root file system image with tartarus-init as /sbin/init.
 rootfs = "rootfs.ext4"
+
+# Or, instead of rootfs: an OCI image made into the root file system (pulled by the daemon
+# when not in its cache; its Env, WorkingDir and User become every command's defaults).
+# Without `kernel`, the daemon's default kernel is used.
+# image = "docker.io/library/python:3.12-slim"
 
 # Extra kernel command-line words, appended to the daemon's.
 # boot_args = "quiet"

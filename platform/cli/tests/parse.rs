@@ -79,7 +79,11 @@ fn run() {
     assert!(!r.keep);
     assert_eq!(r.cmd, ["ls", "--keep", "-e"]);
     assert_eq!(r.network, Network::None);
-    fails(&["run", "base"]);
+    // The command is optional (a template made from an image has a default one).
+    let Command::Run(r) = parse(&["run", "base"]).command else {
+        panic!()
+    };
+    assert!(r.cmd.is_empty() && !r.image);
     fails(&["run", "base", "-e", "NOEQUALS", "--", "ls"]);
     fails(&["run", "base", "--network", "bridge", "--", "ls"]);
 }

@@ -51,8 +51,16 @@ fn unknown_fields_are_refused() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("memory"), "{e}");
-    let e = parse_spec(r#"{"name": "a"}"#, Path::new("/t.json")).unwrap_err();
-    assert!(e.to_string().contains("kernel"), "{e}");
+    let e = parse_spec(r#"{"name": "a", "kernal": "k"}"#, Path::new("/t.json")).unwrap_err();
+    assert!(e.to_string().contains("kernal"), "{e}");
+    // Kernel and rootfs may be left out (the daemon's kernel; an image instead of a rootfs).
+    let s = parse_spec(
+        r#"{"name": "a", "image": "alpine:3"}"#,
+        Path::new("/t.json"),
+    )
+    .unwrap();
+    assert_eq!((s.kernel.as_str(), s.rootfs.as_str()), ("", ""));
+    assert_eq!(s.image.as_deref(), Some("alpine:3"));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod exec;
 mod files;
+mod image;
 mod interactive;
 mod misc;
 mod port_forward;
@@ -11,14 +12,15 @@ mod snapshot;
 mod template;
 pub mod tty;
 
-use crate::cli::{Cli, Command, OutputFormat, TemplateCmd};
+use crate::cli::{Cli, Command, ImageCmd, OutputFormat, TemplateCmd};
 use crate::client::{ApiClient, ClientError, Endpoint};
 use crate::config::{self, ConfigError, Overrides, Settings};
 use crate::output::OutputError;
 use crate::spec::SpecError;
 
-pub use exec::exec_request;
+pub use exec::{compose_argv, exec_request, image_template_name, looks_like_image_ref};
 pub use files::{parse_side, Side};
+pub use image::registry_auth;
 pub use misc::completion_script as misc_completion_script;
 pub use misc::event_line;
 
@@ -52,7 +54,10 @@ impl CmdError {
     /// 2 for usage and configuration errors, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CmdError::Usage(_) | CmdError::Config(_) | CmdError::Spec(SpecError::Missing(_)) => 2,
+            CmdError::Usage(_)
+            | CmdError::Config(_)
+            | CmdError::Spec(SpecError::Missing(_))
+            | CmdError::Spec(SpecError::MissingRoot) => 2,
             CmdError::Client(ClientError::BadHost(_)) => 2,
             _ => 1,
         }
@@ -137,6 +142,11 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, CmdError> {
         Command::Template(TemplateCmd::Build(a)) => template::build(ctx, a).await,
         Command::Template(TemplateCmd::Rm { name }) => template::rm(ctx, &name).await,
         Command::Template(TemplateCmd::Init { dir, name }) => template::init(&dir, name.as_deref()),
+        Command::Image(ImageCmd::Pull(a)) => image::pull(ctx, a).await,
+        Command::Image(ImageCmd::Ls(a)) => image::ls(ctx, a).await,
+        Command::Image(ImageCmd::Inspect { names }) => image::inspect(ctx, &names).await,
+        Command::Image(ImageCmd::Rm(a)) => image::rm(ctx, a).await,
+        Command::Image(ImageCmd::Prune) => image::prune(ctx).await,
         Command::Events(a) => misc::events(ctx, a).await,
         Command::Health => misc::health(ctx).await,
         Command::Completions { shell } => misc::completions(shell),

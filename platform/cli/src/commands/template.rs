@@ -4,11 +4,12 @@ use std::path::Path;
 
 use hyper::Method;
 use indicatif::{ProgressBar, ProgressStyle};
-use tartarus_types::{BuildEvent, List, Template};
+use tartarus_types::{BuildEvent, List, Template, TemplateSpec};
 
+use super::image::registry_auth_from_process;
 use super::{CmdError, Ctx};
 use crate::cli::TemplateBuildArgs;
-use crate::client::{encode_segment, Body, ClientError};
+use crate::client::{encode_segment, ApiClient, Body, ClientError};
 use crate::output::{print, print_json, template_details, template_table};
 use crate::spec;
 
@@ -63,11 +64,34 @@ fn bar_style() -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-pub async fn build(ctx: &Ctx, a: TemplateBuildArgs) -> Result<i32, CmdError> {
-    let spec = spec::build_spec(&a)?;
-    let mut stream = ctx
-        .client
-        .stream(Method::POST, "/templates", Some(&spec))
+pub async fn build(ctx: &Ctx, a: Box<TemplateBuildArgs>) -> Result<i32, CmdError> {
+    let mut spec = spec::build_spec(&a)?;
+    if spec.image.is_some() {
+        spec.registry_auth = registry_auth_from_process(&a.auth)?;
+    } else if a.auth.username.is_some() || a.auth.token.is_some() || a.auth.password_stdin {
+        return Err(CmdError::Usage(
+            "registry credentials are for templates made from an image (--from-image)".into(),
+        ));
+    }
+    let template = build_stream(&ctx.client, &spec, a.verbose).await?;
+    if ctx.json() {
+        print_json(&template)?;
+    } else {
+        let secs = template.build_ms.unwrap_or(0) as f64 / 1000.0;
+        eprintln!("built template {} in {secs:.1} s", template.name);
+        print(&template_details(&template))?;
+    }
+    Ok(0)
+}
+
+/// `POST /templates` with the build's progress drawn on stderr; the built template.
+pub async fn build_stream(
+    client: &ApiClient,
+    spec: &TemplateSpec,
+    verbose: bool,
+) -> Result<Template, CmdError> {
+    let mut stream = client
+        .stream(Method::POST, "/templates", Some(spec))
         .await?;
     let bar = ProgressBar::new(1).with_style(bar_style());
     bar.set_message(format!("building {}", spec.name));
@@ -84,20 +108,13 @@ pub async fn build(ctx: &Ctx, a: TemplateBuildArgs) -> Result<i32, CmdError> {
                 bar.set_message(message);
             }
             BuildEvent::Log { line } => {
-                if a.verbose {
+                if verbose {
                     bar.println(line);
                 }
             }
             BuildEvent::Done { template } => {
                 bar.finish_and_clear();
-                if ctx.json() {
-                    print_json(&template)?;
-                } else {
-                    let secs = template.build_ms.unwrap_or(0) as f64 / 1000.0;
-                    eprintln!("built template {} in {secs:.1} s", template.name);
-                    print(&template_details(&template))?;
-                }
-                return Ok(0);
+                return Ok(template);
             }
             BuildEvent::Error { error } => {
                 bar.abandon();

@@ -34,6 +34,9 @@ pub struct Recorded {
 struct State {
     requests: Vec<Recorded>,
     files: HashMap<String, Vec<u8>>,
+    /// Templates built from an image (`img-*` templates exist only once built), by name: the
+    /// image reference.
+    image_templates: HashMap<String, String>,
 }
 
 pub struct StandIn {
@@ -230,6 +233,60 @@ pub fn template(name: &str) -> serde_json::Value {
     })
 }
 
+/// An image as `GET /images` shows it; `entrypoint ["/entry"]`, `cmd ["default"]`.
+pub fn image(id: &str, names: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "names": names, "source": names.first().copied().unwrap_or("oci:/x"),
+        "size": 3_250_000, "layers": ["sha256:1111111111111111", "sha256:2222222222222222"],
+        "created": null, "pulled_at": "2026-01-01T00:00:00Z", "entrypoint": ["/entry"],
+        "cmd": ["default"], "env": ["PATH=/bin"], "working_dir": "/", "user": "",
+        "labels": {}, "exposed_ports": [], "rootfs_bytes": null, "templates": []
+    })
+}
+
+pub const IMAGE_ID: &str =
+    "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// `POST /images/pull`: `bad/ref` fails mid-stream; anything else resolves, downloads two
+/// layers (one cached, one retried) and is done.
+fn pull(body: &[u8]) -> Response<Body> {
+    let req: tartarus_types::PullImage = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let mut events = vec![
+        serde_json::json!({"type": "resolved", "image": req.reference,
+        "digest": IMAGE_ID, "layers": 2, "bytes": 3000}),
+    ];
+    if req.reference == "bad/ref" {
+        events.push(serde_json::json!({"type": "error",
+            "error": {"code": "not_found", "message": "manifest unknown"}}));
+        return ndjson(events);
+    }
+    events.extend([
+        serde_json::json!({"type": "layer", "digest": "sha256:1111", "bytes": 1000,
+            "cached": true}),
+        serde_json::json!({"type": "progress", "digest": "sha256:2222", "done": 500,
+            "total": 2000}),
+        serde_json::json!({"type": "retry", "what": "layer sha256:2222", "attempt": 1,
+            "error": "connection reset"}),
+        serde_json::json!({"type": "progress", "digest": "sha256:2222", "done": 2000,
+            "total": 2000}),
+        serde_json::json!({"type": "layer", "digest": "sha256:2222", "bytes": 2000,
+            "cached": false}),
+    ]);
+    if req.build {
+        events.push(serde_json::json!({"type": "build", "message": "unpacking"}));
+    }
+    let name = req.name.unwrap_or(req.reference);
+    events.push(serde_json::json!({"type": "done", "image": image(IMAGE_ID, &[&name])}));
+    ndjson(events)
+}
+
+fn freed(ids: &[&str]) -> serde_json::Value {
+    serde_json::json!({"images": ids, "blobs": 3, "rootfs": 1, "bytes": 3_250_000})
+}
+
 fn query(uri: &hyper::Uri, key: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -367,8 +424,43 @@ async fn handle(
             StatusCode::OK,
             serde_json::json!({"items": [template("base"), template("python")]}),
         ),
+        ("GET", ["templates", name]) if name.starts_with("img-") => {
+            let built = st.lock().unwrap().image_templates.get(*name).cloned();
+            match built {
+                Some(reference) => json(StatusCode::OK, image_template(name, &reference)),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("No template {name}"),
+                ),
+            }
+        }
+        ("GET", ["templates", name]) if *name == "nosuch" || name.contains('%') => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("No template {name}"),
+        ),
         ("GET", ["templates", name]) => json(StatusCode::OK, template(name)),
-        ("POST", ["templates"]) => build(&body),
+        ("POST", ["templates"]) => build(&body, &st),
+        ("POST", ["images", "pull"]) => pull(&body),
+        ("POST", ["images", "prune"]) => json(StatusCode::OK, freed(&[IMAGE_ID])),
+        ("GET", ["images"]) => json(
+            StatusCode::OK,
+            serde_json::json!({"items": [
+                image(IMAGE_ID, &["docker.io/library/alpine:3.20", "alpine:latest"]),
+                image("sha256:fedcba9876543210", &[]),
+            ]}),
+        ),
+        ("GET", ["images", "missing"]) | ("DELETE", ["images", "missing"]) => {
+            error(StatusCode::NOT_FOUND, "not_found", "No image missing")
+        }
+        ("GET", ["images", rest @ ..]) => json(StatusCode::OK, image(IMAGE_ID, &[&rest.join("/")])),
+        ("DELETE", ["images", "used"]) if query(&uri, "force").as_deref() != Some("true") => error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Image used is used by templates img-used",
+        ),
+        ("DELETE", ["images", ..]) => json(StatusCode::OK, freed(&[IMAGE_ID])),
         ("GET", ["events"]) => ndjson(vec![
             serde_json::json!({"id": 1, "time": "2026-01-01T00:00:00Z", "kind": "sandbox.created",
                 "sandbox": "sb-000000000001", "template": "base", "snapshot": null,
@@ -428,12 +520,37 @@ fn exec(body: &[u8]) -> Response<Body> {
     ndjson(events)
 }
 
-/// Template build: a spec named `bad` fails after its first step.
-fn build(body: &[u8]) -> Response<Body> {
+/// A template made from `reference` (entrypoint `/entry`, cmd `default`), but with an empty
+/// image when the reference is `noentry/x`.
+pub fn image_template(name: &str, reference: &str) -> serde_json::Value {
+    let mut t = template(name);
+    let (entrypoint, cmd) = if reference == "noentry/x" {
+        (vec![], vec![])
+    } else {
+        (vec!["/entry"], vec!["default"])
+    };
+    t["image"] = serde_json::json!({"reference": reference, "id": IMAGE_ID,
+        "entrypoint": entrypoint, "cmd": cmd, "env": [], "working_dir": "/", "user": ""});
+    t
+}
+
+/// Template build: a spec named `bad` fails after its first step; one with an image is
+/// remembered (its `img-*` template then exists).
+fn build(body: &[u8], st: &Arc<Mutex<State>>) -> Response<Body> {
     let spec: tartarus_types::TemplateSpec = match serde_json::from_slice(body) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
+    if let Some(reference) = &spec.image {
+        st.lock()
+            .unwrap()
+            .image_templates
+            .insert(spec.name.clone(), reference.clone());
+        return ndjson(vec![
+            serde_json::json!({"type": "progress", "step": 1, "steps": 2, "message": "pulling"}),
+            serde_json::json!({"type": "done", "template": image_template(&spec.name, reference)}),
+        ]);
+    }
     let mut events = vec![
         serde_json::json!({"type": "progress", "step": 1, "steps": 2, "message": "booting"}),
         serde_json::json!({"type": "log", "line": "guest: hello from the console"}),
