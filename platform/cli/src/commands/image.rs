@@ -166,7 +166,7 @@ impl PullProgress {
             PullEvent::Build { message } => self.status.set_message(message),
             PullEvent::Done { image } => {
                 self.clear();
-                return Some(Ok(image));
+                return Some(Ok(*image));
             }
             PullEvent::Error { error } => {
                 self.abandon();

@@ -114,7 +114,7 @@ pub async fn build_stream(
             }
             BuildEvent::Done { template } => {
                 bar.finish_and_clear();
-                return Ok(template);
+                return Ok(*template);
             }
             BuildEvent::Error { error } => {
                 bar.abandon();
