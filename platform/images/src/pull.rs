@@ -473,12 +473,12 @@ async fn fetch_blob(
     let reg = r.resolve_registry().to_string();
     let what = format!("blob {}", desc.digest);
     retry(opts, &reg, &what, progress, || async {
-        let tmp = store.blobs.temp_path("pull");
-        let res = download(store, c, r, desc, &tmp, progress, layer, &reg, &what).await;
-        if res.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        res
+        let tmp = TempFile(store.blobs.temp_path("pull"));
+        // Created here, synchronously: a create still running on a blocking thread when the
+        // future is dropped would make the file after the guard removed it.
+        let f = std::fs::File::create(&tmp.0).map_err(|e| Failure::Fatal(PullError::Io(e)))?;
+        let f = tokio::fs::File::from_std(f);
+        download(store, c, r, desc, &tmp.0, f, progress, layer, &reg, &what).await
     })
     .await?;
     if layer {
@@ -491,6 +491,17 @@ async fn fetch_blob(
     Ok(())
 }
 
+/// A download's temporary file, removed when the download ends without committing it (after a
+/// commit it is gone already). A guard rather than cleanup after the await: when one layer
+/// fails, the pull drops the downloads still in flight, which never reach code after an await.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn download(
     store: &ImageStore,
@@ -498,6 +509,7 @@ async fn download(
     r: &Reference,
     desc: &Descriptor,
     tmp: &std::path::Path,
+    mut f: tokio::fs::File,
     progress: &Progress,
     layer: bool,
     reg: &str,
@@ -508,9 +520,6 @@ async fn download(
         .pull_blob_stream(r, desc.digest.as_str())
         .await
         .map_err(|e| classify(e, reg, what))?;
-    let mut f = tokio::fs::File::create(tmp)
-        .await
-        .map_err(|e| fatal(PullError::Io(e)))?;
     let mut h = Sha256::new();
     let (mut done, mut told) = (0u64, 0u64);
     let mismatch = |h: Sha256| {
