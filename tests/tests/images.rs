@@ -164,7 +164,23 @@ fn python_ds_from_an_image_runs_pandas() {
     let fx = fixtures();
     let reg = Registry::start(None);
     reg.push_oci(&fx.python_ds, "python-ds:latest");
-    let d = daemon("images-python");
+    // The image cache is shared across runs (like the template cache): the root fs is then
+    // the same file, the ready snapshot's key matches, and the Linux boot happens once per
+    // cache, not once per run.
+    let cache = tartarus_tests::platform::template_cache().with_file_name("images-lane");
+    let init = init_bin();
+    let (kernel, _) = base_images();
+    let d = Daemon::start(
+        "images-python",
+        &[
+            "--init",
+            init.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--image-cache",
+            cache.to_str().unwrap(),
+        ],
+    );
     let r = reg.image_ref("python-ds:latest");
     let spec = format!(r#"{{"name": "python-ds", "image": "{r}"}}"#);
     let ev = stream(&d, "/templates", &spec);

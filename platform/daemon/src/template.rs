@@ -152,7 +152,7 @@ fn cache_key(spec: &StoredSpec, vmm: &Path, pvm: bool) -> std::io::Result<String
     h.update(LAYOUT_VERSION.as_bytes());
     for p in [Path::new(&spec.kernel), Path::new(&spec.rootfs), vmm] {
         match &spec.rootfs_key {
-            // An image's root fs is named by its content key already.
+            // An image's root fs carries its content hash already (computed at build).
             Some(k) if p == Path::new(&spec.rootfs) => h.update(k.as_bytes()),
             _ => hash_file(&mut h, p)?,
         }
@@ -373,7 +373,14 @@ async fn build(
     if let Some(reference) = &spec.image {
         let built = image_rootfs(d, reference, spec.registry_auth.as_ref(), p).await?;
         rootfs = built.0.path.display().to_string();
-        rootfs_key = Some(built.0.key.clone());
+        // The snapshot depends on the image file's bytes: key it by them.
+        rootfs_key = Some(match &built.0.meta.sha256 {
+            Some(d) => d.to_string(),
+            None => tartarus_images::blobs::hash_file(&built.0.path)
+                .map_err(|e| ApiError::internal("hashing the root fs", &e))?
+                .0
+                .to_string(),
+        });
         image = Some(built.1);
         base = format!("{base} init={}", tartarus_images::rootfs::INIT_PATH);
     }

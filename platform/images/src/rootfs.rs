@@ -73,6 +73,11 @@ pub struct Meta {
     /// Bytes of files in the image, and the image file's size.
     pub content_bytes: u64,
     pub image_bytes: u64,
+    /// SHA-256 of the ext4 image itself. Two builds of one image are not byte-identical
+    /// (mkfs picks UUIDs, hash seeds and times), so whatever depends on the bytes (a ready
+    /// snapshot whose guest has read them) is keyed by this, not by the build key.
+    #[serde(default)]
+    pub sha256: Option<Digest>,
     pub built_at: u64,
 }
 
@@ -174,12 +179,14 @@ pub fn build(
         mkfs(&stage, &img, content_bytes, inodes)?;
         let mkfs_ms = t.elapsed().as_millis() as u64;
         let (init_sha256, _) = blobs::hash_file(&opts.init)?;
+        let (image_sha256, _) = blobs::hash_file(&img)?;
         let meta = Meta {
             image: rec.id.clone(),
             builder: BUILDER_VERSION.into(),
             init_sha256: init_sha256.to_string(),
             content_bytes,
             image_bytes: fs::metadata(&img).map(|m| m.len()).unwrap_or(0),
+            sha256: Some(image_sha256),
             built_at: crate::pull::now_s(),
         };
         fs::write(
