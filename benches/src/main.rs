@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -30,8 +30,13 @@
 //! per second against a host veth peer) in [`net`]. `all` runs boot, snapshot, block and vsock; the net
 //! suite (needs root) and the linux suite run only when asked for. The vsock suite (round-trip
 //! latency and echo throughput against a Unix socket pair) is described in [`vsock`].
+//!
+//! The images suite (OCI image pull + ext4 root fs build, cold and cached, next to a
+//! skopeo + umoci + mkfs.ext4 pipeline; needs neither the VMM nor the test guests; 3 runs by
+//! default; not part of `all`) is described in [`images`].
 
 mod block;
+mod images;
 mod linux;
 mod net;
 mod sandbox;
@@ -64,12 +69,18 @@ enum Suite {
     Vsock,
     /// tartarusd with the base template (needs root; not part of `all`).
     Sandbox,
+    /// OCI image → ext4 root fs (needs the python-ds fixture and a registry; not part of `all`).
+    Images,
     All,
 }
 
 impl Suite {
     fn includes(self, s: Suite) -> bool {
-        self == s || (self == Suite::All && s != Suite::Linux && s != Suite::Sandbox)
+        self == s
+            || (self == Suite::All
+                && s != Suite::Linux
+                && s != Suite::Sandbox
+                && s != Suite::Images)
     }
 }
 
@@ -88,7 +99,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -99,7 +110,7 @@ fn positive(name: &str, v: &str) -> Result<usize, String> {
 }
 
 fn parse_args() -> Result<Options, String> {
-    let mut runs = 20usize;
+    let mut runs: Option<usize> = None;
     let mut restores = 40usize;
     let mut linux_boots = 1usize;
     let mut sandboxes = 20usize;
@@ -114,7 +125,7 @@ fn parse_args() -> Result<Options, String> {
                 .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
         };
         match a.as_str() {
-            "--runs" => runs = positive("--runs", &value("--runs")?)?,
+            "--runs" => runs = Some(positive("--runs", &value("--runs")?)?),
             "--restores" => restores = positive("--restores", &value("--restores")?)?,
             "--linux-boots" => linux_boots = positive("--linux-boots", &value("--linux-boots")?)?,
             "--sandboxes" => sandboxes = positive("--sandboxes", &value("--sandboxes")?)?,
@@ -127,6 +138,7 @@ fn parse_args() -> Result<Options, String> {
                     "net" => Suite::Net,
                     "vsock" => Suite::Vsock,
                     "sandbox" => Suite::Sandbox,
+                    "images" => Suite::Images,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -141,12 +153,14 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
+    // Each images run moves ~100 MB through a registry and builds a ~400 MB file system.
+    let runs = runs.unwrap_or(if suite == Suite::Images { 3 } else { 20 });
     let vmm = match vmm.or_else(|| std::env::var_os("TARTARUS_VMM").map(PathBuf::from)) {
         Some(p) => p,
         None => default_vmm()?,
     };
     let vmm = std::path::absolute(&vmm).unwrap_or(vmm);
-    if !vmm.is_file() {
+    if !vmm.is_file() && suite != Suite::Images {
         return Err(format!(
             "{} not found: run `cargo build --release -p vmm` first, or pass --vmm",
             vmm.display()
@@ -164,6 +178,15 @@ fn parse_args() -> Result<Options, String> {
                 return Err(format!("{} not found", g.hello_elf.display()));
             }
             g
+        }
+        // The images suite boots nothing: no guests to build.
+        None if suite == Suite::Images => {
+            let dir = default_guest_dir();
+            Guests {
+                hello_elf: dir.join("hello.elf"),
+                hello_bzimage: dir.join("hello.bzImage"),
+                dir,
+            }
         }
         None => build_guests(&default_guest_dir())?,
     };
@@ -613,6 +636,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Sandbox) {
         let (report, m) = sandbox::run(opts)?;
         doc["sandbox"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Images) {
+        let (report, m) = images::run(opts)?;
+        doc["images"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Linux) {
