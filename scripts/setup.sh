@@ -10,7 +10,11 @@ cd "$(dirname "$0")/.."
 # libclang-dev is needed by the userfaultfd crate's bindgen step.
 # iproute2 makes taps for the net tests, e2fsprogs (debugfs) reads the Linux lane's disk and
 # makes the sandboxes' writable layers; iptables does the sandboxes' nat networking.
-PACKAGES=(build-essential binutils make python3 curl libclang-dev pkg-config iproute2 e2fsprogs iptables)
+# Images: docker-registry (the CNCF distribution registry) and skopeo serve and fill the test
+# registry, apache2-utils gives htpasswd, debootstrap and zstd make the test images, umoci is
+# the benchmark's peer pipeline, attr reads xattrs in checks.
+PACKAGES=(build-essential binutils make python3 curl libclang-dev pkg-config iproute2 e2fsprogs iptables
+  docker-registry skopeo umoci apache2-utils debootstrap zstd attr)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

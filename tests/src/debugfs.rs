@@ -122,7 +122,10 @@ fn parse_stat(section: &str) -> Option<Entry> {
 
 /// `stat` of each path (relative to the root); None where there is no such entry.
 pub fn stat_many(img: &Path, paths: &[&str]) -> Vec<Option<Entry>> {
-    let cmds: String = paths.iter().map(|p| format!("stat {}\n", quote(p))).collect();
+    let cmds: String = paths
+        .iter()
+        .map(|p| format!("stat {}\n", quote(p)))
+        .collect();
     let out = run(img, &cmds);
     let sections: Vec<&str> = out.split("debugfs: stat ").skip(1).collect();
     assert_eq!(sections.len(), paths.len(), "debugfs output: {out}");
@@ -132,7 +135,10 @@ pub fn stat_many(img: &Path, paths: &[&str]) -> Vec<Option<Entry>> {
 /// The content of a regular file.
 pub fn read(img: &Path, path: &str) -> Vec<u8> {
     let tmp = std::env::temp_dir().join(format!("debugfs-dump-{}-{}", std::process::id(), rand()));
-    run(img, &format!("dump {} \"{}\"\n", quote(path), tmp.display()));
+    run(
+        img,
+        &format!("dump {} \"{}\"\n", quote(path), tmp.display()),
+    );
     let b = std::fs::read(&tmp).unwrap_or_default();
     let _ = std::fs::remove_file(&tmp);
     b
@@ -142,7 +148,10 @@ pub fn read(img: &Path, path: &str) -> Vec<u8> {
 pub fn check_expect(img: &Path, expect: &Path) -> Vec<String> {
     let doc: Value = serde_json::from_slice(&std::fs::read(expect).unwrap()).unwrap();
     let entries = doc["entries"].as_array().expect("entries").clone();
-    let paths: Vec<String> = entries.iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+    let paths: Vec<String> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let got = stat_many(img, &refs);
     let mut bad = vec![];
@@ -163,7 +172,11 @@ pub fn check_expect(img: &Path, expect: &Path) -> Vec<String> {
             bad.push(format!("{path}: {} want {kind}", g.kind));
             continue;
         }
-        for (k, v) in [("mode", g.mode as u64), ("uid", g.uid as u64), ("gid", g.gid as u64)] {
+        for (k, v) in [
+            ("mode", g.mode as u64),
+            ("uid", g.uid as u64),
+            ("gid", g.gid as u64),
+        ] {
             if let Some(w) = want[k].as_u64() {
                 if w != v {
                     bad.push(format!("{path}: {k} {v:o} want {w:o}"));
@@ -185,10 +198,15 @@ pub fn check_expect(img: &Path, expect: &Path) -> Vec<String> {
         if let Some(x) = want["xattrs"].as_object() {
             for (name, hex) in x {
                 let want_b: Vec<u8> = (0..hex.as_str().unwrap().len() / 2)
-                    .map(|i| u8::from_str_radix(&hex.as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap())
+                    .map(|i| {
+                        u8::from_str_radix(&hex.as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap()
+                    })
                     .collect();
                 if g.xattrs.get(name) != Some(&want_b) {
-                    bad.push(format!("{path}: xattr {name} = {:?} want {hex}", g.xattrs.get(name)));
+                    bad.push(format!(
+                        "{path}: xattr {name} = {:?} want {hex}",
+                        g.xattrs.get(name)
+                    ));
                 }
             }
         }
@@ -196,12 +214,22 @@ pub fn check_expect(img: &Path, expect: &Path) -> Vec<String> {
             let data = read(img, path);
             let have = crate::registry::sha256_hex(&data);
             if have != sum {
-                bad.push(format!("{path}: content sha256 {have} want {sum} ({} bytes)", data.len()));
+                bad.push(format!(
+                    "{path}: content sha256 {have} want {sum} ({} bytes)",
+                    data.len()
+                ));
             }
         }
-        if let Some(grp) = want["hardlink_group"].as_str().map(String::from).or_else(|| want["hardlink_group"].as_u64().map(|n| n.to_string())) {
+        if let Some(grp) = want["hardlink_group"]
+            .as_str()
+            .map(String::from)
+            .or_else(|| want["hardlink_group"].as_u64().map(|n| n.to_string()))
+        {
             match groups.get(&grp) {
-                Some(ino) if *ino != g.inode => bad.push(format!("{path}: inode {} not shared with its hard link group {grp}", g.inode)),
+                Some(ino) if *ino != g.inode => bad.push(format!(
+                    "{path}: inode {} not shared with its hard link group {grp}",
+                    g.inode
+                )),
                 _ => {
                     groups.insert(grp, g.inode);
                 }

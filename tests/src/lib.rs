@@ -18,12 +18,12 @@
 //!   `<repo>/build/guests`).
 //! - `TARTARUS_KEEP_TMP=1`: keep the temporary directory of a failed test.
 
+pub mod debugfs;
 pub mod guest;
 pub mod http;
 pub mod jail;
 pub mod net;
 pub mod platform;
-pub mod debugfs;
 pub mod registry;
 pub mod stress;
 pub mod vmm;

@@ -15,8 +15,18 @@ fn init_bin() -> PathBuf {
     let out = Command::new(repo_root().join("scripts/build-init.sh"))
         .output()
         .expect("build-init.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    )
 }
 
 /// A streaming (NDJSON) request; returns every event.
@@ -24,7 +34,12 @@ fn stream(d: &Daemon, path: &str, body: &str) -> Vec<Value> {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "1200", "--unix-socket"])
         .arg(&d.socket)
-        .args(["-H", "Content-Type: application/json", "--data-binary", body])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
         .arg(format!("http://localhost{path}"))
         .output()
         .expect("curl");
@@ -44,7 +59,12 @@ fn daemon(tag: &str) -> Daemon {
     let (kernel, _) = base_images();
     Daemon::start(
         tag,
-        &["--init", init.to_str().unwrap(), "--kernel", kernel.to_str().unwrap()],
+        &[
+            "--init",
+            init.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ],
     )
 }
 
@@ -68,7 +88,11 @@ fn an_image_from_a_registry_becomes_an_ext4_root_fs_entry_by_entry() {
     let d = daemon("images-edge");
     let r = reg.image_ref("edge:latest");
 
-    let ev = stream(&d, "/images/pull", &format!(r#"{{"reference": "{r}", "build": true}}"#));
+    let ev = stream(
+        &d,
+        "/images/pull",
+        &format!(r#"{{"reference": "{r}", "build": true}}"#),
+    );
     let done = last(&ev);
     assert_eq!(done["type"], "done", "{ev:?}\n{}", d.log());
     assert_eq!(done["image"]["id"], digest.as_str());
@@ -81,20 +105,45 @@ fn an_image_from_a_registry_becomes_an_ext4_root_fs_entry_by_entry() {
     // Every entry the fixture expects, read back from the ext4 image without mounting it.
     let img = rootfs_of(&d);
     let bad = debugfs::check_expect(&img, &fx.edge_expect);
-    assert!(bad.is_empty(), "{} mismatches:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
     // What the build adds: the init and the image config, and the mount points.
-    let added = debugfs::stat_many(&img, &["/.tartarus/init", "/.tartarus/image.json", "/proc", "/run"]);
+    let added = debugfs::stat_many(
+        &img,
+        &["/.tartarus/init", "/.tartarus/image.json", "/proc", "/run"],
+    );
     assert!(added.iter().all(Option::is_some), "{added:?}");
     let cfg: Value = serde_json::from_slice(&debugfs::read(&img, "/.tartarus/image.json")).unwrap();
     assert_eq!(cfg["image"], digest.as_str());
     assert_eq!(added[0].as_ref().unwrap().mode, 0o755);
-    let e2fsck = Command::new("e2fsck").arg("-fn").arg(&img).output().unwrap();
-    assert!(e2fsck.status.success(), "{}", String::from_utf8_lossy(&e2fsck.stdout));
+    let e2fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        e2fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&e2fsck.stdout)
+    );
 
     // A second pull moves no layer; the listing and lookups by name and id prefix agree.
-    let ev = stream(&d, "/images/pull", &format!(r#"{{"reference": "{r}", "build": true}}"#));
+    let ev = stream(
+        &d,
+        "/images/pull",
+        &format!(r#"{{"reference": "{r}", "build": true}}"#),
+    );
     assert_eq!(last(&ev)["type"], "done", "{ev:?}");
-    assert!(ev.iter().filter(|e| e["type"] == "layer").all(|l| l["cached"] == true), "{ev:?}");
+    assert!(
+        ev.iter()
+            .filter(|e| e["type"] == "layer")
+            .all(|l| l["cached"] == true),
+        "{ev:?}"
+    );
     let list = d.json("GET", "/images", None, 200);
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
     let short = &digest["sha256:".len().."sha256:".len() + 12];
@@ -109,9 +158,17 @@ fn an_image_from_a_registry_becomes_an_ext4_root_fs_entry_by_entry() {
     // Removal frees the blobs and the root fs; a prune then finds nothing left.
     let freed = d.json("DELETE", &format!("/images/{r}"), None, 200);
     assert_eq!(freed["images"][0], digest.as_str(), "{freed}");
-    assert!(freed["blobs"].as_u64().unwrap() >= 5 && freed["rootfs"] == 1, "{freed}");
-    assert_eq!(d.json("GET", "/images", None, 200)["items"], serde_json::json!([]));
-    let blobs = std::fs::read_dir(d.state.join("images/blobs/sha256")).unwrap().count();
+    assert!(
+        freed["blobs"].as_u64().unwrap() >= 5 && freed["rootfs"] == 1,
+        "{freed}"
+    );
+    assert_eq!(
+        d.json("GET", "/images", None, 200)["items"],
+        serde_json::json!([])
+    );
+    let blobs = std::fs::read_dir(d.state.join("images/blobs/sha256"))
+        .unwrap()
+        .count();
     assert_eq!(blobs, 0);
     let pruned = d.json("POST", "/images/prune", None, 200);
     assert_eq!(pruned["bytes"], 0, "{pruned}");
@@ -126,25 +183,51 @@ fn registry_credentials_are_used_and_refusals_say_so() {
     let r = reg.image_ref("private/edge:v1");
     for (auth, want) in [
         ("null", "registry_unauthorized"),
-        (r#"{"username": "tartarus", "password": "wrong"}"#, "registry_unauthorized"),
+        (
+            r#"{"username": "tartarus", "password": "wrong"}"#,
+            "registry_unauthorized",
+        ),
     ] {
-        let ev = stream(&d, "/images/pull", &format!(r#"{{"reference": "{r}", "auth": {auth}}}"#));
+        let ev = stream(
+            &d,
+            "/images/pull",
+            &format!(r#"{{"reference": "{r}", "auth": {auth}}}"#),
+        );
         let e = last(&ev);
         assert_eq!(e["type"], "error", "{ev:?}");
         assert_eq!(e["error"]["code"], want, "{e}");
-        assert!(e["error"]["message"].as_str().unwrap().contains("authentication"), "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("authentication"),
+            "{e}"
+        );
     }
-    assert_eq!(d.json("GET", "/images", None, 200)["items"], serde_json::json!([]));
+    assert_eq!(
+        d.json("GET", "/images", None, 200)["items"],
+        serde_json::json!([])
+    );
     let ev = stream(
         &d,
         "/images/pull",
-        &format!(r#"{{"reference": "{r}", "auth": {{"username": "tartarus", "password": "s3cret"}}}}"#),
+        &format!(
+            r#"{{"reference": "{r}", "auth": {{"username": "tartarus", "password": "s3cret"}}}}"#
+        ),
     );
     assert_eq!(last(&ev)["type"], "done", "{ev:?}");
     // Bad requests are refused before any stream.
-    let (code, body) = d.curl("POST", "/images/pull", Some(r#"{"reference": "Not A Ref!"}"#));
+    let (code, body) = d.curl(
+        "POST",
+        "/images/pull",
+        Some(r#"{"reference": "Not A Ref!"}"#),
+    );
     assert_eq!(code, 400, "{body}");
-    let (code, body) = d.curl("POST", "/images/pull", Some(r#"{"reference": "x", "bogus": 1}"#));
+    let (code, body) = d.curl(
+        "POST",
+        "/images/pull",
+        Some(r#"{"reference": "x", "bogus": 1}"#),
+    );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("bogus"), "{body}");
 }
@@ -182,19 +265,35 @@ fn python_ds_from_an_image_runs_pandas() {
         ],
     );
     let r = reg.image_ref("python-ds:latest");
-    let spec = format!(r#"{{"name": "python-ds", "image": "{r}"}}"#);
+    // The warm-up imports pandas once at build time: its files are then in the guest's page
+    // cache inside the ready snapshot, and every sandbox starts with them read.
+    let spec = format!(
+        r#"{{"name": "python-ds", "image": "{r}", "memory_mib": 512,
+            "warmup": [{{"argv": ["python3", "-c", "{WARMUP}"]}}]}}"#
+    );
+    let t0 = std::time::Instant::now();
     let ev = stream(&d, "/templates", &spec);
+    eprintln!("python-ds template: {:?}", t0.elapsed());
     assert_eq!(last(&ev)["type"], "done", "{ev:?}\n{}", d.log());
     let t = &last(&ev)["template"];
     assert_eq!(t["image"]["cmd"], serde_json::json!(["python3"]), "{t}");
     assert_eq!(t["image"]["working_dir"], "/root");
 
-    let code = "import pandas as pd, numpy as np, os\n\
-                df = pd.DataFrame({'a': np.arange(1, 4)})\n\
-                print(int(df.a.sum()), os.getcwd(), os.environ.get('LANG'), os.getuid())";
+    // pandas itself ran in the warm-up (a failing warm-up fails the build); an import in a
+    // fresh process costs about a minute of emulated guest kernel here (issue #13's warm
+    // runtimes are the cure), so the run checks the image's config instead.
+    let code = "import os, sys\n\
+                print(sys.version_info[0], os.getcwd(), os.environ.get('LANG'), os.getuid())";
+    let t0 = std::time::Instant::now();
     let out = d.cli_ok(&["run", "python-ds", "--", "python3", "-c", code]);
-    assert_eq!(out.trim(), "6 /root C.UTF-8 0", "{out}");
-    let sb = d.json("POST", "/sandboxes", Some(r#"{"template": "python-ds"}"#), 201);
+    eprintln!("python-ds run (create, exec, rm): {:?}", t0.elapsed());
+    assert_eq!(out.trim(), "3 /root C.UTF-8 0", "{out}");
+    let sb = d.json(
+        "POST",
+        "/sandboxes",
+        Some(r#"{"template": "python-ds"}"#),
+        201,
+    );
     let id = sb["id"].as_str().unwrap();
     let res = d.json(
         "POST",
@@ -209,6 +308,46 @@ fn python_ds_from_an_image_runs_pandas() {
         Some(r#"{"argv": ["id"], "user": "nosuchuser"}"#),
         400,
     );
-    assert!(res["error"]["message"].as_str().unwrap().contains("nosuchuser"), "{res}");
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nosuchuser"),
+        "{res}"
+    );
     d.cli_ok(&["rm", id]);
+
+    // `run IMAGE` with no template of that name: built once (from the image cache), then
+    // reused; the image's Cmd is the command when none is given.
+    let t0 = std::time::Instant::now();
+    let out = d.cli_ok(&["run", &r, "--", "python3", "-c", "print(6 * 7)"]);
+    eprintln!("run IMAGE (template build + run): {:?}", t0.elapsed());
+    assert_eq!(out.trim(), "42", "{out}");
+    let out = d.cli_ok(&["run", &r, "--", "sh", "-c", "echo $PATH"]);
+    assert!(out.starts_with("/usr/local/sbin:"), "{out}");
+    let list = d.json("GET", "/templates", None, 200);
+    let made: Vec<&Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["image"]["reference"] == r.as_str())
+        .collect();
+    assert_eq!(made.len(), 2, "python-ds and one img-* template: {list}");
+    let images = d.json("GET", "/images", None, 200);
+    assert_eq!(images["items"].as_array().unwrap().len(), 1, "{images}");
+    assert_eq!(
+        images["items"][0]["templates"].as_array().unwrap().len(),
+        2,
+        "{images}"
+    );
+    // An image in use stays unless forced (by id: every name at once; the shared cache may
+    // know it under more names from earlier runs' registries).
+    let id = images["items"][0]["id"].as_str().unwrap();
+    let (code, body) = d.curl("DELETE", &format!("/images/{id}"), None);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("python-ds"), "{body}");
 }
+
+/// The python-ds template's warm-up: pandas imported and used once at build time.
+const WARMUP: &str = "import pandas as pd, numpy as np; \
+    assert int(pd.DataFrame({'a': np.arange(1, 4)}).a.sum()) == 6";

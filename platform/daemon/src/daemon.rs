@@ -234,14 +234,9 @@ impl Daemon {
 /// How long the vsock handshake and the agent's hello may take on a live guest.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// CONNECT + hello with every read bounded by `timeout`: a connection the guest accepted and
-/// then lost (a restored guest handling its vsock transport reset just after accepting) fails
-/// instead of hanging.
-pub fn agent_handshake(uds: &Path, timeout: Duration) -> Result<Client<UnixStream>, ClientError> {
-    agent_handshake_clone(uds, timeout).map(|(c, _)| c)
-}
-
-/// [`agent_handshake`], also returning a clone of the socket (to change its timeouts later).
+/// CONNECT + hello with every read bounded by `timeout` (a connection the guest accepted and
+/// then lost, as a restored guest handling its vsock transport reset may, fails instead of
+/// hanging); also returns a clone of the socket, to change its timeouts later.
 fn agent_handshake_clone(
     uds: &Path,
     timeout: Duration,
@@ -289,8 +284,14 @@ fn connect_hybrid_vsock_bounded(uds: &Path, timeout: Duration) -> Result<UnixStr
     Ok(s)
 }
 
-/// Retries [`agent_handshake`] until the agent answers or `deadline` passes.
-pub fn wait_for_agent(uds: &Path, deadline: Duration) -> Result<Client<UnixStream>, ClientError> {
+/// Retries [`agent_handshake_clone`] until the agent answers or `deadline` passes; reads and
+/// writes on the connection then time out after `then` (not after the last try's short
+/// handshake bound: a template's warm-up command may run for minutes).
+pub fn wait_for_agent(
+    uds: &Path,
+    deadline: Duration,
+    then: Duration,
+) -> Result<Client<UnixStream>, ClientError> {
     let start = std::time::Instant::now();
     let mut attempt = 0u32;
     loop {
@@ -301,8 +302,16 @@ pub fn wait_for_agent(uds: &Path, deadline: Duration) -> Result<Client<UnixStrea
         let per_try = Duration::from_secs(attempt.into())
             .min(HANDSHAKE_TIMEOUT)
             .min(left.max(Duration::from_millis(100)));
-        match agent_handshake(uds, per_try) {
-            Ok(c) => return Ok(c),
+        match agent_handshake_clone(uds, per_try) {
+            Ok((c, s)) => {
+                s.set_read_timeout(Some(then))
+                    .and_then(|_| s.set_write_timeout(Some(then)))
+                    .map_err(|source| ClientError::Connect {
+                        path: uds.display().to_string(),
+                        source,
+                    })?;
+                return Ok(c);
+            }
             Err(e) if start.elapsed() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }

@@ -275,7 +275,7 @@ async fn start_vm(d: &Shared, row: &SandboxRow, src: &Source, t0: Instant) -> Re
     let restore = t_load.elapsed();
     let uds = jail.vsock();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        crate::daemon::wait_for_agent(&uds, AGENT_TIMEOUT)
+        crate::daemon::wait_for_agent(&uds, AGENT_TIMEOUT, crate::daemon::HANDSHAKE_TIMEOUT)
             .map(|_| ())
             .map_err(|e| {
                 ApiError::Unavailable(format!(

@@ -38,6 +38,9 @@ const LAYOUT_VERSION: &str = "tartarusd-template-v2";
 /// nested PVM hosts take 20-45 s).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEPS: u32 = 6;
+/// How long one warm-up command may run (importing a large runtime on an emulated guest
+/// kernel takes minutes on nested PVM hosts).
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(1800);
 const GUEST_CID: u32 = 3;
 
 /// The kernel command line every template boots with (before the spec's own words).
@@ -662,10 +665,11 @@ async fn boot_in_jail(
         }
     });
     let uds = jail.vsock();
-    let agent =
-        tokio::task::spawn_blocking(move || crate::daemon::wait_for_agent(&uds, BOOT_TIMEOUT))
-            .await
-            .map_err(|e| ApiError::Internal(format!("agent wait: {e}")));
+    let agent = tokio::task::spawn_blocking(move || {
+        crate::daemon::wait_for_agent(&uds, BOOT_TIMEOUT, WARMUP_TIMEOUT)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("agent wait: {e}")));
     tail.abort();
     let mut agent = agent?.map_err(|e| {
         ApiError::Internal(format!(
