@@ -187,10 +187,12 @@ pub fn unpack(
         digest: "",
         written: HashSet::new(),
         dir_times: HashMap::new(),
+        parent_cache: None,
     };
     for (index, layer) in layers.iter().enumerate() {
         applier.digest = &layer.digest;
         applier.written.clear();
+        applier.parent_cache = None;
         apply_layer(&mut applier, index, layer, progress)?;
     }
     applier.finish_dir_times()?;

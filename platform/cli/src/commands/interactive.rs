@@ -41,11 +41,36 @@ pub async fn exec(ctx: &Ctx, id: &str, req: &ExecRequest, want_tty: bool) -> Res
         let _ = tokio::io::copy_bidirectional(&mut io, &mut ours).await;
     });
     let signals = tokio::spawn(forward_signals(sig_tx));
+    // The raw agent connection skips the daemon's exec defaults: apply them here, as
+    // `POST /exec` does (the image's Env under the template's under ours; the image's
+    // WorkingDir and User unless given).
+    let (mut env, mut cwd, mut user) = (std::collections::BTreeMap::new(), None, None);
+    if let Ok(sb) = ctx
+        .client
+        .get::<tartarus_types::Sandbox>(&format!("/sandboxes/{}", encode_segment(id)))
+        .await
+    {
+        let path = format!("/templates/{}", encode_segment(&sb.template));
+        if let Ok(t) = ctx.client.get::<tartarus_types::Template>(&path).await {
+            if let Some(img) = &t.image {
+                for kv in &img.env {
+                    if let Some((k, v)) = kv.split_once('=') {
+                        env.insert(k.to_string(), v.to_string());
+                    }
+                }
+                cwd = Some(img.working_dir.clone()).filter(|w| !w.is_empty());
+                user = Some(img.user.clone()).filter(|u| !u.is_empty());
+            }
+            env.extend(t.env);
+        }
+    }
+    env.extend(req.env.clone());
     let spec = ExecSpec {
         argv: req.argv.clone(),
-        env: req.env.clone(),
+        env,
         clear_env: false,
-        cwd: req.cwd.clone(),
+        cwd: req.cwd.clone().or(cwd),
+        user: req.user.clone().or(user),
         stdin: StdinMode::Stream,
         ..Default::default()
     };

@@ -41,6 +41,12 @@ pub(crate) struct Applier<'a> {
     pub written: HashSet<PathBuf>,
     /// Directory mtimes, applied after everything else is written.
     pub dir_times: HashMap<PathBuf, (i64, i64)>,
+    /// The last entry's parent components and their resolved directory: consecutive entries
+    /// of a tar mostly share a parent, and resolving it walks every component (an openat2
+    /// and a stat each). An entry only ever changes its own name inside its parent, never the
+    /// parent's chain, so the cache stays true until a whiteout or opaque marker (which
+    /// remove things) or the next layer; those drop it.
+    pub parent_cache: Option<(Vec<OsString>, Resolved)>,
 }
 
 /// The error context of one entry.
@@ -156,22 +162,45 @@ impl Applier<'_> {
             self.stats.entries += 1;
             return Ok(());
         };
-        let written = &mut self.written;
-        let parent = self
-            .root
-            .resolve_dir(parents, true, &mut |p| {
-                written.insert(p.to_path_buf());
-            })
-            .map_err(|e| ctx.resolve(e))?
-            .expect("resolve_dir with create always yields a directory");
+        let (cached_comps, parent) = match self.parent_cache.take() {
+            Some((c, r)) if c.as_slice() == parents => (c, r),
+            _ => {
+                let written = &mut self.written;
+                let r = self
+                    .root
+                    .resolve_dir(parents, true, &mut |p| {
+                        written.insert(p.to_path_buf());
+                    })
+                    .map_err(|e| ctx.resolve(e))?
+                    .expect("resolve_dir with create always yields a directory");
+                (parents.to_vec(), r)
+            }
+        };
+        let r = self.apply_at(entry, &ctx, kind, &parent, name, meta, tick);
+        self.parent_cache = Some((cached_comps, parent));
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_at<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        ctx: &Ctx<'_>,
+        kind: EntryType,
+        parent: &Resolved,
+        name: &OsStr,
+        meta: Meta,
+        tick: &mut dyn FnMut(),
+    ) -> Result<(), UnpackError> {
+        let (digest, shown) = (ctx.digest, ctx.entry);
         let path = parent.path.join(name);
 
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.write_file(entry, &parent, name, &meta, &ctx, tick)?
+                self.write_file(entry, parent, name, &meta, ctx, tick)?
             }
             EntryType::Directory => {
-                self.mkdir(&parent, name, &meta, &ctx)?;
+                self.mkdir(parent, name, &meta, ctx)?;
                 self.dir_times.insert(path.clone(), meta.mtime);
             }
             EntryType::Symlink => {
@@ -179,17 +208,17 @@ impl Applier<'_> {
                     .link_name_bytes()
                     .ok_or_else(|| ctx.bad("symlink without a target".to_owned()))?
                     .into_owned();
-                clear(parent.dir.as_fd(), name, false, &ctx)?;
+                clear(parent.dir.as_fd(), name, false, ctx)?;
                 sys::symlinkat(OsStr::from_bytes(&target), parent.dir.as_fd(), name)
                     .map_err(ctx.io("symlink"))?;
-                set_named_meta(parent.dir.as_fd(), name, &meta, false, &ctx)?;
+                set_named_meta(parent.dir.as_fd(), name, &meta, false, ctx)?;
             }
             EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| ctx.bad("hard link without a target".to_owned()))?
                     .into_owned();
-                self.hard_link(&parent, name, &target, &ctx)?;
+                self.hard_link(parent, name, &target, ctx)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let fmt = match kind {
@@ -208,10 +237,10 @@ impl Applier<'_> {
                         _ => return Err(ctx.bad("device without major/minor numbers".to_owned())),
                     }
                 };
-                clear(parent.dir.as_fd(), name, false, &ctx)?;
+                clear(parent.dir.as_fd(), name, false, ctx)?;
                 sys::mknodat(parent.dir.as_fd(), name, fmt | 0o600, dev)
                     .map_err(ctx.io("mknod"))?;
-                set_named_meta(parent.dir.as_fd(), name, &meta, true, &ctx)?;
+                set_named_meta(parent.dir.as_fd(), name, &meta, true, ctx)?;
             }
             other => {
                 tracing::warn!(digest, entry = %shown, kind = ?other, "skipping unsupported tar entry");
@@ -237,6 +266,7 @@ impl Applier<'_> {
         parents: &[OsString],
         marker: &OsStr,
     ) -> Result<(), UnpackError> {
+        self.parent_cache = None;
         let parent = match self.root.resolve_dir(parents, false, &mut |_| {}) {
             Ok(Some(parent)) => parent,
             // Whiting out something that does not exist (a missing parent, or a parent that is

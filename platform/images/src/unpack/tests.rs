@@ -700,3 +700,38 @@ fn parent_that_is_a_file_is_an_error() {
         "{err}"
     );
 }
+
+/// The resolved-parent cache must never outlive a change to the parent's chain: a directory
+/// replaced by a symlink (or whited out) between two entries under it.
+#[test]
+fn a_parent_replaced_between_entries_is_resolved_again() {
+    let mut s = Scratch::new();
+    s.layer(
+        &Tar::new()
+            .dir("d", 0o755)
+            .file("d/x", b"x")
+            .dir("e", 0o755)
+            .link(EntryType::Symlink, "d", "e")
+            .file("d/y", b"y")
+            .bytes(),
+        None,
+    );
+    s.layer(
+        &Tar::new()
+            .file("e/z", b"z")
+            .file("e/.wh.y", b"")
+            .file("e/w", b"w")
+            .bytes(),
+        None,
+    );
+    s.ok();
+    assert!(lstat(&s.p("d")).file_type().is_symlink());
+    assert_eq!(fs::read(s.p("e/z")).unwrap(), b"z");
+    assert_eq!(fs::read(s.p("e/w")).unwrap(), b"w");
+    assert!(
+        !exists(&s.p("e/y")),
+        "the whiteout went through to the real directory"
+    );
+    assert!(!exists(&s.p("d/x")) && !exists(&s.p("e/x")));
+    s.assert_contained();
+}
