@@ -155,7 +155,7 @@ fn cache_key(spec: &StoredSpec, vmm: &Path, pvm: bool) -> std::io::Result<String
     h.update(LAYOUT_VERSION.as_bytes());
     for p in [Path::new(&spec.kernel), Path::new(&spec.rootfs), vmm] {
         match &spec.rootfs_key {
-            // An image's root fs carries its content hash already (computed at build).
+            // An image's root fs carries an id of its build (it never changes afterwards).
             Some(k) if p == Path::new(&spec.rootfs) => h.update(k.as_bytes()),
             _ => hash_file(&mut h, p)?,
         }
@@ -377,9 +377,9 @@ async fn build(
         let built = image_rootfs(d, reference, spec.registry_auth.as_ref(), p).await?;
         rootfs = built.0.path.display().to_string();
         // The snapshot depends on the image file's bytes: key it by them.
-        rootfs_key = Some(match &built.0.meta.sha256 {
-            Some(d) => d.to_string(),
-            None => tartarus_images::blobs::hash_file(&built.0.path)
+        rootfs_key = Some(match &built.0.meta.build_id {
+            id if !id.is_empty() => format!("build:{id}"),
+            _ => tartarus_images::blobs::hash_file(&built.0.path)
                 .map_err(|e| ApiError::internal("hashing the root fs", &e))?
                 .0
                 .to_string(),

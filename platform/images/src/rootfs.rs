@@ -73,11 +73,13 @@ pub struct Meta {
     /// Bytes of files in the image, and the image file's size.
     pub content_bytes: u64,
     pub image_bytes: u64,
-    /// SHA-256 of the ext4 image itself. Two builds of one image are not byte-identical
-    /// (mkfs picks UUIDs, hash seeds and times), so whatever depends on the bytes (a ready
-    /// snapshot whose guest has read them) is keyed by this, not by the build key.
+    /// Random, made once per build. Two builds of one image are not byte-identical (mkfs
+    /// picks UUIDs, hash seeds and times), so whatever depends on the bytes (a ready snapshot
+    /// whose guest has read them) is keyed by this, not by the build key; the file never
+    /// changes after its build (it is shared read-only), so this stands for its content
+    /// without hashing hundreds of MB.
     #[serde(default)]
-    pub sha256: Option<Digest>,
+    pub build_id: String,
     pub built_at: u64,
 }
 
@@ -157,7 +159,7 @@ pub fn build(
         let t = Instant::now();
         let n = layers.len();
         let mut last = usize::MAX;
-        unpack::unpack(
+        let stats = unpack::unpack(
             &layers,
             &stage,
             &UnpackOptions {
@@ -174,19 +176,21 @@ pub fn build(
         inject(&stage, rec, &opts.init)?;
         progress("making the ext4 file system");
         let t = Instant::now();
-        let (content_bytes, inodes) = measure(&stage);
+        // Size from what the unpack wrote (every file rounded up to a block), not a walk.
+        let content_bytes = stats.bytes + (stats.entries + 16) * 4096;
+        let inodes = stats.entries + 16;
         let img = work.join(IMAGE_FILE);
         mkfs(&stage, &img, content_bytes, inodes)?;
         let mkfs_ms = t.elapsed().as_millis() as u64;
         let (init_sha256, _) = blobs::hash_file(&opts.init)?;
-        let (image_sha256, _) = blobs::hash_file(&img)?;
+        let build_id = random_id().map_err(io("reading", Path::new("/dev/urandom")))?;
         let meta = Meta {
             image: rec.id.clone(),
             builder: BUILDER_VERSION.into(),
             init_sha256: init_sha256.to_string(),
             content_bytes,
             image_bytes: fs::metadata(&img).map(|m| m.len()).unwrap_or(0),
-            sha256: Some(image_sha256),
+            build_id,
             built_at: crate::pull::now_s(),
         };
         fs::write(
@@ -194,7 +198,13 @@ pub fn build(
             serde_json::to_vec_pretty(&meta).expect("serializes"),
         )
         .map_err(io("writing", &work))?;
-        let _ = fs::remove_dir_all(&stage);
+        // The staging tree (thousands of files) goes in the background: nobody waits for it.
+        let trash = store.blobs.temp_path("trash");
+        if fs::rename(&stage, &trash).is_ok() {
+            std::thread::spawn(move || {
+                let _ = fs::remove_dir_all(&trash);
+            });
+        }
         // A concurrent build of the same image may have won: theirs is as good as ours.
         if fs::rename(&work, &dir).is_err() && !path.is_file() {
             return Err(RootfsError::Io {
@@ -262,26 +272,11 @@ fn inject(stage: &Path, rec: &ImageRecord, init: &Path) -> Result<(), RootfsErro
     Ok(())
 }
 
-/// Allocated bytes and inode count of a tree (hard links once).
-fn measure(root: &Path) -> (u64, u64) {
-    let mut seen = std::collections::HashSet::new();
-    let (mut bytes, mut inodes) = (0u64, 0u64);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            inodes += 1;
-            bytes += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    (bytes, inodes)
+fn random_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(blobs::hex(&b))
 }
 
 fn mkfs(stage: &Path, img: &Path, content: u64, inodes: u64) -> Result<(), RootfsError> {

@@ -16,12 +16,13 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,13 +157,97 @@ pub enum UnpackError {
 /// Counts the compressed bytes read from a layer file.
 struct Counting<R> {
     inner: R,
-    count: Rc<Cell<u64>>,
+    count: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Chunks the decompressing thread sends ahead (each up to [`CHUNK`]).
+const AHEAD: usize = 8;
+const CHUNK: usize = 1 << 20;
+
+/// A reader fed by a thread that reads (decompresses) `inner`. The thread ends at the end of
+/// the stream, at its first error (passed on), or when this reader is dropped.
+struct Pipelined {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Pipelined {
+    fn spawn(mut inner: Box<dyn Read + Send>) -> Pipelined {
+        let (tx, rx) = sync_channel(AHEAD);
+        std::thread::spawn(move || loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let mut filled = 0;
+            // Fill whole chunks: the decoders hand out small pieces.
+            let res = loop {
+                match inner.read(&mut chunk[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == CHUNK {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            chunk.truncate(filled);
+            let last = filled == 0 || res.is_err() || filled < CHUNK;
+            if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                return;
+            }
+            if let Err(e) = res {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            if last {
+                return;
+            }
+        });
+        Pipelined {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for Pipelined {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The thread finished: the end of the stream.
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
@@ -215,7 +300,7 @@ fn apply_layer(
         digest: digest.clone(),
         source,
     };
-    let count = Rc::new(Cell::new(0u64));
+    let count = Arc::new(AtomicU64::new(0));
     let file = File::open(&layer.path).map_err(read_err)?;
     let mut buffered = BufReader::with_capacity(
         256 * 1024,
@@ -228,20 +313,23 @@ fn apply_layer(
         Some(c) => c,
         None => Compression::detect(buffered.fill_buf().map_err(read_err)?),
     };
-    let reader: Box<dyn Read> = match compression {
+    let decoder: Box<dyn Read + Send> = match compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => {
             Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(corrupt)?)
         }
     };
+    // Decompression on a thread of its own, a few MiB ahead of the writes: on two cores the
+    // inflate and the file system work overlap.
+    let reader = Pipelined::spawn(decoder);
     progress(index, 0);
     let mut archive = tar::Archive::new(reader);
     // Reports only when the count moved (a layer of small files would otherwise call back once
     // per entry with the same number).
     let mut reported = 0;
     let mut tick = || {
-        let now = count.get();
+        let now = count.load(Ordering::Relaxed);
         if now != reported {
             reported = now;
             progress(index, now);
@@ -254,6 +342,6 @@ fn apply_layer(
     }
     // Read to the end of the stream so a damaged compressed trailer (checksum) is noticed.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(corrupt)?;
-    progress(index, count.get());
+    progress(index, count.load(Ordering::Relaxed));
     Ok(())
 }
