@@ -22,8 +22,8 @@ pub fn open_regular_read_only(path: &Path) -> io::Result<File> {
     }
     // SAFETY: F_GETFL on an fd this function owns; no memory is passed.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: F_SETFL with an integer argument on an fd this function owns.
     if flags < 0
+        // SAFETY: F_SETFL with an integer argument on an fd this function owns.
         || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
     {
         return Err(io::Error::last_os_error());

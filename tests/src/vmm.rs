@@ -329,6 +329,7 @@ impl Vmm {
 
     fn peek_exit(&self) -> Option<ExitStatus> {
         // try_wait needs &mut; use waitid with WNOWAIT so the status is left for later.
+        // SAFETY: siginfo_t is plain data, valid when all zero.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: `info` is a valid siginfo_t; WNOWAIT leaves the child waitable.
         let rc = unsafe {

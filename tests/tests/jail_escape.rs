@@ -41,8 +41,8 @@ use tartarus_tests::jail::{
 use tartarus_tests::{guests, TempDir, GUEST_TIMEOUT};
 
 fn require_root() {
-    // SAFETY: geteuid cannot fail.
     assert_eq!(
+        // SAFETY: geteuid cannot fail.
         unsafe { libc::geteuid() },
         0,
         "the escape checks must run as root (they start the jailer and join namespaces)"
@@ -468,6 +468,7 @@ fn attack(jail: &jail::Jail, host_file: &Path) -> Attack {
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: the child only makes syscalls and leaves with _exit.
         match unsafe { libc::fork() } {
+            // SAFETY: in the child: plain syscalls on local data, then _exit.
             0 => unsafe {
                 let mut r = rc(libc::setgroups(0, std::ptr::null()));
                 if r == 0 {
@@ -496,6 +497,7 @@ fn attack(jail: &jail::Jail, host_file: &Path) -> Attack {
     let child = unsafe { libc::fork() };
     assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
     if child == 0 {
+        // SAFETY: in the child: syscalls on data prepared above, then _exit.
         unsafe {
             let mut a = Attack {
                 kill_test_process_host_view: host_view,

@@ -21,8 +21,8 @@ use tartarus_tests::{guests, GuestReport, TempDir, Vmm, GUEST_TIMEOUT};
 const MEM_MIB: u64 = 64;
 
 fn require_root() {
-    // SAFETY: geteuid cannot fail.
     assert_eq!(
+        // SAFETY: geteuid cannot fail.
         unsafe { libc::geteuid() },
         0,
         "the jailer tests must run as root (they create jails, cgroups and device nodes)"

@@ -60,8 +60,8 @@ impl Ctl {
         if raw < 0 {
             return Err(NetError::Socket(io::Error::last_os_error()));
         }
-        // SAFETY: a fresh fd nobody else owns.
         Ok(Ctl {
+            // SAFETY: a fresh fd nobody else owns.
             fd: unsafe { OwnedFd::from_raw_fd(raw) },
         })
     }

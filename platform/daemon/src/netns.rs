@@ -432,6 +432,7 @@ mod tests {
 
     #[test]
     fn a_namespace_with_a_tap_comes_and_goes() {
+        // SAFETY: geteuid has no arguments and cannot fail.
         if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
             eprintln!("skipped: needs root and /dev/net/tun");
             return;

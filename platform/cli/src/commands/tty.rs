@@ -40,14 +40,16 @@ impl RawMode {
         if !is_terminal(fd) {
             return Err(TtyError::NotATerminal);
         }
-        // SAFETY: termios is plain data; tcgetattr fills it for a terminal fd.
+        // SAFETY: termios is plain data, valid when all zero.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr fills the struct for a terminal fd.
         if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
             return Err(TtyError::Termios(std::io::Error::last_os_error()));
         }
         let mut raw = saved;
-        // SAFETY: cfmakeraw edits the struct in place; tcsetattr applies it to fd.
+        // SAFETY: cfmakeraw edits the struct in place.
         unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: tcsetattr reads the struct and applies it to fd.
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return Err(TtyError::Termios(std::io::Error::last_os_error()));
         }
@@ -64,8 +66,9 @@ impl Drop for RawMode {
 
 /// The terminal's size as (rows, cols).
 pub fn window_size(fd: RawFd) -> Option<(u16, u16)> {
-    // SAFETY: TIOCGWINSZ fills a winsize struct.
+    // SAFETY: winsize is plain data, valid when all zero.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills the winsize struct it is given.
     let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
