@@ -4,6 +4,7 @@
 //! and raise interrupts through [`legacy::EventFdTrigger`]s that the VMM wires to KVM irqfds.
 
 pub mod bus;
+pub mod counters;
 pub mod host_file;
 pub mod legacy;
 pub mod rate_limiter;

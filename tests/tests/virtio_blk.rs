@@ -246,6 +246,32 @@ fn patch_while_running() {
     )
     .unwrap();
     assert!(m["block"]["d"].is_object(), "{m}");
+    // Every counter the device keeps is reported (issue 16: seven of them were counted and
+    // never shown).
+    let d = m["block"]["d"].as_object().unwrap();
+    for key in [
+        "queue_events",
+        "read_count",
+        "write_count",
+        "flush_count",
+        "get_id_count",
+        "read_bytes",
+        "write_bytes",
+        "io_errors",
+        "invalid_requests",
+        "skipped_requests",
+        "unsupported_requests",
+        "rate_limited_events",
+        "activate_count",
+        "update_count",
+    ] {
+        assert!(
+            d.get(key).is_some_and(Value::is_u64),
+            "{key} missing from {m}"
+        );
+    }
+    // Counted too: the PATCH above swapped the backing file.
+    assert!(d["update_count"].as_u64() >= Some(1), "{m}");
     assert_eq!(vmm.action("SendCtrlAltDel").status, 204);
     vmm.wait_success();
 }

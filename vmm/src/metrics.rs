@@ -103,18 +103,8 @@ pub fn render(counters: &VmmCounters, vm: Option<&MicroVm>) -> Value {
         let mut block = serde_json::Map::new();
         for d in &vm.devices.drives {
             let m = devices::bus::lock(&d.device).metrics();
-            block.insert(
-                d.id.clone(),
-                json!({
-                    "read_count": m.read_count.load(r),
-                    "write_count": m.write_count.load(r),
-                    "flush_count": m.flush_count.load(r),
-                    "read_bytes": m.read_bytes.load(r),
-                    "write_bytes": m.write_bytes.load(r),
-                    "io_errors": m.io_errors.load(r),
-                    "invalid_requests": m.invalid_requests.load(r),
-                }),
-            );
+            // Every counter the device keeps, from its own list (devices::counters!).
+            block.insert(d.id.clone(), json!(&*m));
         }
         v["block"] = Value::Object(block);
         v["net"] = crate::net::metrics(&vm.devices.nets);

@@ -108,26 +108,27 @@ pub struct BlockConfig {
     pub rate_limiter: RateLimiterConfig,
 }
 
-/// Per-device counters for the metrics.
-#[derive(Debug, Default)]
-pub struct BlockMetrics {
-    pub queue_events: AtomicU64,
-    pub read_count: AtomicU64,
-    pub write_count: AtomicU64,
-    pub flush_count: AtomicU64,
-    pub get_id_count: AtomicU64,
-    pub read_bytes: AtomicU64,
-    pub write_bytes: AtomicU64,
-    /// Requests that failed on the host side (I/O errors).
-    pub io_errors: AtomicU64,
-    /// Malformed requests (answered with an error status, or skipped).
-    pub invalid_requests: AtomicU64,
-    /// Malformed requests whose status byte could not be written.
-    pub skipped_requests: AtomicU64,
-    pub unsupported_requests: AtomicU64,
-    pub rate_limited_events: AtomicU64,
-    pub activate_count: AtomicU64,
-    pub update_count: AtomicU64,
+crate::counters! {
+    /// Per-device counters for the metrics.
+    pub struct BlockMetrics {
+        pub queue_events,
+        pub read_count,
+        pub write_count,
+        pub flush_count,
+        pub get_id_count,
+        pub read_bytes,
+        pub write_bytes,
+        /// Requests that failed on the host side (I/O errors).
+        pub io_errors,
+        /// Malformed requests (answered with an error status, or skipped).
+        pub invalid_requests,
+        /// Malformed requests whose status byte could not be written.
+        pub skipped_requests,
+        pub unsupported_requests,
+        pub rate_limited_events,
+        pub activate_count,
+        pub update_count,
+    }
 }
 
 fn inc(counter: &AtomicU64, by: u64) {

@@ -107,36 +107,37 @@ pub struct NetConfig {
     pub tx_rate_limiter: RateLimiterConfig,
 }
 
-/// Per-device counters for the metrics.
-#[derive(Debug, Default)]
-pub struct NetMetrics {
-    pub rx_queue_events: AtomicU64,
-    pub tx_queue_events: AtomicU64,
-    pub tap_events: AtomicU64,
-    pub rx_frames: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub tx_frames: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    /// Frames from the tap that did not fit the guest's buffers (dropped).
-    pub rx_frames_too_big: AtomicU64,
-    /// Frames from the tap shorter than a header plus an Ethernet header (dropped).
-    pub rx_frames_too_short: AtomicU64,
-    /// Times RX stopped because the guest had posted no (or not enough) buffers.
-    pub rx_no_buffers: AtomicU64,
-    /// Tap read failures other than "nothing to read".
-    pub rx_tap_errors: AtomicU64,
-    /// Tap write failures (the frame is dropped).
-    pub tx_tap_errors: AtomicU64,
-    /// Malformed RX chains (returned unused).
-    pub rx_invalid_chains: AtomicU64,
-    /// Malformed TX chains (returned unsent).
-    pub tx_invalid_chains: AtomicU64,
-    pub rx_rate_limited: AtomicU64,
-    pub tx_rate_limited: AtomicU64,
-    /// Times the device stopped a queue whose rings cannot be read (until reset).
-    pub broken_queues: AtomicU64,
-    pub activate_count: AtomicU64,
-    pub update_count: AtomicU64,
+crate::counters! {
+    /// Per-device counters for the metrics.
+    pub struct NetMetrics {
+        pub rx_queue_events,
+        pub tx_queue_events,
+        pub tap_events,
+        pub rx_frames,
+        pub rx_bytes,
+        pub tx_frames,
+        pub tx_bytes,
+        /// Frames from the tap that did not fit the guest's buffers (dropped).
+        pub rx_frames_too_big,
+        /// Frames from the tap shorter than a header plus an Ethernet header (dropped).
+        pub rx_frames_too_short,
+        /// Times RX stopped because the guest had posted no (or not enough) buffers.
+        pub rx_no_buffers,
+        /// Tap read failures other than "nothing to read".
+        pub rx_tap_errors,
+        /// Tap write failures (the frame is dropped).
+        pub tx_tap_errors,
+        /// Malformed RX chains (returned unused).
+        pub rx_invalid_chains,
+        /// Malformed TX chains (returned unsent).
+        pub tx_invalid_chains,
+        pub rx_rate_limited,
+        pub tx_rate_limited,
+        /// Times the device stopped a queue whose rings cannot be read (until reset).
+        pub broken_queues,
+        pub activate_count,
+        pub update_count,
+    }
 }
 
 fn inc(counter: &AtomicU64, by: u64) {

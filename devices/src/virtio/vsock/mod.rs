@@ -97,32 +97,33 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
-/// Counters for the metrics.
-#[derive(Debug, Default)]
-pub struct VsockMetrics {
-    pub queue_events: AtomicU64,
-    /// Packets the guest sent (TX queue) and their payload bytes.
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    /// Packets delivered to the guest (RX queue) and their payload bytes.
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    /// Malformed TX chains (skipped) and unusable RX buffers (returned empty).
-    pub tx_invalid_chains: AtomicU64,
-    pub rx_invalid_buffers: AtomicU64,
-    /// Packets that broke the protocol (wrong CIDs, credit overruns, unexpected ops).
-    pub protocol_errors: AtomicU64,
-    /// Host stream reads/writes that failed.
-    pub host_io_errors: AtomicU64,
-    pub connections_opened: AtomicU64,
-    pub connections_closed: AtomicU64,
-    /// Guest requests nobody on the host accepted, host requests the guest refused or ignored.
-    pub connections_refused: AtomicU64,
-    /// Host streams closed before or at a bad CONNECT line.
-    pub handshake_failures: AtomicU64,
-    pub control_dropped: AtomicU64,
-    pub events_sent: AtomicU64,
-    pub activate_count: AtomicU64,
+crate::counters! {
+    /// Counters for the metrics.
+    pub struct VsockMetrics {
+        pub queue_events,
+        /// Packets the guest sent (TX queue) and their payload bytes.
+        pub tx_packets,
+        pub tx_bytes,
+        /// Packets delivered to the guest (RX queue) and their payload bytes.
+        pub rx_packets,
+        pub rx_bytes,
+        /// Malformed TX chains (skipped) and unusable RX buffers (returned empty).
+        pub tx_invalid_chains,
+        pub rx_invalid_buffers,
+        /// Packets that broke the protocol (wrong CIDs, credit overruns, unexpected ops).
+        pub protocol_errors,
+        /// Host stream reads/writes that failed.
+        pub host_io_errors,
+        pub connections_opened,
+        pub connections_closed,
+        /// Guest requests nobody on the host accepted, host requests the guest refused or ignored.
+        pub connections_refused,
+        /// Host streams closed before or at a bad CONNECT line.
+        pub handshake_failures,
+        pub control_dropped,
+        pub events_sent,
+        pub activate_count,
+    }
 }
 
 pub(crate) fn inc(c: &AtomicU64, by: u64) {
