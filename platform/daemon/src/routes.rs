@@ -180,17 +180,8 @@ async fn build_template(
     State(d): State<Shared>,
     Body2(spec): Body2<TemplateSpec>,
 ) -> Result<Response, ApiError> {
-    let mut rx = template::start_build(&d, spec)?;
-    let (tx, out) = mpsc::channel(64);
-    tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-            line.push(b'\n');
-            // The build goes on when the client leaves.
-            let _ = tx.send(Ok(Bytes::from(line))).await;
-        }
-    });
-    Ok(ndjson(exec::channel_body(out)))
+    // The build goes on when the client leaves.
+    Ok(ndjson_of(template::start_build(&d, spec)?))
 }
 
 /// Sends each item of `rx` as one NDJSON line; the work behind it goes on if the client leaves.
