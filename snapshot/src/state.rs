@@ -45,12 +45,15 @@ use crate::crc64::crc64;
 pub const STATE_MAGIC: [u8; 8] = *b"TARTSNAP";
 /// Body-schema major version written and read by this build.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Body-schema minor version written by this build.
+/// Body-schema minor version written by this build. One bump per added device kind:
 ///
-/// 1.1 added the virtio devices (`devices`). A 1.0 reader ignores them and would restore a VM
-/// without its devices; no 1.0 writer could snapshot a VM that had any, and 1.1 readers load
-/// 1.0 files as VMs without devices.
-pub const FORMAT_MINOR: u16 = 1;
+/// * 1.1 added the virtio devices (`devices`) with the `block` kind. A 1.0 reader ignores them
+///   and would restore a VM without its devices; no 1.0 writer could snapshot a VM that had
+///   any, and 1.1 readers load 1.0 files as VMs without devices.
+/// * 1.2 added the `net` device kind, 1.3 the `vsock` kind. A reader that does not know a kind
+///   refuses the file, naming the kind (it cannot create that device). Builds before these
+///   bumps wrote both kinds under 1.1; every reader since loads those files unchanged.
+pub const FORMAT_MINOR: u16 = 3;
 
 const HEADER_LEN: usize = 20;
 const CRC_LEN: usize = 8;

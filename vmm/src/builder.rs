@@ -20,13 +20,13 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{boot_params, cpuid, layout::*, mptable, msr, regs};
-use crate::drives;
 use crate::memory;
-use crate::persist;
-use crate::snapshot_io::MemoryBackendHandle;
-use crate::snapshot_state::MicroVmState;
-use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuEvent, VcpuHandle, VcpuResponse};
-use crate::virtio_devices::{self, DeviceConfigs};
+use crate::microvm::MicroVm;
+use crate::persist::file::MicroVmState;
+use crate::persist::kvm as persist;
+use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuEvent, VcpuResponse};
+use crate::virtio::block as drives;
+use crate::virtio::{self as virtio_devices, DeviceConfigs};
 
 /// Boot arguments used when `boot-source` gives none.
 pub const DEFAULT_BOOT_ARGS: &str =
@@ -74,15 +74,42 @@ pub enum BuildError {
     Vcpu(#[from] crate::vcpu::VcpuError),
     #[error(transparent)]
     Devices(#[from] virtio_devices::VirtioDeviceError),
-    #[error("Cannot restore device state: {0}")]
-    DeviceState(String),
+    #[error("Cannot restore the serial port: {0}")]
+    SerialState(String),
+    #[error("the snapshot holds {states} vCPU states for {vcpus} vCPUs")]
+    VcpuCount { states: usize, vcpus: u8 },
     #[error(transparent)]
     Persist(#[from] persist::PersistError),
     #[error("Cannot restore virtio device state")]
-    VirtioState(#[from] crate::device_state::DeviceStateError),
+    VirtioState(#[from] crate::persist::devices::DeviceStateError),
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
+
+impl BuildError {
+    /// True when the VMM or the host, not the request, is at fault (KVM refused, no event fd,
+    /// a vCPU thread could not start).
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            BuildError::OpenKvm(_)
+                | BuildError::MissingCap(_)
+                | BuildError::Kvm(..)
+                | BuildError::EventFd(_)
+                | BuildError::Bus(_)
+                | BuildError::Vcpu(_)
+        )
+    }
+}
+
+/// Why the VMM could not make a [`BuildContext`].
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("Cannot open serial output file {0}")]
+    SerialOut(String, #[source] std::io::Error),
+    #[error("Failed to duplicate an event fd")]
+    EventFd(#[source] std::io::Error),
+}
 
 /// What the builder needs from the VMM besides the configuration.
 pub struct BuildContext {
@@ -92,26 +119,6 @@ pub struct BuildContext {
     pub vcpu_wake: EventFd,
     /// Whether to add the PVM work-arounds to a booted kernel's command line.
     pub pvm: crate::pvm::PvmMode,
-}
-
-/// A booted microVM. Dropping it does not stop the vCPU threads: the VMM exits the process.
-pub struct MicroVm {
-    pub kvm: Kvm,
-    pub vm: VmFd,
-    pub mem: GuestMemoryMmap,
-    pub pio_bus: Bus,
-    pub mmio_bus: Bus,
-    pub serial: Arc<Mutex<SerialDevice>>,
-    pub i8042: Arc<Mutex<I8042>>,
-    pub vcpu_counters: Arc<VcpuCounters>,
-    pub vcpus: Vec<VcpuHandle>,
-    pub cmdline: String,
-    /// What serves guest memory after a restore (kept alive with the VM).
-    pub memory_backend: Option<MemoryBackendHandle>,
-    /// virtio devices, for PATCH, metrics and snapshots.
-    pub devices: virtio_devices::AttachedDevices,
-    /// Device event handlers the VMM's event loop must add (taken once).
-    pub subscribers: Vec<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>>,
 }
 
 struct LoadedKernel {
@@ -225,13 +232,11 @@ pub struct LegacyState<'a> {
 }
 
 /// What boot and restore share: the KVM VM with its in-kernel devices, guest memory registered
-/// with KVM, the legacy devices on their bus, and the vCPU fds (not yet configured).
+/// with KVM, the legacy devices, and the vCPU fds (not yet configured), each holding the buses.
 struct VmCore {
     kvm: Kvm,
     vm: VmFd,
     mem: GuestMemoryMmap,
-    pio_bus: Bus,
-    mmio_bus: Bus,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042>>,
     counters: Arc<VcpuCounters>,
@@ -279,7 +284,7 @@ fn create_core(
     let (serial, i8042) = match legacy {
         Some(s) => (
             SerialDevice::from_state(s.serial, com1, ctx.serial_out)
-                .map_err(BuildError::DeviceState)?,
+                .map_err(BuildError::SerialState)?,
             I8042::from_state(s.i8042, reset, kbd),
         ),
         None => (
@@ -316,8 +321,6 @@ fn create_core(
         kvm,
         vm,
         mem,
-        pio_bus,
-        mmio_bus,
         serial,
         i8042,
         counters,
@@ -342,8 +345,6 @@ fn finish(core: VmCore, paused: bool, cmdline: String) -> Result<MicroVm> {
         kvm: core.kvm,
         vm: core.vm,
         mem: core.mem,
-        pio_bus: core.pio_bus,
-        mmio_bus: core.mmio_bus,
         serial: core.serial,
         i8042: core.i8042,
         vcpu_counters: core.counters,
@@ -453,11 +454,10 @@ pub fn restore(
     paused: bool,
 ) -> Result<MicroVm> {
     if state.vcpus.len() != machine.vcpu_count as usize {
-        return Err(BuildError::DeviceState(format!(
-            "the snapshot holds {} vCPU states for {} vCPUs",
-            state.vcpus.len(),
-            machine.vcpu_count
-        )));
+        return Err(BuildError::VcpuCount {
+            states: state.vcpus.len(),
+            vcpus: machine.vcpu_count,
+        });
     }
     let legacy = LegacyState {
         serial: &state.serial,
@@ -472,7 +472,7 @@ pub fn restore(
         persist::restore_vcpu(&v.fd, s)?;
     }
     // After the irqchip: a restored device may raise its pending interrupt again.
-    crate::device_state::restore_all(&core.attached.devices, &state.devices)?;
+    crate::persist::devices::restore_all(&core.attached.devices, &state.devices)?;
     let t_vcpus = t0.elapsed();
     let vm = finish(core, paused, state.cmdline.clone());
     tracing::debug!(

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::builder::MicroVm;
+use crate::microvm::MicroVm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -48,10 +48,6 @@ impl MetricsSink {
             path: path.to_string(),
             file,
         })
-    }
-
-    pub fn path(&self) -> &str {
-        &self.path
     }
 
     pub fn write(&mut self, value: &Value) -> Result<(), MetricsError> {
@@ -107,9 +103,10 @@ pub fn render(counters: &VmmCounters, vm: Option<&MicroVm>) -> Value {
             block.insert(d.id.clone(), json!(&*m));
         }
         v["block"] = Value::Object(block);
-        v["net"] = crate::net::metrics(&vm.devices.nets);
+        v["net"] = crate::virtio::net::metrics(&vm.devices.nets);
         if let Some(vs) = &vm.devices.vsock {
-            v["vsock"] = crate::vsock::metrics_json(&devices::bus::lock(&vs.device).metrics());
+            v["vsock"] =
+                crate::virtio::vsock::metrics_json(&devices::bus::lock(&vs.device).metrics());
         }
         let k = devices::bus::lock(&vm.i8042).counters();
         v["i8042"] = json!({

@@ -3,8 +3,9 @@
 
 use api::models::{RequestedVmState, SnapshotCreateParams, SnapshotLoadParams, VmmAction};
 
-use crate::device_state::{DeviceKindState, VirtioDeviceState};
-use crate::state::VmState;
+use crate::lifecycle::VmState;
+use crate::persist::devices::VirtioDeviceState;
+use crate::virtio::DeviceKindState;
 
 /// The Firecracker API version whose wire format Tartarus speaks, reported by `GET /version` as
 /// `firecracker_version` so that clients gating features on it work. Tartarus's own version is

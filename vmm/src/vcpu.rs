@@ -18,7 +18,7 @@ use seccomp::ThreadKind;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::persist::{self, VcpuState};
+use crate::persist::kvm::{self as persist, VcpuState};
 
 /// The real-time signal (SIGRTMIN + this) that kicks a vCPU out of KVM_RUN.
 const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -57,7 +57,7 @@ pub fn install_seccomp(kind: ThreadKind) -> Result<(), String> {
             Ok(())
         }
         Ok(false) => Ok(()),
-        Err(e) => Err(crate::controller::error_chain(&e)),
+        Err(e) => Err(crate::error::error_chain(&e)),
     }
 }
 

@@ -21,9 +21,9 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// 768 MiB below 4 GiB stay free of RAM for device MMIO (IOAPIC, LAPIC, virtio-mmio).
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// KVM's TSS and identity-map pages, inside the MMIO gap above the device window.
+/// KVM's TSS pages, inside the MMIO gap above the device window (KVM's default identity-map
+/// page, 0xfffb_c000, sits just below them).
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
-pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 /// Interrupt controllers.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;

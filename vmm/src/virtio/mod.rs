@@ -1,5 +1,11 @@
-//! virtio devices of a microVM: their API configurations, where they sit on the MMIO bus, and the
-//! one generic call that wires any device's transport into KVM and the bus.
+//! virtio devices of a microVM: their API configurations, where they sit on the MMIO bus, the
+//! one generic call that wires any device's transport into KVM and the bus, and what the
+//! snapshot code needs from each kind ([`SlotDevice`], [`DeviceKindState`]).
+//!
+//! One module per kind ([`block`], [`net`], [`vsock`]) holds everything about that kind: its
+//! API checks, `PUT`/`PATCH`, attach, and its snapshot state beside it. Adding a kind: a module
+//! with those, a variant in [`DeviceKindState`], and its place in [`attach_all`] and
+//! [`AttachedDevices::in_slot_order`] (a format minor bump in the snapshot crate).
 //!
 //! Every device kind (drives, then network interfaces, then vsock) takes the next free slot from
 //! one [`Slots`] allocator, so slot `i` is MMIO window `MMIO_GAP_START + i * 4 KiB` and GSI
@@ -15,10 +21,18 @@ use devices::{Bus, GuestMemoryMmap};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 
+use serde::{Deserialize, Serialize};
+
 use crate::arch::layout::{IOAPIC_PINS, MMIO_GAP_START};
-use crate::drives::{self, AttachedDrive};
-use crate::net::{self, AttachedNet};
-use crate::vsock::{self, AttachedVsock};
+
+pub mod block;
+pub mod limiter;
+pub mod net;
+pub mod vsock;
+
+use block::{AttachedDrive, DriveState};
+use net::{AttachedNet, NetState};
+use vsock::{AttachedVsock, VsockState};
 
 /// First GSI handed to virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
@@ -34,11 +48,11 @@ pub enum VirtioDeviceError {
     #[error("{0}: cannot place it on the MMIO bus")]
     Bus(String, #[source] devices::BusError),
     #[error(transparent)]
-    Drive(#[from] drives::DriveError),
+    Drive(#[from] block::DriveError),
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error(transparent)]
-    Vsock(#[from] vsock::VsockSetupError),
+    Vsock(#[from] vsock::VsockError),
 }
 
 /// The virtio devices the API configured, before the microVM exists.
@@ -89,9 +103,78 @@ pub struct AttachedDevices {
 }
 
 impl AttachedDevices {
-    /// True when no virtio device is attached.
-    pub fn is_empty(&self) -> bool {
-        self.drives.is_empty() && self.nets.is_empty() && self.vsock.is_none()
+    /// Every attached device in slot order (the order [`attach_all`] attached them in).
+    pub fn in_slot_order(&self) -> Vec<&dyn SlotDevice> {
+        let mut v: Vec<&dyn SlotDevice> = Vec::with_capacity(self.slots.len());
+        v.extend(self.drives.iter().map(|d| d as &dyn SlotDevice));
+        v.extend(self.nets.iter().map(|n| n as &dyn SlotDevice));
+        v.extend(self.vsock.iter().map(|v| v as &dyn SlotDevice));
+        v
+    }
+}
+
+/// What the snapshot code needs from an attached device of any kind: the one loop over MMIO
+/// slots (`crate::persist::devices`) saves and restores every device through it.
+pub trait SlotDevice {
+    /// The device's id (drive_id, iface_id, "vsock").
+    fn id(&self) -> &str;
+    /// Its kind, as the state file names it ("block", "net", "vsock").
+    fn kind(&self) -> &'static str;
+    /// Its virtio-mmio transport (registers, queues, interrupt state).
+    fn transport(&self) -> &Arc<Mutex<MmioTransport>>;
+    /// The kind's own snapshot state, from its current configuration in `cfgs` (None: the
+    /// device has no configuration there).
+    fn save_kind(&self, cfgs: &DeviceConfigs) -> Option<DeviceKindState>;
+    /// Called once every device's transport state is restored, before the vCPUs run.
+    fn after_restore(&self) {}
+}
+
+/// The per-kind part of a device's snapshot state: what creates the same device again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DeviceKindState {
+    Block(DriveState),
+    Net(NetState),
+    Vsock(VsockState),
+}
+
+impl DeviceKindState {
+    /// The kind, as [`SlotDevice::kind`] names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeviceKindState::Block(_) => "block",
+            DeviceKindState::Net(_) => "net",
+            DeviceKindState::Vsock(_) => "vsock",
+        }
+    }
+
+    /// The API's own validation of the saved configuration (ids, names, CIDs, rate limits).
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            DeviceKindState::Block(d) => d.config().validate(),
+            DeviceKindState::Net(n) => n.config().validate(),
+            DeviceKindState::Vsock(v) => v.config().validate(),
+        }
+    }
+
+    /// Checks that the device can be created on this host, next to the devices already
+    /// checked (`cfgs`: interfaces must not clash).
+    pub fn check_host(&self, cfgs: &mut DeviceConfigs) -> Result<(), VirtioDeviceError> {
+        match self {
+            DeviceKindState::Block(d) => d.check_host()?,
+            DeviceKindState::Net(n) => n.check_host(cfgs)?,
+            DeviceKindState::Vsock(v) => vsock::check(&v.config())?,
+        }
+        Ok(())
+    }
+
+    /// Adds the API configuration that creates this device again.
+    pub fn add_config(&self, cfgs: &mut DeviceConfigs) {
+        match self {
+            DeviceKindState::Block(d) => cfgs.drives.push(d.config()),
+            DeviceKindState::Net(n) => cfgs.nets.push(n.config()),
+            DeviceKindState::Vsock(v) => cfgs.vsock = Some(v.config()),
+        }
     }
 }
 
@@ -153,7 +236,7 @@ pub fn attach_all(
 ) -> Result<Attached, VirtioDeviceError> {
     let mut out = Attached::default();
     let mut slots = Slots::default();
-    drives::attach(&mut out, vm, mem, mmio_bus, &mut slots, &cfgs.drives)?;
+    block::attach(&mut out, vm, mem, mmio_bus, &mut slots, &cfgs.drives)?;
     net::attach(&mut out, vm, mem, mmio_bus, &mut slots, cfgs)?;
     vsock::attach(&mut out, vm, mem, mmio_bus, &mut slots, cfgs.vsock.as_ref())?;
     Ok(out)

@@ -9,7 +9,7 @@
 //! - the memory layout is sane (no overflowing sums, see [`snapshot::MemoryLayout::validate`])
 //!   and is the layout this VMM builds for the saved machine configuration.
 //!
-//! Device configurations go through the API's own checks in [`crate::device_state::check`],
+//! Device configurations go through the API's own checks in [`crate::persist::devices::check`],
 //! and the memory file is checked against the layout when it is opened.
 
 use std::path::Path;
@@ -22,7 +22,7 @@ use serde_json::Value;
 use snapshot::MemoryLayout;
 
 use crate::arch::layout::ram_ranges;
-use crate::snapshot_state::MicroVmState;
+use crate::persist::file::MicroVmState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotCheckError {
@@ -114,6 +114,7 @@ fn check_blobs(body: &Value) -> Result<(), SnapshotCheckError> {
 fn check_state(state: &MicroVmState) -> Result<(), SnapshotCheckError> {
     state
         .machine
+        .config()
         .validate()
         .map_err(|e| invalid(format!("machine configuration: {e}")))?;
     if state.vcpus.len() != state.machine.vcpu_count as usize {
