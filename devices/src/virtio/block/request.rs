@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
+use std::mem::{offset_of, size_of};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -45,7 +46,7 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = status_byte(b::VIRTIO_BLK_S_UNSUPP);
 /// Length of the GET_ID answer.
 pub const VIRTIO_BLK_ID_BYTES: usize = b::VIRTIO_BLK_ID_BYTES as usize;
 /// Length of the request header (`virtio_blk_outhdr`).
-pub const HEADER_LEN: usize = std::mem::size_of::<virtio_blk_outhdr>();
+pub const HEADER_LEN: usize = size_of::<virtio_blk_outhdr>();
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -228,8 +229,14 @@ pub fn parse(
     if got < HEADER_LEN {
         return Err(reject(RequestError::ShortHeader));
     }
-    let req_type = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
-    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    const TYPE_AT: usize = offset_of!(virtio_blk_outhdr, type_);
+    const SECTOR_AT: usize = offset_of!(virtio_blk_outhdr, sector);
+    let req_type = u32::from_le_bytes(header[TYPE_AT..TYPE_AT + 4].try_into().unwrap_or_default());
+    let sector = u64::from_le_bytes(
+        header[SECTOR_AT..SECTOR_AT + 8]
+            .try_into()
+            .unwrap_or_default(),
+    );
     let out_data = skip_bytes(&readable, HEADER_LEN as u64);
 
     let (kind, data) = match req_type {
