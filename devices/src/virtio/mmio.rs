@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::features::{self, bit};
 use super::reset::DeviceReset;
 use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
 use super::{
@@ -20,41 +21,50 @@ use crate::GuestMemoryMmap;
 
 /// Size of one device's MMIO window.
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
-/// "virt" in little endian.
+/// "virt" in little endian. Hand-written: `virtio-bindings` has the register's offset only.
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
-/// The register layout version implemented (virtio 1.x, non-legacy).
+/// The register layout version implemented (virtio 1.x, non-legacy). Hand-written: not in
+/// `virtio-bindings`.
 pub const MMIO_VERSION: u32 = 2;
 /// VendorID reported to the driver ("TRTS").
 pub const VENDOR_ID: u32 = 0x5354_5254;
 
-/// Register offsets.
+/// Register offsets: `virtio-bindings`' `VIRTIO_MMIO_*` (virtio 1.x names for the ring
+/// addresses: driver area = avail ring, device area = used ring), as the bus's u64 offsets.
 pub mod regs {
-    pub const MAGIC_VALUE: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00c;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    pub const SHM_LEN_LOW: u64 = 0x0b0;
-    pub const SHM_LEN_HIGH: u64 = 0x0b4;
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    pub const CONFIG: u64 = 0x100;
+    use virtio_bindings::virtio_mmio as b;
+
+    /// The one place the bindings' u32 offsets are widened.
+    const fn reg(offset: u32) -> u64 {
+        offset as u64
+    }
+
+    pub const MAGIC_VALUE: u64 = reg(b::VIRTIO_MMIO_MAGIC_VALUE);
+    pub const VERSION: u64 = reg(b::VIRTIO_MMIO_VERSION);
+    pub const DEVICE_ID: u64 = reg(b::VIRTIO_MMIO_DEVICE_ID);
+    pub const VENDOR_ID: u64 = reg(b::VIRTIO_MMIO_VENDOR_ID);
+    pub const DEVICE_FEATURES: u64 = reg(b::VIRTIO_MMIO_DEVICE_FEATURES);
+    pub const DEVICE_FEATURES_SEL: u64 = reg(b::VIRTIO_MMIO_DEVICE_FEATURES_SEL);
+    pub const DRIVER_FEATURES: u64 = reg(b::VIRTIO_MMIO_DRIVER_FEATURES);
+    pub const DRIVER_FEATURES_SEL: u64 = reg(b::VIRTIO_MMIO_DRIVER_FEATURES_SEL);
+    pub const QUEUE_SEL: u64 = reg(b::VIRTIO_MMIO_QUEUE_SEL);
+    pub const QUEUE_NUM_MAX: u64 = reg(b::VIRTIO_MMIO_QUEUE_NUM_MAX);
+    pub const QUEUE_NUM: u64 = reg(b::VIRTIO_MMIO_QUEUE_NUM);
+    pub const QUEUE_READY: u64 = reg(b::VIRTIO_MMIO_QUEUE_READY);
+    pub const QUEUE_NOTIFY: u64 = reg(b::VIRTIO_MMIO_QUEUE_NOTIFY);
+    pub const INTERRUPT_STATUS: u64 = reg(b::VIRTIO_MMIO_INTERRUPT_STATUS);
+    pub const INTERRUPT_ACK: u64 = reg(b::VIRTIO_MMIO_INTERRUPT_ACK);
+    pub const STATUS: u64 = reg(b::VIRTIO_MMIO_STATUS);
+    pub const QUEUE_DESC_LOW: u64 = reg(b::VIRTIO_MMIO_QUEUE_DESC_LOW);
+    pub const QUEUE_DESC_HIGH: u64 = reg(b::VIRTIO_MMIO_QUEUE_DESC_HIGH);
+    pub const QUEUE_DRIVER_LOW: u64 = reg(b::VIRTIO_MMIO_QUEUE_AVAIL_LOW);
+    pub const QUEUE_DRIVER_HIGH: u64 = reg(b::VIRTIO_MMIO_QUEUE_AVAIL_HIGH);
+    pub const QUEUE_DEVICE_LOW: u64 = reg(b::VIRTIO_MMIO_QUEUE_USED_LOW);
+    pub const QUEUE_DEVICE_HIGH: u64 = reg(b::VIRTIO_MMIO_QUEUE_USED_HIGH);
+    pub const SHM_LEN_LOW: u64 = reg(b::VIRTIO_MMIO_SHM_LEN_LOW);
+    pub const SHM_LEN_HIGH: u64 = reg(b::VIRTIO_MMIO_SHM_LEN_HIGH);
+    pub const CONFIG_GENERATION: u64 = reg(b::VIRTIO_MMIO_CONFIG_GENERATION);
+    pub const CONFIG: u64 = reg(b::VIRTIO_MMIO_CONFIG);
 }
 
 /// Offset of QueueNotify: where the VMM registers the queue ioeventfds (datamatch = queue index).
@@ -202,9 +212,7 @@ impl MmioTransport {
     }
 
     fn avail_features(&self) -> u64 {
-        lock(&self.device).avail_features()
-            | (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
+        lock(&self.device).avail_features() | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX)
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -255,7 +263,7 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = self.acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut copies = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter_mut().enumerate() {
             if !q.is_valid(&self.mem) {
@@ -313,7 +321,7 @@ impl MmioTransport {
         }
         match added {
             FEATURES_OK => {
-                if self.acked_features & (1 << VIRTIO_F_VERSION_1) == 0 {
+                if self.acked_features & bit(VIRTIO_F_VERSION_1) == 0 {
                     // Leaving FEATURES_OK clear tells the driver the features were refused.
                     tracing::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
                     return;
@@ -335,11 +343,7 @@ impl MmioTransport {
             regs::VERSION => MMIO_VERSION,
             regs::DEVICE_ID => self.device_type,
             regs::VENDOR_ID => VENDOR_ID,
-            regs::DEVICE_FEATURES => match self.features_sel {
-                0 => self.avail_features() as u32,
-                1 => (self.avail_features() >> 32) as u32,
-                _ => 0,
-            },
+            regs::DEVICE_FEATURES => features::page(self.avail_features(), self.features_sel),
             regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size() as u32),
             regs::QUEUE_READY => self.selected_queue().is_some_and(|q| q.ready()) as u32,
             regs::INTERRUPT_STATUS => self.interrupt.status(),
@@ -368,15 +372,9 @@ impl MmioTransport {
                     );
                     return;
                 }
-                let shift = match self.acked_features_sel {
-                    0 => 0,
-                    1 => 32,
-                    _ => return,
-                };
-                let mask = 0xffff_ffffu64 << shift;
                 let offered = self.avail_features();
                 self.acked_features =
-                    (self.acked_features & !mask) | (((v as u64) << shift) & offered);
+                    features::set_page(self.acked_features, self.acked_features_sel, v, offered);
             }
             regs::QUEUE_SEL => self.queue_sel = v,
             regs::QUEUE_NOTIFY => {

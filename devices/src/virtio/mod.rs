@@ -49,6 +49,10 @@
 //! `Arc<Mutex<Block>>` for PATCH (`update_backing_file`, `update_rate_limiter`) and metrics.
 
 pub mod block;
+pub mod config_space;
+#[cfg(test)]
+mod constants_tests;
+pub mod features;
 pub mod handler;
 pub mod mmio;
 pub mod net;
@@ -68,35 +72,40 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemoryMmap;
 
+pub use config_space::read_config_bytes;
+pub use features::Features;
 pub use handler::VirtioEventHandler;
 pub use mmio::MmioTransport;
 
+// The virtio constants come from `virtio-bindings` (the Linux uapi headers); names kept from
+// before are re-exported under them so callers do not change.
+
 /// Device type: block device (virtio spec 5).
-pub const TYPE_BLOCK: u32 = 2;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK as TYPE_BLOCK;
 /// Device type: network card.
-pub const TYPE_NET: u32 = 1;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_NET as TYPE_NET;
 /// Device type: socket device.
-pub const TYPE_VSOCK: u32 = 19;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK as TYPE_VSOCK;
 
 /// Feature bit: the device complies with virtio 1.x.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
+pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Feature bit: used/avail event index notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Driver status bits (virtio spec 2.1).
 pub mod status {
-    pub const ACKNOWLEDGE: u32 = 1;
-    pub const DRIVER: u32 = 2;
-    pub const DRIVER_OK: u32 = 4;
-    pub const FEATURES_OK: u32 = 8;
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
-    pub const FAILED: u32 = 128;
+    pub use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+        VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
+        VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
+        VIRTIO_CONFIG_S_NEEDS_RESET as DEVICE_NEEDS_RESET,
+    };
 }
 
-/// InterruptStatus bit: a used buffer was added to a queue.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
 /// InterruptStatus bit: the configuration changed.
-pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
+pub use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+/// InterruptStatus bit: a used buffer was added to a queue.
+pub use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 
 /// Errors of device activation.
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +234,8 @@ pub trait VirtioDevice: Send {
     fn avail_features(&self) -> u64;
     /// Features the driver accepted (a subset of the offered ones), set at FEATURES_OK.
     fn set_acked_features(&mut self, features: u64);
-    /// Reads the device config space at `offset`; bytes past its end read as zero.
+    /// Reads the device config space at `offset`; bytes past its end read as zero (see
+    /// [`read_config_bytes`]).
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device config space at `offset`; read-only fields ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);

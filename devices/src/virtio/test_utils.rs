@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use virtio_bindings::virtio_ring;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
@@ -11,8 +12,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::VirtioInterrupt;
 use crate::GuestMemoryMmap;
 
-pub const VRING_DESC_F_NEXT: u16 = 1;
-pub const VRING_DESC_F_WRITE: u16 = 2;
+/// Descriptor flags: `virtio-bindings`' u32 values as the descriptor's u16 flags field.
+pub const VRING_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+pub const VRING_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
 /// Device-readable.
 pub const R: u16 = 0;
 /// Device-writable.

@@ -19,11 +19,13 @@ mod tests_hostile;
 
 use std::fs::File;
 use std::io;
+use std::mem::offset_of;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use virtio_bindings::virtio_blk::virtio_blk_config;
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -34,8 +36,8 @@ use self::request::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use super::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, Features, InterruptKind, VirtioDevice, VirtioInterrupt,
+    TYPE_BLOCK,
 };
 use crate::rate_limiter::{
     BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError, TokenType,
@@ -47,10 +49,14 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Most data segments per request (queue size minus header and status).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-pub const VIRTIO_BLK_F_RO: u32 = 5;
-pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+pub use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+};
+
+/// The part of `virtio_blk_config` the device fills in: capacity, size_max (0: not offered),
+/// seg_max, geometry (0: not offered) and blk_size. Fields after blk_size belong to features
+/// not offered and read as zero.
+const CONFIG_LEN: usize = offset_of!(virtio_blk_config, physical_block_exp);
 
 /// Index of the rate limiter's timer in [`VirtioDevice::aux_event_fds`].
 pub const AUX_RATE_LIMITER: usize = 0;
@@ -203,8 +209,7 @@ pub struct Block {
     disk: Disk,
     read_only: bool,
     cache_type: CacheType,
-    avail_features: u64,
-    acked_features: u64,
+    features: Features,
     queue_sizes: [u16; 1],
     rate_limiter: RateLimiter,
     metrics: Arc<BlockMetrics>,
@@ -223,16 +228,9 @@ impl Block {
                 Engine::Async(Box::new(AsyncEngine::new().map_err(BlockError::IoUring)?))
             }
         };
-        let mut features = (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_BLK_F_SEG_MAX)
-            | (1 << VIRTIO_BLK_F_BLK_SIZE);
-        if cfg.cache_type == CacheType::Writeback {
-            features |= 1 << VIRTIO_BLK_F_FLUSH;
-        }
-        if cfg.is_read_only {
-            features |= 1 << VIRTIO_BLK_F_RO;
-        }
+        let features = Features::new(&[VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE])
+            .offer_if(VIRTIO_BLK_F_FLUSH, cfg.cache_type == CacheType::Writeback)
+            .offer_if(VIRTIO_BLK_F_RO, cfg.is_read_only);
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
         let n = cfg.drive_id.len().min(VIRTIO_BLK_ID_BYTES);
         id[..n].copy_from_slice(&cfg.drive_id.as_bytes()[..n]);
@@ -241,8 +239,7 @@ impl Block {
             disk,
             read_only: cfg.is_read_only,
             cache_type: cfg.cache_type,
-            avail_features: features,
-            acked_features: 0,
+            features,
             queue_sizes: [QUEUE_SIZE],
             rate_limiter: RateLimiter::new(cfg.rate_limiter).map_err(BlockError::RateLimiter)?,
             engine,
@@ -267,7 +264,7 @@ impl Block {
     }
 
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.features.acked()
     }
 
     /// PATCH `path_on_host`: switches to a new backing file (same read-only mode). In-flight
@@ -290,11 +287,17 @@ impl Block {
         self.rate_limiter.update_buckets(bandwidth, ops);
     }
 
-    fn config_space(&self) -> [u8; 24] {
-        let mut c = [0u8; 24];
-        c[0..8].copy_from_slice(&self.disk.nsectors.to_le_bytes());
-        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+    fn config_space(&self) -> [u8; CONFIG_LEN] {
+        fn put(c: &mut [u8], offset: usize, bytes: &[u8]) {
+            c[offset..offset + bytes.len()].copy_from_slice(bytes);
+        }
+        let mut c = [0u8; CONFIG_LEN];
+        let capacity = offset_of!(virtio_blk_config, capacity);
+        put(&mut c, capacity, &self.disk.nsectors.to_le_bytes());
+        let seg_max = offset_of!(virtio_blk_config, seg_max);
+        put(&mut c, seg_max, &SEG_MAX.to_le_bytes());
+        let blk_size = offset_of!(virtio_blk_config, blk_size);
+        put(&mut c, blk_size, &(SECTOR_SIZE as u32).to_le_bytes());
         c
     }
 
@@ -566,24 +569,15 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.features.avail()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+        self.features.ack(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_space();
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= config.len() {
-            return;
-        }
-        let n = data.len().min(config.len() - start);
-        data[..n].copy_from_slice(&config[start..start + n]);
+        read_config_bytes(&self.config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -633,7 +627,7 @@ impl VirtioDevice for Block {
             }
         }
         self.active = None;
-        self.acked_features = 0;
+        self.features.reset();
         self.stall = Stall::None;
     }
 

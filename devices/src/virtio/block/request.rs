@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
+use std::mem::{offset_of, size_of};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -21,22 +22,31 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, 
 
 use crate::GuestMemoryMmap;
 
+use virtio_bindings::virtio_blk::{self as b, virtio_blk_outhdr};
+
+/// Hand-written: the Linux uapi headers `virtio-bindings` is made from do not export the sector
+/// size (the spec fixes it at 512 bytes).
 pub const SECTOR_SHIFT: u32 = 9;
 pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
 
-pub const VIRTIO_BLK_T_IN: u32 = 0;
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
 
-pub const VIRTIO_BLK_S_OK: u8 = 0;
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+/// The bindings' u32 status values narrowed to the status byte; a value that does not fit
+/// fails the build.
+const fn status_byte(status: u32) -> u8 {
+    assert!(status <= u8::MAX as u32);
+    status as u8
+}
+pub const VIRTIO_BLK_S_OK: u8 = status_byte(b::VIRTIO_BLK_S_OK);
+pub const VIRTIO_BLK_S_IOERR: u8 = status_byte(b::VIRTIO_BLK_S_IOERR);
+pub const VIRTIO_BLK_S_UNSUPP: u8 = status_byte(b::VIRTIO_BLK_S_UNSUPP);
 
 /// Length of the GET_ID answer.
-pub const VIRTIO_BLK_ID_BYTES: usize = 20;
-/// Length of the request header.
-pub const HEADER_LEN: usize = 16;
+pub const VIRTIO_BLK_ID_BYTES: usize = b::VIRTIO_BLK_ID_BYTES as usize;
+/// Length of the request header (`virtio_blk_outhdr`).
+pub const HEADER_LEN: usize = size_of::<virtio_blk_outhdr>();
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -219,8 +229,14 @@ pub fn parse(
     if got < HEADER_LEN {
         return Err(reject(RequestError::ShortHeader));
     }
-    let req_type = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
-    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    const TYPE_AT: usize = offset_of!(virtio_blk_outhdr, type_);
+    const SECTOR_AT: usize = offset_of!(virtio_blk_outhdr, sector);
+    let req_type = u32::from_le_bytes(header[TYPE_AT..TYPE_AT + 4].try_into().unwrap_or_default());
+    let sector = u64::from_le_bytes(
+        header[SECTOR_AT..SECTOR_AT + 8]
+            .try_into()
+            .unwrap_or_default(),
+    );
     let out_data = skip_bytes(&readable, HEADER_LEN as u64);
 
     let (kind, data) = match req_type {

@@ -14,6 +14,7 @@ use super::request::{
 use super::*;
 use crate::rate_limiter::TokenBucketConfig;
 use crate::virtio::test_utils::*;
+use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 pub const HDR: u64 = 0x10_0000;
 pub const DATA: u64 = 0x20_0000;

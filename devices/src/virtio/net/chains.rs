@@ -6,8 +6,10 @@
 //! single byte is copied, so a hostile chain is refused whole and nothing outside guest memory,
 //! or outside the chain's own buffers, is ever written.
 
+use std::mem::{offset_of, size_of};
 use std::sync::atomic::Ordering;
 
+use virtio_bindings::virtio_ring::{vring_used, vring_used_elem};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
@@ -118,8 +120,10 @@ pub fn write_chain(mem: &GuestMemoryMmap, chain: &Chain, data: &[u8]) -> u32 {
     at as u32
 }
 
-const USED_RING_HEADER: u64 = 4;
-const USED_ELEM_SIZE: u64 = 8;
+/// Offset of the first element of the used ring (after `flags` and `idx`).
+const USED_RING_HEADER: u64 = offset_of!(vring_used, ring) as u64;
+/// Size of one used ring element (`id`, `len`).
+const USED_ELEM_SIZE: u64 = size_of::<vring_used_elem>() as u64;
 
 /// Returns several chains to the driver and publishes them with one used-index update, so a
 /// driver never sees part of a merged frame. Returns false if the used ring cannot be written

@@ -30,18 +30,20 @@ mod tests;
 mod tests_hostile;
 
 use std::io;
+use std::mem::{offset_of, size_of};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use virtio_bindings::virtio_net::{virtio_net_config, virtio_net_hdr_v1};
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 
 pub use self::chains::ChainError;
 use self::chains::{add_used_batch, check, read_chain, write_chain, Chain};
 pub use self::tap::{Tap, TapError};
 use super::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, Features, InterruptKind, VirtioDevice, VirtioInterrupt,
+    TYPE_NET,
 };
 use crate::rate_limiter::{
     BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError, TokenType,
@@ -53,9 +55,11 @@ pub const TX_QUEUE: usize = 1;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 
-/// `virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
-pub const VNET_HDR_LEN: usize = 12;
-const NUM_BUFFERS_OFFSET: usize = 10;
+/// Size of `virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+/// num_buffers (12 bytes).
+pub const VNET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+const NUM_BUFFERS_OFFSET: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
+/// Ethernet header length; not a virtio constant, so not in `virtio-bindings`.
 const ETH_HLEN: usize = 14;
 /// The largest frame moved: a 64 KiB GSO packet plus its Ethernet header.
 pub const MAX_FRAME_LEN: usize = 65536 + ETH_HLEN;
@@ -64,16 +68,15 @@ pub const MAX_BUFFER_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 /// The smallest TX chain accepted: a header and an Ethernet header.
 pub const MIN_BUFFER_LEN: usize = VNET_HDR_LEN + ETH_HLEN;
 
-pub const VIRTIO_NET_F_CSUM: u32 = 0;
-pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
-pub const VIRTIO_NET_F_MAC: u32 = 5;
-pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
-pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
-pub const VIRTIO_NET_F_GUEST_UFO: u32 = 10;
-pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
-pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
-pub const VIRTIO_NET_F_HOST_UFO: u32 = 14;
-pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
+pub use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+};
+
+/// The part of `virtio_net_config` the device fills in: the MAC. `status` and the fields after
+/// it belong to features not offered.
+const CONFIG_LEN: usize = offset_of!(virtio_net_config, status);
 
 /// Indices in [`VirtioDevice::aux_event_fds`].
 pub const AUX_RX_RATE_LIMITER: usize = 0;
@@ -163,8 +166,7 @@ pub struct Net {
     iface_id: String,
     mac: Option<[u8; 6]>,
     backend: Box<dyn NetBackend>,
-    avail_features: u64,
-    acked_features: u64,
+    features: Features,
     queue_sizes: [u16; 2],
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
@@ -188,26 +190,23 @@ enum Delivery {
 
 impl Net {
     pub fn new(cfg: NetConfig, backend: Box<dyn NetBackend>) -> Result<Self, NetError> {
-        let mut features = (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_NET_F_CSUM)
-            | (1 << VIRTIO_NET_F_GUEST_CSUM)
-            | (1 << VIRTIO_NET_F_GUEST_TSO4)
-            | (1 << VIRTIO_NET_F_GUEST_TSO6)
-            | (1 << VIRTIO_NET_F_GUEST_UFO)
-            | (1 << VIRTIO_NET_F_HOST_TSO4)
-            | (1 << VIRTIO_NET_F_HOST_TSO6)
-            | (1 << VIRTIO_NET_F_HOST_UFO)
-            | (1 << VIRTIO_NET_F_MRG_RXBUF);
-        if cfg.guest_mac.is_some() {
-            features |= 1 << VIRTIO_NET_F_MAC;
-        }
+        let features = Features::new(&[
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_GUEST_UFO,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_HOST_UFO,
+            VIRTIO_NET_F_MRG_RXBUF,
+        ])
+        .offer_if(VIRTIO_NET_F_MAC, cfg.guest_mac.is_some());
         Ok(Net {
             iface_id: cfg.iface_id,
             mac: cfg.guest_mac,
             backend,
-            avail_features: features,
-            acked_features: 0,
+            features,
             queue_sizes: [QUEUE_SIZE; 2],
             rx_limiter: RateLimiter::new(cfg.rx_rate_limiter)
                 .map_err(|e| NetError::RateLimiter("RX", e))?,
@@ -231,11 +230,11 @@ impl Net {
     }
 
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.features.acked()
     }
 
     fn acked(&self, bit: u32) -> bool {
-        self.acked_features & (1 << bit) != 0
+        self.features.is_acked(bit)
     }
 
     /// PATCH `rx_rate_limiter` / `tx_rate_limiter`; valid before and after activation.
@@ -592,25 +591,17 @@ impl VirtioDevice for Net {
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.features.avail()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+        self.features.ack(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_net_config: mac[6], status (only with VIRTIO_NET_F_STATUS, not offered).
-        let config = self.mac.unwrap_or_default();
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= config.len() {
-            return;
-        }
-        let n = data.len().min(config.len() - start);
-        data[..n].copy_from_slice(&config[start..start + n]);
+        // The MAC reads as zeros when none is configured (MAC is not offered then).
+        let config: [u8; CONFIG_LEN] = self.mac.unwrap_or_default();
+        read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -654,7 +645,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.active = None;
-        self.acked_features = 0;
+        self.features.reset();
         self.rx_pending = None;
     }
 

@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::*;
 use crate::rate_limiter::TokenBucketConfig;
 use crate::virtio::test_utils::*;
+use crate::virtio::VIRTIO_F_VERSION_1;
 
 pub const TXQ_ADDR: u64 = 0x8000;
 pub const RX_BUF: u64 = 0x10_0000;

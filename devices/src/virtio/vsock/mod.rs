@@ -47,8 +47,8 @@ use self::conn::Connection;
 use self::unix::{HostListener, Pending, UnixError};
 use super::handler::MAX_FD_TOKEN;
 use super::{
-    ActivateError, FdChange, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_VSOCK,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, FdChange, Features, InterruptKind, VirtioDevice,
+    VirtioInterrupt, TYPE_VSOCK,
 };
 use crate::GuestMemoryMmap;
 
@@ -59,7 +59,8 @@ pub const TXQ: usize = 1;
 pub const EVQ: usize = 2;
 /// The host's CID.
 pub const HOST_CID: u64 = 2;
-/// The event id of a transport reset.
+/// The event id of a transport reset (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET). Hand-written, like
+/// the packet constants in [`packet`]: `virtio-bindings` has no vsock module.
 pub const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Host ports for host-initiated connections start here.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
@@ -164,7 +165,7 @@ pub struct Vsock {
     timer: TimerFd,
     timer_armed: bool,
     wake: EventFd,
-    acked_features: u64,
+    features: Features,
     queue_sizes: [u16; 3],
     metrics: Arc<VsockMetrics>,
     active: Option<Active>,
@@ -199,7 +200,7 @@ impl Vsock {
             timer,
             timer_armed: false,
             wake,
-            acked_features: 0,
+            features: Features::new(&[]),
             queue_sizes: [QUEUE_SIZE; 3],
             metrics: Arc::new(VsockMetrics::default()),
             active: None,
@@ -596,24 +597,16 @@ impl VirtioDevice for Vsock {
     }
 
     fn avail_features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX)
+        self.features.avail()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
+        self.features.ack(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= config.len() {
-            return;
-        }
-        let n = data.len().min(config.len() - start);
-        data[..n].copy_from_slice(&config[start..start + n]);
+        // struct virtio_vsock_config: le64 guest_cid.
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -659,7 +652,7 @@ impl VirtioDevice for Vsock {
         // applies the fd changes after this call.
         self.drop_all();
         self.active = None;
-        self.acked_features = 0;
+        self.features.reset();
         self.reset_event_pending = false;
         self.wake_handler();
     }

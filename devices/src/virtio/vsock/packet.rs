@@ -15,6 +15,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::GuestMemoryMmap;
 
+// The vsock constants are hand-written (virtio spec 5.10.6, Linux's
+// `include/uapi/linux/virtio_vsock.h`): `virtio-bindings` 0.2 has no vsock module.
+
 /// Size of `virtio_vsock_hdr`.
 pub const HDR_LEN: usize = 44;
 /// Largest payload accepted from or sent to the guest in one packet.
