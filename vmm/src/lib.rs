@@ -30,3 +30,8 @@ pub(crate) mod persist;
 pub mod pvm;
 pub mod vcpu;
 pub(crate) mod virtio;
+
+/// Version reported by `GET /` and `GET /version`, and written into snapshots.
+pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Name reported by `GET /`.
+pub const APP_NAME: &str = "Tartarus";

@@ -35,9 +35,7 @@ mod tests;
 
 pub use error::ActionError;
 
-/// Version reported by `GET /` and `GET /version`.
-pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const APP_NAME: &str = "Tartarus";
+pub use crate::{APP_NAME, VMM_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {

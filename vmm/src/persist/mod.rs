@@ -104,7 +104,7 @@ pub fn create(
         .map(|v| v.save_state(msr_list.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let state = MicroVmState {
-        vmm_version: crate::controller::VMM_VERSION.to_string(),
+        vmm_version: crate::VMM_VERSION.to_string(),
         id: who.id.to_string(),
         machine: who.machine.into(),
         boot: who.boot.map(Into::into),
