@@ -10,5 +10,6 @@
 pub mod apikey;
 pub mod identity;
 pub mod keystore;
+pub mod oidc;
 
 pub use identity::{Action, AuthMethod, Identity, Role, Tenant, TenantScope};
