@@ -8,8 +8,10 @@
 //! - [`layer`]: the axum middleware that turns a request into an [`Identity`] or a 401.
 
 pub mod apikey;
+pub mod ca;
 pub mod identity;
 pub mod keystore;
 pub mod oidc;
+pub mod tls;
 
 pub use identity::{Action, AuthMethod, Identity, Role, Tenant, TenantScope};
