@@ -11,6 +11,7 @@ pub mod apikey;
 pub mod ca;
 pub mod identity;
 pub mod keystore;
+pub mod layer;
 pub mod oidc;
 pub mod tls;
 

@@ -485,3 +485,16 @@ fn key_set(set: JwkSet) -> Result<KeySet, OidcError> {
         fetched_at: Instant::now(),
     })
 }
+
+/// The public JWK of a P-256 key from its uncompressed point (`0x04 || X || Y`, as rcgen's
+/// `public_key_raw` gives it): for offline verifiers, tests and benchmarks.
+pub fn p256_jwk(kid: &str, public_key_raw: &[u8]) -> Option<Value> {
+    if public_key_raw.len() != 65 || public_key_raw[0] != 4 {
+        return None;
+    }
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    Some(serde_json::json!({
+        "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+        "x": b64(&public_key_raw[1..33]), "y": b64(&public_key_raw[33..]),
+    }))
+}
