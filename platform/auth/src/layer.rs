@@ -99,19 +99,25 @@ impl IntoResponse for AuthError {
 
 /// A 403 in the daemon's shape for an identity that may not do an action. (A resource of
 /// another tenant is a 404 from the store query, never this.)
-pub fn forbidden(e: &IdentityError) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: "forbidden".into(),
-            message: e.to_string(),
-        },
-    };
-    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+#[derive(Debug)]
+pub struct Forbidden(pub IdentityError);
+
+impl IntoResponse for Forbidden {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: "forbidden".into(),
+                message: self.0.to_string(),
+            },
+        };
+        (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+    }
 }
 
-/// Checks `action` for `id`: `Ok` or the 403 response to send.
-pub fn authorize(id: &Identity, action: Action) -> Result<(), Response> {
-    id.authorize(action).map_err(|e| forbidden(&e))
+/// Checks `action` for `id`: `Ok`, or the 403 to send (`?` in a handler returning
+/// `Result<_, Response>` after `.map_err(IntoResponse::into_response)`).
+pub fn authorize(id: &Identity, action: Action) -> Result<(), Forbidden> {
+    id.authorize(action).map_err(Forbidden)
 }
 
 /// Keys, OIDC and mTLS behind one call. Build once, share as `Arc`.

@@ -42,7 +42,7 @@ fn fixture() -> Fixture {
             get(|Extension(id): Extension<Identity>| async move {
                 match authorize(&id, Action::KeyCreate) {
                     Ok(()) => "ok".into_response(),
-                    Err(r) => r,
+                    Err(r) => r.into_response(),
                 }
             }),
         )
