@@ -70,8 +70,9 @@ impl fmt::Display for Tenant {
 /// Which tenants' rows a caller may see. Every store query takes one, so none can forget
 /// the tenant filter: [`TenantScope::sql_param`] gives the value for
 /// `WHERE (?1 IS NULL OR tenant = ?1)`, [`TenantScope::covers`] checks one owner.
+/// In JSON it is a plain string: `"*"` or the tenant name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum TenantScope {
     /// The host: every tenant (the Unix socket, or a credential issued for tenant `*`).
     All,
@@ -116,6 +117,19 @@ impl TenantScope {
 
     pub fn is_host(&self) -> bool {
         matches!(self, TenantScope::All)
+    }
+}
+
+impl TryFrom<String> for TenantScope {
+    type Error = IdentityError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        TenantScope::parse(&s)
+    }
+}
+
+impl From<TenantScope> for String {
+    fn from(t: TenantScope) -> String {
+        t.as_str().to_string()
     }
 }
 
@@ -466,6 +480,10 @@ mod tests {
         }
         assert_eq!(TenantScope::parse("*").unwrap(), TenantScope::All);
         assert!("root".parse::<Role>().is_err());
+        assert_eq!(serde_json::to_value(TenantScope::All).unwrap(), "*");
+        let t: TenantScope = serde_json::from_value("acme".into()).unwrap();
+        assert_eq!(t.as_str(), "acme");
+        assert!(serde_json::from_value::<TenantScope>("Bad Name".into()).is_err());
         assert_eq!("viewer".parse::<Role>().unwrap(), Role::Viewer);
     }
 
