@@ -267,10 +267,22 @@ impl OidcVerifier {
     /// Refetches the JWKS unless one was fetched less than `refetch_min_interval` ago.
     /// Returns whether it fetched.
     pub async fn refresh(&self) -> Result<bool, OidcError> {
+        self.refresh_inner(true).await
+    }
+
+    /// With `wait` false, a refetch already under way elsewhere is not waited for.
+    async fn refresh_inner(&self, wait: bool) -> Result<bool, OidcError> {
         let Some(uri) = &self.jwks_uri else {
             return Ok(false);
         };
-        let mut last = self.refetch.lock().await;
+        let mut last = if wait {
+            self.refetch.lock().await
+        } else {
+            match self.refetch.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(false),
+            }
+        };
         if last.elapsed() < self.cfg.refetch_min_interval {
             return Ok(false);
         }
@@ -303,7 +315,9 @@ impl OidcVerifier {
         let stale = self.read_keys().fetched_at.elapsed() >= self.cfg.jwks_ttl;
         let known = self.read_keys().keys.contains_key(&kid);
         if stale || !known {
-            if let Err(e) = self.refresh().await {
+            // A known kid in a stale cache does not wait for a refetch another request runs;
+            // an unknown kid does (its answer depends on it).
+            if let Err(e) = self.refresh_inner(!known).await {
                 // Keep the keys we have; an outage at the provider must not log everyone out.
                 tracing::warn!("OIDC JWKS refetch failed: {e}");
             }
