@@ -8,7 +8,11 @@
 //! - `auth_api_key_uncached_us`: `KeyStore::authenticate` (parse, SHA-256, SQLite lookup in a
 //!   WAL file, constant-time compare): what a cache miss costs (the layer runs it on the
 //!   blocking pool).
-//! - `auth_jwt_es256_us`: an ES256 JWT verified against a cached JWKS.
+//! - `auth_jwt_es256_cached_us`: an ES256 JWT seen before (verified-token cache hit: SHA-256 of
+//!   the token and a map lookup); the request metrics use this path too, as a client reusing
+//!   its token would.
+//! - `auth_jwt_es256_uncached_us`: full verification (ES256 signature, claims) with the JWKS
+//!   cached but the token cache off: a client's first request with a new token.
 //! - `auth_mtls_identity_us`: the identity read from a client certificate (DER parse).
 //! - `auth_*_overhead_us`: request with auth minus request without, median against median.
 //!
@@ -124,11 +128,12 @@ async fn run_async(runs: usize) -> Result<(Value, Vec<Value>), String> {
     // OIDC with a cached JWKS (one P-256 key).
     let kp = rcgen::KeyPair::generate().map_err(err)?;
     let jwk = oidc::p256_jwk("k1", kp.public_key_raw()).ok_or("P-256 key")?;
-    let verifier = OidcVerifier::from_jwks(
-        OidcConfig::new(ISS, "tartarus"),
-        &json!({ "keys": [jwk] }).to_string(),
-    )
-    .map_err(err)?;
+    let jwks = json!({ "keys": [jwk] }).to_string();
+    let verifier = OidcVerifier::from_jwks(OidcConfig::new(ISS, "tartarus"), &jwks).map_err(err)?;
+    // The same without the verified-token cache: every call checks the signature.
+    let mut no_cache = OidcConfig::new(ISS, "tartarus");
+    no_cache.token_cache_secs = 0;
+    let verifier_uncached = OidcVerifier::from_jwks(no_cache, &jwks).map_err(err)?;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("k1".into());
     let exp = SystemTime::now()
@@ -197,6 +202,14 @@ async fn run_async(runs: usize) -> Result<(Value, Vec<Value>), String> {
             .map_err(err)
     })
     .await?;
+    let jwt_uncached = sample(runs, || async {
+        verifier_uncached
+            .verify(&jwt)
+            .await
+            .map(|_| ())
+            .map_err(err)
+    })
+    .await?;
     let mtls_direct = sample(runs, || async {
         auth.authenticate(Some(&mtls), &empty)
             .await
@@ -247,7 +260,8 @@ async fn run_async(runs: usize) -> Result<(Value, Vec<Value>), String> {
         summary("auth_unix_request_us", "us", &with_unix),
         summary("auth_api_key_cached_us", "us", &key_cached),
         summary("auth_api_key_uncached_us", "us", &key_uncached),
-        summary("auth_jwt_es256_us", "us", &jwt_direct),
+        summary("auth_jwt_es256_cached_us", "us", &jwt_direct),
+        summary("auth_jwt_es256_uncached_us", "us", &jwt_uncached),
         summary("auth_mtls_identity_us", "us", &mtls_direct),
     ];
     let report = json!({

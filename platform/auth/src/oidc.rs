@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
 
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
@@ -44,6 +46,11 @@ pub struct OidcConfig {
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
+    /// A token that verified is remembered (by its SHA-256) for this many seconds, never past
+    /// its `exp`, and forgotten when the JWKS changes: repeated requests with the same bearer
+    /// skip the signature check. 0 turns it off.
+    #[serde(default = "default_token_cache")]
+    pub token_cache_secs: u64,
 }
 
 fn default_tenant_claim() -> String {
@@ -63,6 +70,9 @@ fn default_min_interval() -> Duration {
 }
 fn default_leeway() -> u64 {
     30
+}
+fn default_token_cache() -> u64 {
+    60
 }
 
 mod secs {
@@ -87,6 +97,7 @@ impl OidcConfig {
             jwks_ttl: default_ttl(),
             refetch_min_interval: default_min_interval(),
             leeway_secs: default_leeway(),
+            token_cache_secs: default_token_cache(),
         }
     }
 
@@ -184,6 +195,8 @@ pub struct OidcVerifier {
     keys: RwLock<KeySet>,
     /// When the JWKS was last fetched or tried: one refetch at a time, rate-limited.
     refetch: tokio::sync::Mutex<Instant>,
+    /// SHA-256 of a verified token -> its identity and until when it may be reused.
+    verified: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +244,7 @@ impl OidcVerifier {
             jwks_uri: Some(doc.jwks_uri),
             keys: RwLock::new(keys),
             refetch: tokio::sync::Mutex::new(Instant::now()),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -246,6 +260,7 @@ impl OidcVerifier {
             jwks_uri: None,
             keys: RwLock::new(key_set(set)?),
             refetch: tokio::sync::Mutex::new(Instant::now()),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -289,6 +304,8 @@ impl OidcVerifier {
         *last = Instant::now();
         let set = fetch_keys(&self.http, uri).await?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = set;
+        // A key may have been retired: every remembered token is checked again.
+        self.verified_cache().clear();
         Ok(true)
     }
 
@@ -303,6 +320,14 @@ impl OidcVerifier {
 
     /// Verifies a bearer JWT and maps it to an [`Identity`].
     pub async fn verify(&self, token: &str) -> Result<Identity, OidcError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if self.cfg.token_cache_secs > 0 {
+            if let Some((id, until)) = self.verified_cache().get(&digest) {
+                if Instant::now() < *until {
+                    return Ok(id.clone());
+                }
+            }
+        }
         let header = raw_header(token)?;
         let alg = self
             .algs
@@ -322,7 +347,26 @@ impl OidcVerifier {
                 tracing::warn!("OIDC JWKS refetch failed: {e}");
             }
         }
-        self.verify_with_cached(token, alg, &kid)
+        let (id, exp) = self.verify_with_cached(token, alg, &kid)?;
+        if self.cfg.token_cache_secs > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let left = (exp - now).clamp(0, self.cfg.token_cache_secs as i64) as u64;
+            let mut cache = self.verified_cache();
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+            cache.insert(
+                digest,
+                (id.clone(), Instant::now() + Duration::from_secs(left)),
+            );
+        }
+        Ok(id)
+    }
+
+    fn verified_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Identity, Instant)>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The synchronous part: the key must be cached already.
@@ -331,7 +375,7 @@ impl OidcVerifier {
         token: &str,
         alg: Algorithm,
         kid: &str,
-    ) -> Result<Identity, OidcError> {
+    ) -> Result<(Identity, i64), OidcError> {
         let keys = self.read_keys();
         let key = keys
             .keys
@@ -361,7 +405,8 @@ impl OidcVerifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &v)
             .map_err(map_jwt_error)?;
         drop(keys);
-        self.identity(&data.claims)
+        let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        Ok((self.identity(&data.claims)?, exp))
     }
 
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, OidcError> {
