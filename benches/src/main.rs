@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -34,7 +34,11 @@
 //! The images suite (OCI image pull + ext4 root fs build, cold and cached, next to a
 //! skopeo + umoci + mkfs.ext4 pipeline; needs neither the VMM nor the test guests; 3 runs by
 //! default; not part of `all`) is described in [`images`].
+//!
+//! The auth suite (per-request cost of API keys, JWTs and mTLS identities next to no auth;
+//! needs neither the VMM nor the test guests; not part of `all`) is described in [`auth`].
 
+mod auth;
 mod block;
 mod images;
 mod linux;
@@ -71,6 +75,8 @@ enum Suite {
     Sandbox,
     /// OCI image → ext4 root fs (needs the python-ds fixture and a registry; not part of `all`).
     Images,
+    /// Authentication cost per request (no VMM; not part of `all`).
+    Auth,
     All,
 }
 
@@ -80,7 +86,8 @@ impl Suite {
             || (self == Suite::All
                 && s != Suite::Linux
                 && s != Suite::Sandbox
-                && s != Suite::Images)
+                && s != Suite::Images
+                && s != Suite::Auth)
     }
 }
 
@@ -99,7 +106,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -139,6 +146,7 @@ fn parse_args() -> Result<Options, String> {
                     "vsock" => Suite::Vsock,
                     "sandbox" => Suite::Sandbox,
                     "images" => Suite::Images,
+                    "auth" => Suite::Auth,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -160,7 +168,7 @@ fn parse_args() -> Result<Options, String> {
         None => default_vmm()?,
     };
     let vmm = std::path::absolute(&vmm).unwrap_or(vmm);
-    if !vmm.is_file() && suite != Suite::Images {
+    if !vmm.is_file() && !matches!(suite, Suite::Images | Suite::Auth) {
         return Err(format!(
             "{} not found: run `cargo build --release -p vmm` first, or pass --vmm",
             vmm.display()
@@ -180,7 +188,7 @@ fn parse_args() -> Result<Options, String> {
             g
         }
         // The images suite boots nothing: no guests to build.
-        None if suite == Suite::Images => {
+        None if matches!(suite, Suite::Images | Suite::Auth) => {
             let dir = default_guest_dir();
             Guests {
                 hello_elf: dir.join("hello.elf"),
@@ -641,6 +649,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Images) {
         let (report, m) = images::run(opts)?;
         doc["images"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Auth) {
+        let (report, m) = auth::run(opts)?;
+        doc["auth"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Linux) {
