@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 # Images: docker-registry (the CNCF distribution registry) and skopeo serve and fill the test
 # registry, apache2-utils gives htpasswd, debootstrap and zstd make the test images, umoci is
 # the benchmark's peer pipeline, attr reads xattrs in checks.
+# Audit: rsyslog + rsyslog-relp are the real syslog sink of platform/audit's tests and bench.
 PACKAGES=(build-essential binutils make python3 curl libclang-dev pkg-config iproute2 e2fsprogs iptables
-  docker-registry skopeo umoci apache2-utils debootstrap zstd attr)
+  docker-registry skopeo umoci apache2-utils debootstrap zstd attr rsyslog rsyslog-relp)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
