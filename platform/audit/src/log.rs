@@ -10,8 +10,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -123,12 +124,14 @@ type Reply = oneshot::Sender<Result<Appended, LogError>>;
 
 enum Cmd {
     Append(AuditEvent, Reply),
-    Close(oneshot::Sender<Result<(), LogError>>),
+    /// A std channel: `close` may be called (briefly blocking) from async code and from Drop.
+    Close(mpsc::Sender<Result<(), LogError>>),
 }
 
 /// The open log. `append` may be called from many tasks or threads at once.
 pub struct AuditLog {
     tx: mpsc::Sender<Cmd>,
+    syncs: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     public_key: VerifyingKey,
@@ -289,6 +292,8 @@ impl AuditLog {
         let (durable_tx, durable) = watch::channel(seq);
         let max_batch = config.max_batch.max(1);
         let thread_path = path.clone();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let thread_syncs = syncs.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
@@ -300,12 +305,13 @@ impl AuditLog {
                     hash,
                     checkpointed,
                 };
-                w.run(&thread_path, rx, durable_tx, max_batch);
+                w.run(&thread_path, rx, durable_tx, max_batch, &thread_syncs);
             })
             .map_err(io_err(&path))?;
         Ok((
             AuditLog {
                 tx,
+                syncs,
                 durable,
                 thread: Mutex::new(Some(thread)),
                 public_key,
@@ -344,12 +350,18 @@ impl AuditLog {
         self.public_key
     }
 
+    /// Group commits (`fdatasync` calls) so far: appends per sync is the batching factor.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Writes the closing checkpoint and stops the writer. Appends still queued are written
-    /// first. (Dropping the log does the same, without reporting an error.)
+    /// Writes the closing checkpoint and stops the writer. Appends queued before the close
+    /// are written first. Blocks for one `fdatasync` (fine at shutdown, also from async
+    /// code). Dropping the log does the same, without reporting an error.
     pub fn close(self) -> Result<(), LogError> {
         self.shutdown()
     }
@@ -358,9 +370,9 @@ impl AuditLog {
         let Some(thread) = self.thread.lock().expect("not poisoned").take() else {
             return Ok(());
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel();
         let result = match self.tx.send(Cmd::Close(tx)) {
-            Ok(()) => rx.blocking_recv().unwrap_or(Err(LogError::Closed)),
+            Ok(()) => rx.recv().unwrap_or(Err(LogError::Closed)),
             Err(_) => Err(LogError::Closed),
         };
         let _ = thread.join();
@@ -397,11 +409,12 @@ impl Writer<'_> {
         rx: mpsc::Receiver<Cmd>,
         durable: watch::Sender<u64>,
         max_batch: usize,
+        syncs: &AtomicU64,
     ) {
         let mut poisoned: Option<String> = None;
         let mut buf = Vec::with_capacity(1 << 20);
         let mut replies: Vec<(Reply, Appended)> = Vec::new();
-        let mut close: Option<oneshot::Sender<Result<(), LogError>>> = None;
+        let mut close: Option<mpsc::Sender<Result<(), LogError>>> = None;
         while close.is_none() {
             let Ok(first) = rx.recv() else { break };
             let mut next = Some(first);
@@ -456,6 +469,7 @@ impl Writer<'_> {
                 .and_then(|_| self.file.sync_data())
             {
                 Ok(()) => {
+                    syncs.fetch_add(1, Ordering::Relaxed);
                     durable.send_replace(self.seq);
                     for (reply, a) in replies.drain(..) {
                         let _ = reply.send(Ok(a));
