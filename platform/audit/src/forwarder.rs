@@ -188,6 +188,12 @@ impl Forwarder {
         self.health.lock().expect("not poisoned").clone()
     }
 
+    /// Ends the task at once, as a crash would: nothing is flushed or closed (the cursor
+    /// file holds the last acceptance it had stored).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Stops: no new records are sent, outstanding RELP commands get up to `timeout` to be
     /// acknowledged, the session is closed.
     pub async fn stop(self) -> Result<Health, ForwardError> {

@@ -108,6 +108,13 @@ impl Rsyslog {
 
     /// Writes the configuration into `dir` and starts rsyslogd.
     pub fn start(dir: &Path) -> Rsyslog {
+        let mut r = Rsyslog::configure(dir);
+        r.spawn();
+        r
+    }
+
+    /// Writes the configuration into `dir` (ports chosen now) without starting rsyslogd.
+    pub fn configure(dir: &Path) -> Rsyslog {
         Rsyslog::require();
         let work = dir.join("rsyslog-work");
         std::fs::create_dir_all(&work).unwrap();
@@ -133,19 +140,18 @@ action(type="omfile" file="{out}" template="audit")
             ),
         )
         .unwrap();
-        let mut r = Rsyslog {
+        Rsyslog {
             dir: dir.to_path_buf(),
             tcp_port,
             relp_port,
             out,
             conf,
             child: None,
-        };
-        r.spawn();
-        r
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts rsyslogd and waits until both ports accept connections.
+    pub fn spawn(&mut self) {
         let pid = self.dir.join("rsyslogd.pid");
         let _ = std::fs::remove_file(&pid);
         let log = std::fs::File::create(self.dir.join("rsyslogd.stderr")).unwrap();
