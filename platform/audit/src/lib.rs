@@ -23,6 +23,8 @@ pub mod checkpoint;
 pub mod cursor;
 pub mod event;
 pub mod forwarder;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod log;
 pub mod reader;
 pub mod relp;
