@@ -447,6 +447,10 @@ impl State {
         let mut last_progress = Instant::now();
         let window = self.config.window.max(1);
         loop {
+            if !stopping && *stop.borrow() {
+                stopping = true;
+                last_progress = Instant::now();
+            }
             // Fill the window.
             let mut rate_wait: Option<Duration> = None;
             let mut queued = 0usize;
@@ -500,6 +504,11 @@ impl State {
             }
             if stopping && pending.is_empty() {
                 return Ok(End::Stopped);
+            }
+            // TCP empties the window at every write: if it was full, more records may be
+            // waiting in the file, so fill again instead of sleeping.
+            if queued >= window && matches!(conn, Conn::Tcp { .. }) {
+                continue;
             }
             let can_send = !stopping && pending.len() < window;
             let idle = if let Some(w) = rate_wait {

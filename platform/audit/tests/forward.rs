@@ -227,13 +227,14 @@ async fn tcp_octet_counting_keeps_multi_line_messages_whole() {
     let log = open_log(&dir);
     let mut config = fwd_config(&dir, Transport::Tcp(rs.tcp_addr()));
     config.syslog.msg_format = MsgFormat::Text;
-    // Without a notification channel: the forwarder polls the file.
-    config.poll = Duration::from_millis(50);
-    let fwd = Arc::new(Forwarder::start(config, None).unwrap());
-    let n = 300u64;
+    let n = 1000u64;
     for i in 0..n {
         log.append(event(i, "globex")).await.unwrap();
     }
+    // Without a notification channel, and a poll longer than the hang guard: the backlog
+    // (four windows of 256) must go out without waiting for a poll.
+    config.poll = HANG_GUARD * 2;
+    let fwd = Arc::new(Forwarder::start(config, None).unwrap());
     let f = fwd.clone();
     assert!(
         wait(move || f.health().cursor == n).await,
