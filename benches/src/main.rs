@@ -1,7 +1,8 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|audit|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//!                [--outage-s S]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -34,7 +35,13 @@
 //! The images suite (OCI image pull + ext4 root fs build, cold and cached, next to a
 //! skopeo + umoci + mkfs.ext4 pipeline; needs neither the VMM nor the test guests; 3 runs by
 //! default; not part of `all`) is described in [`images`].
+//!
+//! The audit suite (audit log append rate with group commit vs fsync per record, forwarder
+//! throughput to a real rsyslogd over RELP and TCP, catch-up after an outage of `--outage-s`
+//! seconds, default 5; needs neither the VMM nor the guests; 5 runs by default; not part of
+//! `all`) is described in [`audit`].
 
+mod audit;
 mod block;
 mod images;
 mod linux;
@@ -71,6 +78,8 @@ enum Suite {
     Sandbox,
     /// OCI image → ext4 root fs (needs the python-ds fixture and a registry; not part of `all`).
     Images,
+    /// Audit log + syslog forwarder (needs rsyslog; not part of `all`).
+    Audit,
     All,
 }
 
@@ -80,7 +89,8 @@ impl Suite {
             || (self == Suite::All
                 && s != Suite::Linux
                 && s != Suite::Sandbox
-                && s != Suite::Images)
+                && s != Suite::Images
+                && s != Suite::Audit)
     }
 }
 
@@ -93,13 +103,15 @@ struct Options {
     linux_boots: usize,
     /// Sandboxes alive at once for the sandbox suite's density figures.
     sandboxes: usize,
+    /// Audit suite: seconds rsyslog stays down for the catch-up figure.
+    outage_s: u64,
     vmm: PathBuf,
     guests: Guests,
     out: Option<PathBuf>,
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|audit|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -114,6 +126,7 @@ fn parse_args() -> Result<Options, String> {
     let mut restores = 40usize;
     let mut linux_boots = 1usize;
     let mut sandboxes = 20usize;
+    let mut outage_s = 5u64;
     let mut suite = Suite::All;
     let mut vmm: Option<PathBuf> = None;
     let mut guests_dir: Option<PathBuf> = None;
@@ -129,6 +142,7 @@ fn parse_args() -> Result<Options, String> {
             "--restores" => restores = positive("--restores", &value("--restores")?)?,
             "--linux-boots" => linux_boots = positive("--linux-boots", &value("--linux-boots")?)?,
             "--sandboxes" => sandboxes = positive("--sandboxes", &value("--sandboxes")?)?,
+            "--outage-s" => outage_s = positive("--outage-s", &value("--outage-s")?)? as u64,
             "--suite" => {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
@@ -139,6 +153,7 @@ fn parse_args() -> Result<Options, String> {
                     "vsock" => Suite::Vsock,
                     "sandbox" => Suite::Sandbox,
                     "images" => Suite::Images,
+                    "audit" => Suite::Audit,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -154,13 +169,17 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     // Each images run moves ~100 MB through a registry and builds a ~400 MB file system.
-    let runs = runs.unwrap_or(if suite == Suite::Images { 3 } else { 20 });
+    let runs = runs.unwrap_or(match suite {
+        Suite::Images => 3,
+        Suite::Audit => 5,
+        _ => 20,
+    });
     let vmm = match vmm.or_else(|| std::env::var_os("TARTARUS_VMM").map(PathBuf::from)) {
         Some(p) => p,
         None => default_vmm()?,
     };
     let vmm = std::path::absolute(&vmm).unwrap_or(vmm);
-    if !vmm.is_file() && suite != Suite::Images {
+    if !vmm.is_file() && suite != Suite::Images && suite != Suite::Audit {
         return Err(format!(
             "{} not found: run `cargo build --release -p vmm` first, or pass --vmm",
             vmm.display()
@@ -180,7 +199,7 @@ fn parse_args() -> Result<Options, String> {
             g
         }
         // The images suite boots nothing: no guests to build.
-        None if suite == Suite::Images => {
+        None if suite == Suite::Images || suite == Suite::Audit => {
             let dir = default_guest_dir();
             Guests {
                 hello_elf: dir.join("hello.elf"),
@@ -196,6 +215,7 @@ fn parse_args() -> Result<Options, String> {
         restores,
         linux_boots,
         sandboxes,
+        outage_s,
         vmm,
         guests,
         out,
@@ -641,6 +661,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Images) {
         let (report, m) = images::run(opts)?;
         doc["images"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Audit) {
+        let (report, m) = audit::run(opts)?;
+        doc["audit"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Linux) {
