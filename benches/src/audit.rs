@@ -73,7 +73,7 @@ fn event(i: u64) -> AuditEvent {
         format!("user-{}", i % 100),
         "sandbox.exec",
         format!("sandbox/sb-{i}"),
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             Outcome::Denied
         } else {
             Outcome::Ok
