@@ -1,7 +1,8 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//!                [--outage-s S]
 //!                [--out FILE]
 //! ```
 //! Prints one JSON document to stdout (and to FILE with `--out`): host facts, the configuration
@@ -37,7 +38,13 @@
 //!
 //! The auth suite (per-request cost of API keys, JWTs and mTLS identities next to no auth;
 //! needs neither the VMM nor the test guests; not part of `all`) is described in [`auth`].
+//!
+//! The audit suite (audit log append rate with group commit vs fsync per record, forwarder
+//! throughput to a real rsyslogd over RELP and TCP, catch-up after an outage of `--outage-s`
+//! seconds, default 5; needs neither the VMM nor the guests; 5 runs by default; not part of
+//! `all`) is described in [`audit`].
 
+mod audit;
 mod auth;
 mod block;
 mod images;
@@ -77,6 +84,8 @@ enum Suite {
     Images,
     /// Authentication cost per request (no VMM; not part of `all`).
     Auth,
+    /// Audit log + syslog forwarder (needs rsyslog; not part of `all`).
+    Audit,
     All,
 }
 
@@ -87,7 +96,8 @@ impl Suite {
                 && s != Suite::Linux
                 && s != Suite::Sandbox
                 && s != Suite::Images
-                && s != Suite::Auth)
+                && s != Suite::Auth
+                && s != Suite::Audit)
     }
 }
 
@@ -100,13 +110,15 @@ struct Options {
     linux_boots: usize,
     /// Sandboxes alive at once for the sandbox suite's density figures.
     sandboxes: usize,
+    /// Audit suite: seconds rsyslog stays down for the catch-up figure.
+    outage_s: u64,
     vmm: PathBuf,
     guests: Guests,
     out: Option<PathBuf>,
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -121,6 +133,7 @@ fn parse_args() -> Result<Options, String> {
     let mut restores = 40usize;
     let mut linux_boots = 1usize;
     let mut sandboxes = 20usize;
+    let mut outage_s = 5u64;
     let mut suite = Suite::All;
     let mut vmm: Option<PathBuf> = None;
     let mut guests_dir: Option<PathBuf> = None;
@@ -136,6 +149,7 @@ fn parse_args() -> Result<Options, String> {
             "--restores" => restores = positive("--restores", &value("--restores")?)?,
             "--linux-boots" => linux_boots = positive("--linux-boots", &value("--linux-boots")?)?,
             "--sandboxes" => sandboxes = positive("--sandboxes", &value("--sandboxes")?)?,
+            "--outage-s" => outage_s = positive("--outage-s", &value("--outage-s")?)? as u64,
             "--suite" => {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
@@ -147,6 +161,7 @@ fn parse_args() -> Result<Options, String> {
                     "sandbox" => Suite::Sandbox,
                     "images" => Suite::Images,
                     "auth" => Suite::Auth,
+                    "audit" => Suite::Audit,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -162,13 +177,17 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     // Each images run moves ~100 MB through a registry and builds a ~400 MB file system.
-    let runs = runs.unwrap_or(if suite == Suite::Images { 3 } else { 20 });
+    let runs = runs.unwrap_or(match suite {
+        Suite::Images => 3,
+        Suite::Audit => 5,
+        _ => 20,
+    });
     let vmm = match vmm.or_else(|| std::env::var_os("TARTARUS_VMM").map(PathBuf::from)) {
         Some(p) => p,
         None => default_vmm()?,
     };
     let vmm = std::path::absolute(&vmm).unwrap_or(vmm);
-    if !vmm.is_file() && !matches!(suite, Suite::Images | Suite::Auth) {
+    if !vmm.is_file() && !matches!(suite, Suite::Images | Suite::Auth | Suite::Audit) {
         return Err(format!(
             "{} not found: run `cargo build --release -p vmm` first, or pass --vmm",
             vmm.display()
@@ -188,7 +207,7 @@ fn parse_args() -> Result<Options, String> {
             g
         }
         // The images suite boots nothing: no guests to build.
-        None if matches!(suite, Suite::Images | Suite::Auth) => {
+        None if matches!(suite, Suite::Images | Suite::Auth | Suite::Audit) => {
             let dir = default_guest_dir();
             Guests {
                 hello_elf: dir.join("hello.elf"),
@@ -204,6 +223,7 @@ fn parse_args() -> Result<Options, String> {
         restores,
         linux_boots,
         sandboxes,
+        outage_s,
         vmm,
         guests,
         out,
@@ -654,6 +674,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Auth) {
         let (report, m) = auth::run(opts)?;
         doc["auth"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Audit) {
+        let (report, m) = audit::run(opts)?;
+        doc["audit"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Linux) {

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod access;
+pub use access::*;
+
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/tartarus/tartarusd.sock";
 /// Where the daemon keeps its state unless told otherwise.
@@ -27,7 +30,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `bad_request`, `not_found`, `conflict`, `limit_exceeded`,
     /// `unavailable`, `internal`, `agent_error`, `method_not_allowed`, `registry_unauthorized`,
-    /// `upstream`.
+    /// `upstream`, `unauthorized` (401), `forbidden` (403).
     pub code: String,
     /// A sentence for people; names the field or resource at fault.
     pub message: String,
@@ -116,6 +119,9 @@ pub enum TemplateState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
     pub name: String,
+    /// The owning tenant; `*` = a host template every tenant may use (read-only to them).
+    #[serde(default)]
+    pub tenant: String,
     pub state: TemplateState,
     pub kernel: String,
     pub rootfs: String,
@@ -356,6 +362,9 @@ impl SandboxState {
 pub struct Sandbox {
     /// `sb-` + 12 hex digits.
     pub id: String,
+    /// The owning tenant (`*` for the host's own).
+    #[serde(default)]
+    pub tenant: String,
     pub state: SandboxState,
     pub template: String,
     /// The snapshot it was started from, for forks.
@@ -472,6 +481,9 @@ pub struct CreateSnapshot {
 pub struct Snapshot {
     /// `snap-` + 12 hex digits.
     pub id: String,
+    /// The owning tenant (its sandbox's).
+    #[serde(default)]
+    pub tenant: String,
     pub sandbox: String,
     pub template: String,
     pub created_at: String,
@@ -487,6 +499,9 @@ pub struct Event {
     /// `template.ready`, `template.failed`, `template.deleted`, `snapshot.created`,
     /// `snapshot.deleted`.
     pub kind: String,
+    /// The tenant the event belongs to; `GET /events` shows a tenant only its own.
+    #[serde(default)]
+    pub tenant: String,
     pub sandbox: Option<String>,
     pub template: Option<String>,
     pub snapshot: Option<String>,
