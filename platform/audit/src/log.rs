@@ -339,6 +339,17 @@ impl AuditLog {
         rx.blocking_recv().map_err(|_| LogError::Closed)?
     }
 
+    /// Queues `event` without waiting for it: it is on disk after the next group commit
+    /// (within one batch). For callers that cannot wait (state changes recorded from
+    /// synchronous code); a failure to write is logged by the writer and poisons the log,
+    /// which the next awaited `append` reports.
+    pub fn submit(&self, event: AuditEvent) -> Result<(), LogError> {
+        let (tx, _rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append(event, tx))
+            .map_err(|_| LogError::Closed)
+    }
+
     /// The seq of the last durable record; changes after every group commit. The forwarder
     /// waits on this instead of polling the file.
     pub fn subscribe(&self) -> watch::Receiver<u64> {

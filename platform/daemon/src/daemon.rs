@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use guest_init::client::{Client, ClientError};
 use guest_init::protocol::ErrorCode;
+use tartarus_audit::{AuditEvent, AuditLog, Outcome};
+use tartarus_auth::TenantScope;
 use tartarus_types::{Event, SandboxState};
 use tokio::sync::broadcast;
 
@@ -76,32 +78,47 @@ pub struct Daemon {
     pub cfg: Config,
     pub images: crate::images::Images,
     pub store: Store,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub events: broadcast::Sender<Event>,
     /// One lock per sandbox id: state changes of one sandbox happen one at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub live: Mutex<HashMap<String, Arc<Live>>>,
     /// Serialises create's admission check with the insert of the new row.
     pub admission: tokio::sync::Mutex<()>,
-    /// Template names being built.
+    /// Templates being built, as `tenant/name`.
     pub building: Mutex<std::collections::HashSet<String>>,
+    /// API keys (their own SQLite file, `auth.db`).
+    pub keys: Arc<tartarus_auth::keystore::KeyStore>,
+    /// The audit log (issue #14): every mutating request, auth failure and state change.
+    pub audit: Arc<AuditLog>,
+    /// Its forwarder to syslog, if configured (health for `/metrics`).
+    pub forwarder: Mutex<Option<tartarus_audit::Forwarder>>,
 }
 
 pub type Shared = Arc<Daemon>;
 
 impl Daemon {
-    pub fn new(cfg: Config, store: Store, images: crate::images::Images) -> Daemon {
+    pub fn new(
+        cfg: Config,
+        store: Store,
+        images: crate::images::Images,
+        keys: Arc<tartarus_auth::keystore::KeyStore>,
+        audit: Arc<AuditLog>,
+    ) -> Daemon {
         let (events, _) = broadcast::channel(1024);
         Daemon {
             cfg,
             images,
             store,
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             events,
             locks: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             admission: tokio::sync::Mutex::new(()),
             building: Mutex::new(Default::default()),
+            keys,
+            audit,
+            forwarder: Mutex::new(None),
         }
     }
 
@@ -149,12 +166,13 @@ impl Daemon {
         }
     }
 
-    /// Records an event and hands it to the `/events` followers.
-    pub fn event(&self, kind: &str, f: impl FnOnce(&mut Event)) {
+    /// Records an event of `tenant` and hands it to the `/events` followers.
+    pub fn event(&self, tenant: &str, kind: &str, f: impl FnOnce(&mut Event)) {
         let mut e = Event {
             id: 0,
             time: String::new(),
             kind: kind.to_string(),
+            tenant: tenant.to_string(),
             sandbox: None,
             template: None,
             snapshot: None,
@@ -170,12 +188,20 @@ impl Daemon {
         }
     }
 
-    /// Sets a sandbox's state, records the event, refreshes the gauges.
+    /// Sets a sandbox's state, records the event and the audit record, refreshes the gauges.
     pub fn set_state(&self, id: &str, state: SandboxState, reason: Option<&str>) {
         if let Err(e) = self.store.set_sandbox_state(id, state, reason) {
             tracing::warn!("cannot store the state of {id}: {}", chain(&e));
         }
-        self.event("sandbox.state", |e| {
+        let tenant = self
+            .store
+            .sandbox(&TenantScope::All, id)
+            .ok()
+            .flatten()
+            .map(|r| r.tenant)
+            .unwrap_or_else(|| crate::store::HOST_TENANT.to_string());
+        self.audit_state(&tenant, &format!("sandbox/{id}"), state.as_str(), reason);
+        self.event(&tenant, "sandbox.state", |e| {
             e.sandbox = Some(id.to_string());
             e.state = Some(state.as_str().to_string());
             e.message = reason.map(str::to_string);
@@ -183,8 +209,29 @@ impl Daemon {
         self.refresh_gauges();
     }
 
+    /// Queues an audit record of a state change the daemon itself made (`principal`
+    /// `tartarusd`): on disk with the next group commit.
+    pub fn audit_state(&self, tenant: &str, resource: &str, state: &str, reason: Option<&str>) {
+        let result = match state {
+            "failed" => Outcome::Error(reason.unwrap_or("failed").to_string()),
+            _ => Outcome::Ok,
+        };
+        let ev = AuditEvent::now(
+            "-",
+            tenant,
+            "tartarusd",
+            format!("sandbox.state.{state}"),
+            resource,
+            result,
+            "daemon",
+        );
+        if let Err(e) = self.audit.submit(ev) {
+            tracing::error!("audit log: cannot record a state change: {e}");
+        }
+    }
+
     pub fn refresh_gauges(&self) {
-        let rows = self.store.sandboxes().unwrap_or_default();
+        let rows = self.store.sandboxes(&TenantScope::All).unwrap_or_default();
         for s in SandboxState::ALL {
             let n = rows.iter().filter(|r| r.state == s).count() as i64;
             self.metrics
@@ -196,15 +243,16 @@ impl Daemon {
         }
     }
 
-    pub fn sandbox_row(&self, id: &str) -> Result<SandboxRow, ApiError> {
+    /// The sandbox `id` as `scope` sees it: another tenant's is "No sandbox", as a missing one.
+    pub fn sandbox_row(&self, scope: &TenantScope, id: &str) -> Result<SandboxRow, ApiError> {
         self.store
-            .sandbox(id)?
+            .sandbox(scope, id)?
             .ok_or_else(|| ApiError::NotFound(format!("No sandbox '{id}'")))
     }
 
     /// A sandbox that must be running (exec, files, ports, ...).
-    pub fn running_row(&self, id: &str) -> Result<SandboxRow, ApiError> {
-        let row = self.sandbox_row(id)?;
+    pub fn running_row(&self, scope: &TenantScope, id: &str) -> Result<SandboxRow, ApiError> {
+        let row = self.sandbox_row(scope, id)?;
         match row.state {
             SandboxState::Running => Ok(row),
             s => Err(ApiError::Conflict(format!(

@@ -28,6 +28,12 @@ pub enum ApiError {
     /// A registry failed, could not be reached, or sent what it should not have.
     #[error("{0}")]
     Upstream(String),
+    /// No valid credentials (401; the auth layer answers most of these itself).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's role may not do this (403). Another tenant's resource is a NotFound.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -41,6 +47,8 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RegistryAuth(_) => StatusCode::FORBIDDEN,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -55,6 +63,8 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::RegistryAuth(_) => "registry_unauthorized",
             ApiError::Upstream(_) => "upstream",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -70,6 +80,10 @@ impl ApiError {
         ApiError::Internal(format!("{context}: {}", chain(e)))
     }
 }
+
+/// The message of an error answer, kept in the response's extensions for the audit layer.
+#[derive(Debug, Clone)]
+pub struct ErrorNote(pub String);
 
 /// "outer: inner: innermost" for an error and its sources.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -97,6 +111,9 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.detail(),
         };
-        (self.status(), axum::Json(body)).into_response()
+        let mut r = (self.status(), axum::Json(body)).into_response();
+        // For the audit record of this request.
+        r.extensions_mut().insert(ErrorNote(self.to_string()));
+        r
     }
 }

@@ -10,19 +10,25 @@ use std::os::unix::net::UnixStream;
 
 use guest_init::client::{Client, ExecEvent as AgentEvent, ExecStream};
 use guest_init::protocol::{ExecSpec, StdinMode};
+use tartarus_auth::TenantScope;
 use tartarus_types::{ExecEvent, ExecRequest, ExecResult, ExecStarted};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::daemon::{agent_error, Daemon, Shared};
 use crate::error::{chain, ApiError};
+use crate::store::SandboxRow;
 use crate::vmm;
 
 /// How long an agent connection may stay silent before the daemon gives up on it, for requests
 /// without a timeout of their own.
 const IDLE: Duration = Duration::from_secs(24 * 3600);
 
-fn spec_of(d: &Daemon, template: &str, req: &ExecRequest) -> Result<(ExecSpec, Vec<u8>), ApiError> {
+fn spec_of(
+    d: &Daemon,
+    row: &SandboxRow,
+    req: &ExecRequest,
+) -> Result<(ExecSpec, Vec<u8>), ApiError> {
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(ApiError::BadRequest("argv: must name a program".into()));
     }
@@ -31,7 +37,8 @@ fn spec_of(d: &Daemon, template: &str, req: &ExecRequest) -> Result<(ExecSpec, V
             "background, stream: a background exec cannot stream".into(),
         ));
     }
-    let t = d.store.template(template)?.map(|t| t.api);
+    // The sandbox's template: its tenant's own, else the host's of that name.
+    let t = crate::template::lookup(d, &row.tenant, &row.template)?.map(|t| t.api);
     // Docker's order: the image's Env, then the template's, then the request's.
     let mut env = std::collections::BTreeMap::new();
     let image = t.as_ref().and_then(|t| t.image.clone()).unwrap_or_default();
@@ -66,9 +73,14 @@ fn timeout_of(req: &ExecRequest) -> Duration {
 }
 
 /// `POST /sandboxes/{id}/exec` without streaming.
-pub async fn exec(d: &Shared, id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
-    let row = d.running_row(id)?;
-    let (spec, stdin) = spec_of(d, &row.template, &req)?;
+pub async fn exec(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    req: ExecRequest,
+) -> Result<ExecResult, ApiError> {
+    let row = d.running_row(scope, id)?;
+    let (spec, stdin) = spec_of(d, &row, &req)?;
     let uds = d.vsock_of(id);
     let timeout = timeout_of(&req);
     let t0 = Instant::now();
@@ -109,9 +121,14 @@ fn timed_out(e: guest_init::client::ClientError, timeout: Duration) -> ApiError 
 }
 
 /// `POST /sandboxes/{id}/exec` with `stream`: NDJSON lines of [`ExecEvent`].
-pub async fn exec_stream(d: &Shared, id: &str, req: ExecRequest) -> Result<Body, ApiError> {
-    let row = d.running_row(id)?;
-    let (spec, stdin) = spec_of(d, &row.template, &req)?;
+pub async fn exec_stream(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    req: ExecRequest,
+) -> Result<Body, ApiError> {
+    let row = d.running_row(scope, id)?;
+    let (spec, stdin) = spec_of(d, &row, &req)?;
     let uds = d.vsock_of(id);
     let timeout = timeout_of(&req);
     // Connect and start before answering, so a missing program is a plain 400.
@@ -250,11 +267,12 @@ pub fn exec_log(d: &Daemon, id: &str) -> PathBuf {
 /// process lives on after the client leaves) and appends its output to the sandbox's logs.
 pub async fn exec_background(
     d: &Shared,
+    scope: &TenantScope,
     id: &str,
     req: ExecRequest,
 ) -> Result<ExecStarted, ApiError> {
-    let row = d.running_row(id)?;
-    let (spec, stdin) = spec_of(d, &row.template, &req)?;
+    let row = d.running_row(scope, id)?;
+    let (spec, stdin) = spec_of(d, &row, &req)?;
     let uds = d.vsock_of(id);
     let log = exec_log(d, id);
     let timeout = timeout_of(&req);
@@ -309,12 +327,13 @@ pub async fn exec_background(
 /// `PUT /sandboxes/{id}/files?path=`.
 pub async fn put_file(
     d: &Shared,
+    scope: &TenantScope,
     id: &str,
     path: String,
     mode: Option<u32>,
     data: Bytes,
 ) -> Result<(), ApiError> {
-    d.running_row(id)?;
+    d.running_row(scope, id)?;
     check_path(&path)?;
     let uds = d.vsock_of(id);
     tokio::task::spawn_blocking(move || {
@@ -326,8 +345,13 @@ pub async fn put_file(
 }
 
 /// `GET /sandboxes/{id}/files?path=`.
-pub async fn get_file(d: &Shared, id: &str, path: String) -> Result<Vec<u8>, ApiError> {
-    d.running_row(id)?;
+pub async fn get_file(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    path: String,
+) -> Result<Vec<u8>, ApiError> {
+    d.running_row(scope, id)?;
     check_path(&path)?;
     let uds = d.vsock_of(id);
     tokio::task::spawn_blocking(move || {
@@ -366,11 +390,12 @@ fn log_files(d: &Daemon, id: &str) -> Vec<PathBuf> {
 /// `GET /sandboxes/{id}/logs`.
 pub async fn logs(
     d: &Shared,
+    scope: &TenantScope,
     id: &str,
     follow: bool,
     tail: Option<usize>,
 ) -> Result<Body, ApiError> {
-    d.sandbox_row(id)?;
+    d.sandbox_row(scope, id)?;
     let files = log_files(d, id);
     let mut offsets = vec![0u64; files.len()];
     let mut first = Vec::new();
@@ -416,7 +441,7 @@ pub async fn logs(
                     }
                 }
             }
-            match d2.store.sandbox(&id2) {
+            match d2.store.sandbox(&TenantScope::All, &id2) {
                 Ok(Some(r))
                     if matches!(
                         r.state,

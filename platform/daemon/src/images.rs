@@ -95,7 +95,7 @@ fn ms_rfc3339(secs: u64) -> String {
 /// Templates whose root file system came from image `id`.
 fn users_of(d: &Daemon, id: &str) -> Result<Vec<String>, ApiError> {
     Ok(d.store
-        .templates()?
+        .templates(&tartarus_auth::TenantScope::All)?
         .into_iter()
         .filter(|t| t.api.image.as_ref().is_some_and(|i| i.id == id))
         .map(|t| t.api.name)
@@ -163,7 +163,7 @@ pub fn prune(d: &Daemon) -> Result<ImagesFreed, ApiError> {
     // Images that templates were made from stay, named or not.
     let keep: Vec<tartarus_images::Digest> = d
         .store
-        .templates()?
+        .templates(&tartarus_auth::TenantScope::All)?
         .into_iter()
         .filter_map(|t| t.api.image.and_then(|i| i.id.parse().ok()))
         .collect();
@@ -231,7 +231,8 @@ pub async fn pull(
     match &r {
         Ok(rec) => {
             tracing::info!(image = %rec.id, ms = started.elapsed().as_millis() as u64, "pulled {reference}");
-            d.event("image.pulled", |e| {
+            // The image cache is the host's (shared by every tenant).
+            d.event(crate::store::HOST_TENANT, "image.pulled", |e| {
                 e.message = Some(format!("{reference} {}", rec.id))
             });
         }

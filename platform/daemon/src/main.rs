@@ -2,16 +2,20 @@
 //! ready snapshots, jailed VMMs restored from them, and a REST API on a Unix socket (and
 //! optionally TCP) that the `tartarus` CLI speaks.
 
+mod access;
 mod daemon;
 mod error;
 mod exec;
 mod fsutil;
 mod images;
+mod keys;
+mod listen;
 mod metrics;
 mod netns;
 mod ports;
 mod routes;
 mod sandbox;
+mod setup;
 mod store;
 mod template;
 mod vmm;
@@ -28,10 +32,11 @@ use crate::error::chain;
 #[derive(Parser, Debug)]
 #[command(name = "tartarusd", version, about = "The Tartarus sandbox daemon")]
 struct Args {
-    /// Unix socket of the API (mode 0660).
+    /// Unix socket of the API (mode 0600: root is the host's admin on it).
     #[arg(long, default_value = tartarus_types::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Also serve the API on this TCP address (e.g. 127.0.0.1:7070).
+    /// Also serve the API on this TCP address (e.g. 127.0.0.1:7070), plain HTTP: callers
+    /// need an API key or a JWT.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// Allow --listen on a non-loopback address.
@@ -81,6 +86,8 @@ struct Args {
     /// Log filter (tracing's env-filter syntax), e.g. info or tartarusd=debug.
     #[arg(long, default_value = "info")]
     log: String,
+    #[command(flatten)]
+    security: setup::SecurityArgs,
 }
 
 /// The binary `name` next to this executable, else in the static build directory.
@@ -150,7 +157,8 @@ fn main() {
     if let Some(addr) = args.listen {
         if !addr.ip().is_loopback() && !args.listen_any {
             fail(format_args!(
-                "--listen {addr} is not a loopback address (add --listen-any to mean it)"
+                "--listen {addr} is not a loopback address (add --listen-any to mean it); \
+                 for remote clients prefer --tls-listen"
             ));
         }
     }
@@ -227,6 +235,10 @@ fn main() {
     };
     let store = store::Store::open(&state.join("state.db"))
         .unwrap_or_else(|e| fail(format_args!("state database: {}", chain(&e))));
+    let keys = args
+        .security
+        .keys(state)
+        .unwrap_or_else(|e| fail(chain(&e)));
     // VMMs that outlive their jailer become our children, so their exits can be reaped.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -236,14 +248,39 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(format_args!("tokio runtime: {e}")));
-    rt.block_on(run(args, cfg, store, images));
+    rt.block_on(run(args, cfg, store, images, keys));
 }
 
-async fn run(args: Args, cfg: Config, store: store::Store, images: images::Images) {
-    let d = Arc::new(Daemon::new(cfg, store, images));
+async fn run(
+    args: Args,
+    cfg: Config,
+    store: store::Store,
+    images: images::Images,
+    keys: Arc<tartarus_auth::keystore::KeyStore>,
+) {
+    let sec = &args.security;
+    let tls = sec.tls().unwrap_or_else(|e| fail(chain(&e)));
+    let auth = sec
+        .authenticator(keys.clone())
+        .await
+        .unwrap_or_else(|e| fail(chain(&e)));
+    let audit = sec
+        .audit(&cfg.state_dir)
+        .unwrap_or_else(|e| fail(chain(&e)));
+    let state_dir = cfg.state_dir.clone();
+    let d = Arc::new(Daemon::new(cfg, store, images, keys, audit.clone()));
+    let fwd = sec
+        .forwarder(&state_dir, &audit)
+        .unwrap_or_else(|e| fail(chain(&e)));
+    *d.forwarder.lock().unwrap_or_else(|p| p.into_inner()) = fwd;
     template::recover(&d);
     sandbox::recover(&d).await;
-    let app = routes::router(d.clone());
+    let gate = Arc::new(access::Gate {
+        auth,
+        audit,
+        metrics: d.metrics.clone(),
+    });
+    let app = routes::router(d.clone(), gate);
 
     if let Some(parent) = args.socket.parent() {
         let _ = std::fs::create_dir_all(parent);
@@ -263,18 +300,29 @@ async fn run(args: Args, cfg: Config, store: store::Store, images: images::Image
             args.socket.display()
         ))
     });
-    let _ = std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660));
+    if let Err(e) = std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600)) {
+        fail(format_args!(
+            "cannot make {} root-only: {e}",
+            args.socket.display()
+        ));
+    }
     tracing::info!("listening on {}", args.socket.display());
 
     let mut servers = tokio::task::JoinSet::new();
-    let a = app.clone();
-    servers.spawn(async move { axum::serve(unix, a).await });
+    servers.spawn(listen::unix(unix, app.clone()));
     if let Some(addr) = args.listen {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| fail(format_args!("cannot listen on {addr}: {e}")));
         tracing::info!("listening on http://{addr}");
-        servers.spawn(async move { axum::serve(tcp, app).await });
+        servers.spawn(listen::tcp(tcp, app.clone()));
+    }
+    if let (Some(addr), Some(tls)) = (sec.tls_listen, tls) {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| fail(format_args!("cannot listen on {addr}: {e}")));
+        tracing::info!("listening on https://{addr} (client certificates required)");
+        servers.spawn(listen::mtls(tcp, app.clone(), tls));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .unwrap_or_else(|e| fail(format_args!("signal handler: {e}")));
@@ -286,7 +334,14 @@ async fn run(args: Args, cfg: Config, store: store::Store, images: images::Image
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping (sandboxes keep running)"),
     }
     let _ = std::fs::remove_file(&args.socket);
+    let fwd = d.forwarder.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(f) = fwd {
+        let _ = f.stop().await;
+    }
 }
 
 #[cfg(test)]
 mod routes_tests;
+
+#[cfg(test)]
+mod access_tests;

@@ -13,14 +13,25 @@ use tartarus_types::{
 };
 use tokio::sync::mpsc;
 
+use tartarus_auth::{Action, TenantScope};
+
+use crate::access::Caller;
 use crate::daemon::Shared;
 use crate::error::ApiError;
-use crate::{exec, images, sandbox, template};
+use crate::{exec, images, keys, sandbox, template};
 
 /// Largest body `PUT /files` takes.
 pub const MAX_FILE: usize = 512 << 20;
 
-pub fn router(d: Shared) -> Router {
+/// The API's routes behind the auth gate (`gate`: [`crate::access::gate`]'s state).
+pub fn router(d: Shared, gate: std::sync::Arc<crate::access::Gate>) -> Router {
+    routes(d).layer(axum::middleware::from_fn_with_state(
+        gate,
+        crate::access::gate,
+    ))
+}
+
+fn routes(d: Shared) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/templates", get(list_templates).post(build_template))
@@ -53,6 +64,10 @@ pub fn router(d: Shared) -> Router {
         .route("/snapshots", get(list_snapshots))
         .route("/snapshots/{id}", get(get_snapshot).delete(delete_snapshot))
         .route("/events", get(events))
+        .route("/keys", get(keys::list_keys).post(keys::create_key))
+        .route("/keys/{id}", get(keys::get_key).delete(keys::revoke_key))
+        .route("/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/audit", get(keys::audit))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -132,9 +147,10 @@ async fn method_not_allowed(req: Request) -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, Json(e)).into_response()
 }
 
-async fn health(State(d): State<Shared>) -> Result<Json<Health>, ApiError> {
-    let sandboxes = d.store.sandboxes()?.len() as u64;
-    let templates = d.store.templates()?.len() as u64;
+async fn health(State(d): State<Shared>, c: Caller) -> Result<Json<Health>, ApiError> {
+    let scope = c.allow(Action::Health)?;
+    let sandboxes = d.store.sandboxes(scope)?.len() as u64;
+    let templates = d.store.templates(scope)?.len() as u64;
     Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -143,27 +159,60 @@ async fn health(State(d): State<Shared>) -> Result<Json<Health>, ApiError> {
     }))
 }
 
-async fn list_templates(State(d): State<Shared>) -> Result<Json<List<Template>>, ApiError> {
+async fn list_templates(
+    State(d): State<Shared>,
+    c: Caller,
+) -> Result<Json<List<Template>>, ApiError> {
+    let scope = c.allow(Action::TemplateList)?;
     Ok(Json(List {
-        items: d.store.templates()?.into_iter().map(|t| t.api).collect(),
+        items: d
+            .store
+            .templates(scope)?
+            .into_iter()
+            .map(|t| t.api)
+            .collect(),
     }))
+}
+
+/// `?tenant=`: which tenant's template a host-scope caller means (default `*`, the shared
+/// ones); a tenant's caller may leave it out or name its own tenant.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerQuery {
+    tenant: Option<String>,
+}
+
+fn owner_of<'a>(scope: &TenantScope, q: &'a OwnerQuery) -> Result<Option<&'a str>, ApiError> {
+    match (scope, q.tenant.as_deref()) {
+        (_, None) => Ok(None),
+        (TenantScope::All, Some(t)) => Ok(Some(t)),
+        (TenantScope::Tenant(own), Some(t)) if t == own.as_str() => Ok(None),
+        (TenantScope::Tenant(_), Some(_)) => Err(ApiError::BadRequest(
+            "tenant: only the host scope may name another tenant".into(),
+        )),
+    }
 }
 
 async fn get_template(
     State(d): State<Shared>,
+    c: Caller,
     Path(name): Path<String>,
+    Q(q): Q<OwnerQuery>,
 ) -> Result<Json<Template>, ApiError> {
-    d.store
-        .template(&name)?
-        .map(|t| Json(t.api))
-        .ok_or_else(|| ApiError::NotFound(format!("No template '{name}'")))
+    let scope = c.allow(Action::TemplateGet)?;
+    let owner = owner_of(scope, &q)?;
+    Ok(Json(template::visible(&d, scope, &name, owner)?.api))
 }
 
 async fn delete_template(
     State(d): State<Shared>,
+    c: Caller,
     Path(name): Path<String>,
+    Q(q): Q<OwnerQuery>,
 ) -> Result<StatusCode, ApiError> {
-    template::delete(&d, &name)?;
+    let scope = c.allow(Action::TemplateDelete)?;
+    let owner = owner_of(scope, &q)?;
+    template::delete(&d, scope, &name, owner)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -178,10 +227,13 @@ fn ndjson(body: Body) -> Response {
 
 async fn build_template(
     State(d): State<Shared>,
+    c: Caller,
     Body2(spec): Body2<TemplateSpec>,
 ) -> Result<Response, ApiError> {
+    let scope = c.allow(Action::TemplateBuild)?;
+    c.resource(format!("template/{}", spec.name));
     // The build goes on when the client leaves.
-    Ok(ndjson_of(template::start_build(&d, spec)?))
+    Ok(ndjson_of(template::start_build(&d, scope, spec)?))
 }
 
 /// Sends each item of `rx` as one NDJSON line; the work behind it goes on if the client leaves.
@@ -199,8 +251,11 @@ fn ndjson_of<T: serde::Serialize + Send + 'static>(mut rx: mpsc::Receiver<T>) ->
 
 async fn pull_image(
     State(d): State<Shared>,
+    c: Caller,
     Body2(req): Body2<PullImage>,
 ) -> Result<Response, ApiError> {
+    c.allow(Action::ImagePull)?;
+    c.resource(format!("image/{}", req.reference));
     if req.reference.trim().is_empty() {
         return Err(ApiError::BadRequest("reference: empty".into()));
     }
@@ -209,7 +264,8 @@ async fn pull_image(
     Ok(ndjson_of(images::start_pull(&d, req)))
 }
 
-async fn list_images(State(d): State<Shared>) -> Result<Json<List<Image>>, ApiError> {
+async fn list_images(State(d): State<Shared>, c: Caller) -> Result<Json<List<Image>>, ApiError> {
+    c.allow(Action::ImageList)?;
     let d2 = d.clone();
     let items = tokio::task::spawn_blocking(move || images::list(&d2))
         .await
@@ -219,8 +275,10 @@ async fn list_images(State(d): State<Shared>) -> Result<Json<List<Image>>, ApiEr
 
 async fn get_image(
     State(d): State<Shared>,
+    c: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Image>, ApiError> {
+    c.allow(Action::ImageGet)?;
     Ok(Json(images::get(&d, &name)?))
 }
 
@@ -233,9 +291,11 @@ struct ForceQuery {
 
 async fn delete_image(
     State(d): State<Shared>,
+    c: Caller,
     Path(name): Path<String>,
     Q(q): Q<ForceQuery>,
 ) -> Result<Json<ImagesFreed>, ApiError> {
+    c.allow(Action::ImageDelete)?;
     let d2 = d.clone();
     let freed = tokio::task::spawn_blocking(move || images::remove(&d2, &name, q.force))
         .await
@@ -243,7 +303,8 @@ async fn delete_image(
     Ok(Json(freed))
 }
 
-async fn prune_images(State(d): State<Shared>) -> Result<Json<ImagesFreed>, ApiError> {
+async fn prune_images(State(d): State<Shared>, c: Caller) -> Result<Json<ImagesFreed>, ApiError> {
+    c.allow(Action::ImagePrune)?;
     let d2 = d.clone();
     let freed = tokio::task::spawn_blocking(move || images::prune(&d2))
         .await
@@ -259,8 +320,10 @@ struct ListQuery {
 
 async fn list_sandboxes(
     State(d): State<Shared>,
+    c: Caller,
     Q(q): Q<ListQuery>,
 ) -> Result<Json<List<Sandbox>>, ApiError> {
+    let scope = c.allow(Action::SandboxList)?;
     let want = match q.state.as_deref() {
         None => None,
         Some(s) => Some(SandboxState::parse(s).ok_or_else(|| {
@@ -271,7 +334,7 @@ async fn list_sandboxes(
     };
     let items = d
         .store
-        .sandboxes()?
+        .sandboxes(scope)?
         .iter()
         .filter(|r| want.is_none_or(|w| r.state == w))
         .map(sandbox::view)
@@ -281,17 +344,22 @@ async fn list_sandboxes(
 
 async fn create_sandbox(
     State(d): State<Shared>,
+    c: Caller,
     Body2(req): Body2<CreateSandbox>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
-    let s = sandbox::create(&d, req).await?;
+    let scope = c.allow(Action::SandboxCreate)?;
+    let s = sandbox::create(&d, scope, req).await?;
+    c.resource(format!("sandbox/{}", s.id));
     Ok((StatusCode::CREATED, Json(s)))
 }
 
 async fn get_sandbox(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
-    Ok(Json(sandbox::view(&d.sandbox_row(&id)?)))
+    let scope = c.allow(Action::SandboxGet)?;
+    Ok(Json(sandbox::view(&d.sandbox_row(scope, &id)?)))
 }
 
 #[derive(Deserialize)]
@@ -302,37 +370,48 @@ struct DeleteQuery {
 
 async fn delete_sandbox(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
     Q(q): Q<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
-    sandbox::delete(&d, &id, q.grace_s.unwrap_or(0).min(600)).await?;
+    let scope = c.allow(Action::SandboxDelete)?;
+    sandbox::delete(&d, scope, &id, q.grace_s.unwrap_or(0).min(600)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn pause(State(d): State<Shared>, Path(id): Path<String>) -> Result<Json<Sandbox>, ApiError> {
-    Ok(Json(sandbox::set_paused(&d, &id, true).await?))
+async fn pause(
+    State(d): State<Shared>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let scope = c.allow(Action::SandboxPause)?;
+    Ok(Json(sandbox::set_paused(&d, scope, &id, true).await?))
 }
 
 async fn resume(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
-    Ok(Json(sandbox::set_paused(&d, &id, false).await?))
+    let scope = c.allow(Action::SandboxResume)?;
+    Ok(Json(sandbox::set_paused(&d, scope, &id, false).await?))
 }
 
 async fn exec_handler(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
     Body2(req): Body2<ExecRequest>,
 ) -> Result<Response, ApiError> {
+    let scope = c.allow(Action::SandboxExec)?;
     if req.background {
-        let started = exec::exec_background(&d, &id, req).await?;
+        let started = exec::exec_background(&d, scope, &id, req).await?;
         return Ok((StatusCode::ACCEPTED, Json(started)).into_response());
     }
     if req.stream {
-        return Ok(ndjson(exec::exec_stream(&d, &id, req).await?));
+        return Ok(ndjson(exec::exec_stream(&d, scope, &id, req).await?));
     }
-    Ok(Json(exec::exec(&d, &id, req).await?).into_response())
+    Ok(Json(exec::exec(&d, scope, &id, req).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -344,10 +423,12 @@ struct FileQuery {
 
 async fn put_file(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
     Q(q): Q<FileQuery>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let scope = c.allow(Action::SandboxFilesWrite)?;
     let mode = match q.mode.as_deref() {
         None => None,
         Some(m) => Some(
@@ -359,16 +440,19 @@ async fn put_file(
                 })?,
         ),
     };
-    exec::put_file(&d, &id, q.path, mode, body).await?;
+    exec::put_file(&d, scope, &id, q.path, mode, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_file(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
     Q(q): Q<FileQuery>,
 ) -> Result<Response, ApiError> {
-    let data = exec::get_file(&d, &id, q.path).await?;
+    let scope = c.allow(Action::SandboxFilesRead)?;
+    c.audit_read();
+    let data = exec::get_file(&d, scope, &id, q.path).await?;
     let mut r = Response::new(Body::from(data));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -387,10 +471,13 @@ struct LogQuery {
 
 async fn logs(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
     Q(q): Q<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let body = exec::logs(&d, &id, q.follow, q.tail).await?;
+    let scope = c.allow(Action::SandboxLogs)?;
+    c.audit_read();
+    let body = exec::logs(&d, scope, &id, q.follow, q.tail).await?;
     let mut r = Response::new(body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -401,16 +488,19 @@ async fn logs(
 
 async fn create_snapshot(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    let scope = c.allow(Action::SnapshotCreate)?;
     let req: CreateSnapshot = if body.is_empty() {
         CreateSnapshot::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("Invalid body: {e}")))?
     };
-    let s = sandbox::snapshot(&d, &id, req.leave_paused).await?;
+    let s = sandbox::snapshot(&d, scope, &id, req.leave_paused).await?;
+    c.resource(format!("snapshot/{}", s.id));
     Ok((StatusCode::CREATED, Json(s)))
 }
 
@@ -422,11 +512,13 @@ struct SnapQuery {
 
 async fn list_snapshots(
     State(d): State<Shared>,
+    c: Caller,
     Q(q): Q<SnapQuery>,
 ) -> Result<Json<List<Snapshot>>, ApiError> {
+    let scope = c.allow(Action::SnapshotList)?;
     let items = d
         .store
-        .snapshots()?
+        .snapshots(scope)?
         .into_iter()
         .map(|s| s.api)
         .filter(|s| q.sandbox.as_ref().is_none_or(|id| &s.sandbox == id))
@@ -436,27 +528,32 @@ async fn list_snapshots(
 
 async fn list_sandbox_snapshots(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<List<Snapshot>>, ApiError> {
-    d.sandbox_row(&id)?;
-    list_snapshots(State(d), Q(SnapQuery { sandbox: Some(id) })).await
+    d.sandbox_row(c.allow(Action::SnapshotList)?, &id)?;
+    list_snapshots(State(d), c, Q(SnapQuery { sandbox: Some(id) })).await
 }
 
 async fn get_snapshot(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Snapshot>, ApiError> {
+    let scope = c.allow(Action::SnapshotGet)?;
     d.store
-        .snapshot(&id)?
+        .snapshot(scope, &id)?
         .map(|s| Json(s.api))
         .ok_or_else(|| ApiError::NotFound(format!("No snapshot '{id}'")))
 }
 
 async fn delete_snapshot(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    sandbox::delete_snapshot(&d, &id)?;
+    let scope = c.allow(Action::SnapshotDelete)?;
+    sandbox::delete_snapshot(&d, scope, &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -468,11 +565,16 @@ struct EventQuery {
     since: Option<i64>,
 }
 
-async fn events(State(d): State<Shared>, Q(q): Q<EventQuery>) -> Result<Response, ApiError> {
+async fn events(
+    State(d): State<Shared>,
+    c: Caller,
+    Q(q): Q<EventQuery>,
+) -> Result<Response, ApiError> {
+    let scope = c.allow(Action::EventsRead)?.clone();
     // Subscribe first so nothing falls between the stored and the live events.
     let mut live = d.events.subscribe();
     let mut last = q.since.unwrap_or(0);
-    let stored = d.store.events_since(last, 10_000)?;
+    let stored = d.store.events_since(&scope, last, 10_000)?;
     let (tx, rx) = mpsc::channel(64);
     let follow = q.follow;
     tokio::spawn(async move {
@@ -492,7 +594,7 @@ async fn events(State(d): State<Shared>, Q(q): Q<EventQuery>) -> Result<Response
         }
         loop {
             match live.recv().await {
-                Ok(e) if e.id > last => {
+                Ok(e) if e.id > last && scope.covers(&e.tenant) => {
                     last = e.id;
                     if tx.send(line(&e)).await.is_err() {
                         return;
@@ -507,14 +609,23 @@ async fn events(State(d): State<Shared>, Q(q): Q<EventQuery>) -> Result<Response
     Ok(ndjson(exec::channel_body(rx)))
 }
 
-async fn metrics(State(d): State<Shared>) -> Response {
+async fn metrics(State(d): State<Shared>, c: Caller) -> Result<Response, ApiError> {
+    c.allow(Action::MetricsRead)?;
     d.refresh_gauges();
+    d.metrics.set_forwarder(
+        d.forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| f.health())
+            .as_ref(),
+    );
     let mut r = Response::new(Body::from(d.metrics.encode()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
-    r
+    Ok(r)
 }
 
 /// Checks the upgrade headers and answers 101; `then` runs on the upgraded connection.
@@ -551,23 +662,29 @@ where
 
 async fn agent_upgrade(
     State(d): State<Shared>,
+    c: Caller,
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    d.running_row(&id)?;
+    let scope = c.allow(Action::SandboxAgent)?;
+    c.audit_read();
+    d.running_row(scope, &id)?;
     upgrade(req, move |up| exec::pipe_agent(d, id, up))
 }
 
 async fn port_upgrade(
     State(d): State<Shared>,
+    c: Caller,
     Path((id, port)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let scope = c.allow(Action::SandboxPorts)?;
+    c.audit_read();
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("port: '{port}' is not a TCP port")))?;
-    d.running_row(&id)?;
+    d.running_row(scope, &id)?;
     upgrade(req, move |up| exec::pipe_port(d, id, port, up))
 }

@@ -15,7 +15,7 @@ const SPEC: &str = include_str!("../../openapi.yaml");
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 /// (path, methods) of the spec's `paths:` section, read from its indentation.
-fn spec_routes() -> Vec<(String, Vec<String>)> {
+pub fn spec_routes() -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     let mut in_paths = false;
     for line in SPEC.lines() {
@@ -41,7 +41,7 @@ fn spec_routes() -> Vec<(String, Vec<String>)> {
     out
 }
 
-fn daemon() -> (Arc<Daemon>, std::path::PathBuf) {
+pub fn daemon() -> (Arc<Daemon>, std::path::PathBuf) {
     let dir =
         std::env::temp_dir().join(format!("tartarusd-routes-{}", crate::fsutil::random_hex(6)));
     std::fs::create_dir_all(&dir).unwrap();
@@ -67,7 +67,33 @@ fn daemon() -> (Arc<Daemon>, std::path::PathBuf) {
         insecure_registries: vec![],
         max_image_size: None,
     };
-    (Arc::new(Daemon::new(cfg, store, images)), dir)
+    let keys = Arc::new(tartarus_auth::keystore::KeyStore::open(&dir.join("auth.db")).unwrap());
+    let (audit, _) = tartarus_audit::AuditLog::open(tartarus_audit::LogConfig::new(
+        dir.join("audit.log"),
+        dir.join("audit.key"),
+    ))
+    .unwrap();
+    (
+        Arc::new(Daemon::new(cfg, store, images, keys, Arc::new(audit))),
+        dir,
+    )
+}
+
+/// The router behind the real gate (keys of `d`, its audit log).
+pub fn app(d: &Arc<Daemon>) -> axum::Router {
+    let gate = Arc::new(crate::access::Gate {
+        auth: tartarus_auth::layer::Authenticator::new().with_keys(d.keys.clone()),
+        audit: d.audit.clone(),
+        metrics: d.metrics.clone(),
+    });
+    crate::routes::router(d.clone(), gate)
+}
+
+/// A request as root on the Unix socket.
+pub fn as_root(mut req: Request<Body>) -> Request<Body> {
+    req.extensions_mut()
+        .insert(crate::access::ConnInfo::unix(Some(0)));
+    req
 }
 
 async fn call(d: &Arc<Daemon>, method: &str, path: &str) -> (StatusCode, String) {
@@ -77,7 +103,7 @@ async fn call(d: &Arc<Daemon>, method: &str, path: &str) -> (StatusCode, String)
         .header("content-type", "application/json")
         .body(Body::from("{}"))
         .unwrap();
-    let resp = crate::routes::router(d.clone()).oneshot(req).await.unwrap();
+    let resp = app(d).oneshot(as_root(req)).await.unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -131,7 +157,7 @@ async fn bodies_name_the_bad_field() {
         .uri("/sandboxes")
         .body(Body::from(r#"{"template": "base", "labels": {"a": 1}}"#))
         .unwrap();
-    let resp = crate::routes::router(d.clone()).oneshot(req).await.unwrap();
+    let resp = app(&d).oneshot(as_root(req)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tartarus_auth::TenantScope;
 use tartarus_types::{CreateSandbox, NetworkMode, Sandbox, SandboxState, Snapshot, TemplateState};
 
 use crate::daemon::{Daemon, Live, Shared};
@@ -26,6 +27,7 @@ pub fn view(row: &SandboxRow) -> Sandbox {
     let age_s = ((now_ms() - row.created_ms).max(0) / 1000) as u64;
     Sandbox {
         id: row.id.clone(),
+        tenant: row.tenant.clone(),
         state: row.state,
         template: row.template.clone(),
         snapshot: row.snapshot.clone(),
@@ -64,7 +66,7 @@ struct Source {
     memory_mib: u32,
 }
 
-fn source(d: &Daemon, req: &CreateSandbox) -> Result<Source, ApiError> {
+fn source(d: &Daemon, scope: &TenantScope, req: &CreateSandbox) -> Result<Source, ApiError> {
     match (&req.template, &req.snapshot) {
         (Some(_), Some(_)) => Err(ApiError::BadRequest(
             "template, snapshot: give one of them, not both".into(),
@@ -73,10 +75,7 @@ fn source(d: &Daemon, req: &CreateSandbox) -> Result<Source, ApiError> {
             "template: missing (or give a snapshot)".into(),
         )),
         (Some(name), None) => {
-            let t = d
-                .store
-                .template(name)?
-                .ok_or_else(|| ApiError::NotFound(format!("No template '{name}'")))?;
+            let t = crate::template::usable(d, scope, name)?;
             if t.api.state != TemplateState::Ready {
                 return Err(ApiError::Conflict(format!(
                     "Template '{name}' is not ready (it is {:?})",
@@ -98,7 +97,7 @@ fn source(d: &Daemon, req: &CreateSandbox) -> Result<Source, ApiError> {
         (None, Some(id)) => {
             let s = d
                 .store
-                .snapshot(id)?
+                .snapshot(scope, id)?
                 .ok_or_else(|| ApiError::NotFound(format!("No snapshot '{id}'")))?;
             let dir = Path::new(&s.dir);
             Ok(Source {
@@ -124,17 +123,23 @@ fn pick_uid(d: &Daemon, rows: &[SandboxRow]) -> u32 {
         .unwrap_or(d.cfg.uid_base)
 }
 
-/// `POST /sandboxes`.
-pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError> {
+/// `POST /sandboxes`: a sandbox of `scope`'s tenant (`*` for the host scope).
+pub async fn create(
+    d: &Shared,
+    scope: &TenantScope,
+    req: CreateSandbox,
+) -> Result<Sandbox, ApiError> {
     let t0 = Instant::now();
     if req.timeout_s == Some(0) {
         return Err(ApiError::BadRequest("timeout_s: must be at least 1".into()));
     }
-    let src = source(d, &req)?;
+    let src = source(d, scope, &req)?;
+    let tenant = scope.as_str().to_string();
     let id = format!("sb-{}", fsutil::random_hex(6));
     let row = {
         let _adm = d.admission.lock().await;
-        let rows = d.store.sandboxes()?;
+        // The limits are the host's: every tenant's sandboxes count.
+        let rows = d.store.sandboxes(&TenantScope::All)?;
         let live: Vec<&SandboxRow> = rows.iter().filter(|r| is_live(r.state)).collect();
         if live.len() >= d.cfg.max_sandboxes {
             return Err(ApiError::Limit(format!(
@@ -164,6 +169,7 @@ pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError>
             };
         let row = SandboxRow {
             id: id.clone(),
+            tenant: tenant.clone(),
             state: SandboxState::Creating,
             template: src.template.clone(),
             snapshot: src.snapshot.clone(),
@@ -186,7 +192,7 @@ pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError>
         d.store.insert_sandbox(&row)?;
         row
     };
-    d.event("sandbox.created", |e| {
+    d.event(&tenant, "sandbox.created", |e| {
         e.sandbox = Some(id.clone());
         e.template = Some(row.template.clone());
         e.snapshot = row.snapshot.clone();
@@ -200,7 +206,7 @@ pub async fn create(d: &Shared, req: CreateSandbox) -> Result<Sandbox, ApiError>
         Ok(()) => {
             watch(d, &id, live);
             d.refresh_gauges();
-            Ok(view(&d.sandbox_row(&id)?))
+            Ok(view(&d.sandbox_row(scope, &id)?))
         }
         Err(e) => {
             live.stopping.store(true, Ordering::SeqCst);
@@ -296,7 +302,8 @@ async fn start_vm(d: &Shared, row: &SandboxRow, src: &Source, t0: Instant) -> Re
         create.as_secs_f64() * 1e3,
         restore.as_secs_f64() * 1e3,
     )?;
-    d.event("sandbox.state", |e| {
+    d.audit_state(&row.tenant, &format!("sandbox/{id}"), "running", None);
+    d.event(&row.tenant, "sandbox.state", |e| {
         e.sandbox = Some(id.clone());
         e.state = Some("running".into());
     });
@@ -306,7 +313,7 @@ async fn start_vm(d: &Shared, row: &SandboxRow, src: &Source, t0: Instant) -> Re
 /// Watches the VMM: an exit the daemon did not ask for makes the sandbox `stopped` (the guest
 /// powered off) or `failed`; either way its resources go. Also arms the timeout.
 pub fn watch(d: &Shared, id: &str, live: Arc<Live>) {
-    let Ok(Some(row)) = d.store.sandbox(id) else {
+    let Ok(Some(row)) = d.store.sandbox(&TenantScope::All, id) else {
         return;
     };
     let Some(pid) = row.pid else { return };
@@ -351,7 +358,8 @@ pub fn watch(d: &Shared, id: &str, live: Arc<Live>) {
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 tracing::info!("sandbox {id2}: timeout of {t} s reached");
-                let _ = stop(&d2, &id2, 0, &format!("Timeout: {t} s after creation")).await;
+                let reason = format!("Timeout: {t} s after creation");
+                let _ = stop(&d2, &TenantScope::All, &id2, 0, &reason).await;
             })
             .abort_handle(),
         );
@@ -366,7 +374,7 @@ pub fn watch(d: &Shared, id: &str, live: Arc<Live>) {
 /// with the console output.
 async fn teardown(d: &Shared, id: &str) {
     let jail = d.cfg.jail(id);
-    if let Ok(Some(row)) = d.store.sandbox(id) {
+    if let Ok(Some(row)) = d.store.sandbox(&TenantScope::All, id) {
         if let Some(pid) = row.pid {
             vmm::kill_if_same(pid, row.pid_start);
             if let Ok(w) = vmm::ProcessWatch::new(pid) {
@@ -420,10 +428,16 @@ fn is_vmm(pid: i32) -> bool {
 
 /// Stops a sandbox's VMM (after `grace_s` seconds of asking the guest to shut down) and marks
 /// it `stopped`; the record and logs stay.
-pub async fn stop(d: &Shared, id: &str, grace_s: u64, reason: &str) -> Result<(), ApiError> {
+pub async fn stop(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    grace_s: u64,
+    reason: &str,
+) -> Result<(), ApiError> {
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
-    let row = d.sandbox_row(id)?;
+    let row = d.sandbox_row(scope, id)?;
     if !is_live(row.state) {
         return Ok(());
     }
@@ -465,22 +479,26 @@ async fn graceful(d: &Shared, row: &SandboxRow, grace: Duration) {
 }
 
 /// `DELETE /sandboxes/{id}`: stop it if it runs, then forget it.
-pub async fn delete(d: &Shared, id: &str, grace_s: u64) -> Result<(), ApiError> {
-    d.sandbox_row(id)?;
-    stop(d, id, grace_s, "Deleted").await?;
+pub async fn delete(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    grace_s: u64,
+) -> Result<(), ApiError> {
+    d.sandbox_row(scope, id)?;
+    stop(d, scope, id, grace_s, "Deleted").await?;
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
-    if d.store.sandbox(id)?.is_none() {
+    let Some(row) = d.store.sandbox(scope, id)? else {
         return Err(ApiError::NotFound(format!("No sandbox '{id}'")));
-    }
+    };
     let sdir = d.cfg.sandbox_dir(id);
     let _ = fsutil::remove_tree(&sdir);
-    let row = d.store.sandbox(id)?;
     d.store.delete_sandbox(id)?;
-    if let Some(row) = row {
-        crate::template::remove_template_dir_if_unused(d, &row.template_dir);
-    }
-    d.event("sandbox.deleted", |e| e.sandbox = Some(id.to_string()));
+    crate::template::remove_template_dir_if_unused(d, &row.template_dir);
+    d.event(&row.tenant, "sandbox.deleted", |e| {
+        e.sandbox = Some(id.to_string())
+    });
     d.refresh_gauges();
     drop(_g);
     d.forget_lock(id);
@@ -488,10 +506,15 @@ pub async fn delete(d: &Shared, id: &str, grace_s: u64) -> Result<(), ApiError> 
 }
 
 /// `POST /sandboxes/{id}/pause` and `/resume`.
-pub async fn set_paused(d: &Shared, id: &str, paused: bool) -> Result<Sandbox, ApiError> {
+pub async fn set_paused(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    paused: bool,
+) -> Result<Sandbox, ApiError> {
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
-    let row = d.sandbox_row(id)?;
+    let row = d.sandbox_row(scope, id)?;
     let (from, to, vm_state) = if paused {
         (SandboxState::Running, SandboxState::Paused, "Paused")
     } else {
@@ -512,15 +535,20 @@ pub async fn set_paused(d: &Shared, id: &str, paused: bool) -> Result<Sandbox, A
         .await
         .map_err(|e| ApiError::Unavailable(format!("The sandbox's VMM: {}", chain(&e))))?;
     d.set_state(id, to, None);
-    Ok(view(&d.sandbox_row(id)?))
+    Ok(view(&d.sandbox_row(scope, id)?))
 }
 
 /// `POST /sandboxes/{id}/snapshots`: pause, write a Full snapshot and copy the writable layer,
 /// resume (unless asked not to). A failure (a full disk, say) leaves the sandbox as it was.
-pub async fn snapshot(d: &Shared, id: &str, leave_paused: bool) -> Result<Snapshot, ApiError> {
+pub async fn snapshot(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    leave_paused: bool,
+) -> Result<Snapshot, ApiError> {
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
-    let row = d.sandbox_row(id)?;
+    let row = d.sandbox_row(scope, id)?;
     if !matches!(row.state, SandboxState::Running | SandboxState::Paused) {
         return Err(ApiError::Conflict(format!(
             "Sandbox '{id}' is {}; only a running or paused sandbox can be snapshotted",
@@ -586,6 +614,7 @@ pub async fn snapshot(d: &Shared, id: &str, leave_paused: bool) -> Result<Snapsh
         }
     };
     d.store.insert_snapshot(
+        &row.tenant,
         &snap_id,
         id,
         &row.template,
@@ -595,34 +624,36 @@ pub async fn snapshot(d: &Shared, id: &str, leave_paused: bool) -> Result<Snapsh
         row.memory_mib,
         size,
     )?;
-    d.event("snapshot.created", |e| {
+    d.event(&row.tenant, "snapshot.created", |e| {
         e.sandbox = Some(id.to_string());
         e.snapshot = Some(snap_id.clone());
     });
     d.store
-        .snapshot(&snap_id)?
+        .snapshot(scope, &snap_id)?
         .map(|s| s.api)
         .ok_or_else(|| ApiError::Internal("The new snapshot is missing from the store".into()))
 }
 
 /// `DELETE /snapshots/{id}`.
-pub fn delete_snapshot(d: &Shared, id: &str) -> Result<(), ApiError> {
+pub fn delete_snapshot(d: &Shared, scope: &TenantScope, id: &str) -> Result<(), ApiError> {
     let s = d
         .store
-        .snapshot(id)?
+        .snapshot(scope, id)?
         .ok_or_else(|| ApiError::NotFound(format!("No snapshot '{id}'")))?;
     d.store.delete_snapshot(id)?;
     // Sandboxes forked from it hold hard links of its files: removing the directory is safe.
     fsutil::remove_tree(Path::new(&s.dir)).map_err(|e| ApiError::internal("snapshot", &e))?;
     crate::template::remove_template_dir_if_unused(d, &s.template_dir);
-    d.event("snapshot.deleted", |e| e.snapshot = Some(id.to_string()));
+    d.event(&s.api.tenant, "snapshot.deleted", |e| {
+        e.snapshot = Some(id.to_string())
+    });
     Ok(())
 }
 
 /// After a (re)start: take over VMMs that still run and answer, mark the rest failed, and
 /// remove jails nothing refers to.
 pub async fn recover(d: &Shared) {
-    let rows = d.store.sandboxes().unwrap_or_default();
+    let rows = d.store.sandboxes(&TenantScope::All).unwrap_or_default();
     let mut keep = HashSet::new();
     for row in rows.iter().filter(|r| is_live(r.state)) {
         let id = &row.id;
@@ -699,7 +730,7 @@ pub async fn recover(d: &Shared) {
     // only ids from this daemon's own store or jail directory are touched).
     let ours: HashSet<String> = d
         .store
-        .sandboxes()
+        .sandboxes(&TenantScope::All)
         .unwrap_or_default()
         .into_iter()
         .map(|r| r.id)

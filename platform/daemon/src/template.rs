@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tartarus_auth::TenantScope;
 use tartarus_types::{BuildEvent, ErrorDetail, TemplateSpec, TemplateState};
 use tokio::sync::mpsc;
 
 use crate::daemon::{Daemon, Shared};
 use crate::error::{chain, ApiError};
 use crate::fsutil;
-use crate::store::StoredSpec;
+use crate::store::{StoredSpec, TemplateRow, HOST_TENANT};
 use crate::vmm::{self, Limits};
 
 /// File names inside a template (and snapshot) directory and inside every jail.
@@ -278,8 +279,11 @@ impl Progress {
 /// `error`. The build goes on if the receiver is dropped.
 pub fn start_build(
     d: &Shared,
+    scope: &TenantScope,
     mut spec: TemplateSpec,
 ) -> Result<mpsc::Receiver<BuildEvent>, ApiError> {
+    // A tenant's templates are its own; the host scope's are shared with every tenant.
+    let tenant = scope.as_str().to_string();
     if spec.kernel.is_empty() {
         spec.kernel = match &d.cfg.default_kernel {
             Some(k) => k.display().to_string(),
@@ -293,19 +297,20 @@ pub fn start_build(
     validate(&spec)?;
     {
         let mut b = d.building.lock().unwrap_or_else(|p| p.into_inner());
-        if b.contains(&spec.name) {
+        let key = building_key(&tenant, &spec.name);
+        if b.contains(&key) {
             return Err(ApiError::Conflict(format!(
                 "Template '{}' is being built already",
                 spec.name
             )));
         }
-        if !spec.replace && d.store.template(&spec.name)?.is_some() {
+        if !spec.replace && d.store.template(&tenant, &spec.name)?.is_some() {
             return Err(ApiError::Conflict(format!(
                 "Template '{}' exists (set replace to build it again)",
                 spec.name
             )));
         }
-        b.insert(spec.name.clone());
+        b.insert(key);
     }
     let (tx, rx) = mpsc::channel(256);
     let d = d.clone();
@@ -321,14 +326,14 @@ pub fn start_build(
                 STEPS
             },
         };
-        let result = build(&d, spec, &mut progress, started).await;
+        let result = build(&d, &tenant, spec, &mut progress, started).await;
         d.building
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&name);
+            .remove(&building_key(&tenant, &name));
         d.metrics.template_builds.inc();
         let ev = match result {
-            Ok(()) => match d.store.template(&name) {
+            Ok(()) => match d.store.template(&tenant, &name) {
                 Ok(Some(t)) => BuildEvent::Done {
                     template: Box::new(t.api),
                 },
@@ -342,13 +347,14 @@ pub fn start_build(
             Err(e) => {
                 tracing::warn!("template {name}: build failed: {e}");
                 let _ = d.store.finish_template(
+                    &tenant,
                     &name,
                     TemplateState::Failed,
                     None,
                     None,
                     Some(&e.to_string()),
                 );
-                d.event("template.failed", |ev| {
+                d.event(&tenant, "template.failed", |ev| {
                     ev.template = Some(name.clone());
                     ev.message = Some(e.to_string());
                 });
@@ -362,6 +368,7 @@ pub fn start_build(
 
 async fn build(
     d: &Shared,
+    tenant: &str,
     spec: TemplateSpec,
     p: &mut Progress,
     started: Instant,
@@ -403,14 +410,17 @@ async fn build(
         image,
         rootfs_key,
     };
-    let old = d.store.template(&name)?;
+    let old = d.store.template(tenant, &name)?;
     d.store.put_template(
+        tenant,
         &name,
         TemplateState::Building,
         &stored,
         &dir.display().to_string(),
     )?;
-    d.event("template.building", |e| e.template = Some(name.clone()));
+    d.event(tenant, "template.building", |e| {
+        e.template = Some(name.clone())
+    });
 
     p.step("copying the kernel and the root image").await;
     let (dir2, stored2) = (dir.clone(), stored.clone());
@@ -486,6 +496,7 @@ async fn build(
     let bytes = fsutil::allocated_bytes(&dir);
     // The new build is in; the old directory goes once nothing uses it.
     d.store.finish_template(
+        tenant,
         &name,
         TemplateState::Ready,
         Some(started.elapsed().as_millis() as u64),
@@ -497,7 +508,9 @@ async fn build(
             remove_template_dir_if_unused(d, &old.dir);
         }
     }
-    d.event("template.ready", |e| e.template = Some(name.clone()));
+    d.event(tenant, "template.ready", |e| {
+        e.template = Some(name.clone())
+    });
     Ok(())
 }
 
@@ -761,7 +774,7 @@ async fn boot_in_jail(
 pub fn remove_template_dir_if_unused(d: &Daemon, dir: &str) {
     let still_template = d
         .store
-        .templates()
+        .templates(&TenantScope::All)
         .map(|ts| ts.iter().any(|t| t.dir == dir))
         .unwrap_or(true);
     if still_template {
@@ -774,32 +787,88 @@ pub fn remove_template_dir_if_unused(d: &Daemon, dir: &str) {
     }
 }
 
-/// `DELETE /templates/{name}`.
-pub fn delete(d: &Shared, name: &str) -> Result<(), ApiError> {
+fn building_key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+/// The template a sandbox of `tenant` means by `name`: its tenant's own, else the host's
+/// (`*`) of that name.
+pub fn lookup(d: &Daemon, tenant: &str, name: &str) -> Result<Option<TemplateRow>, ApiError> {
+    if let Some(t) = d.store.template(tenant, name)? {
+        return Ok(Some(t));
+    }
+    if tenant == HOST_TENANT {
+        return Ok(None);
+    }
+    Ok(d.store.template(HOST_TENANT, name)?)
+}
+
+/// [`lookup`] for a caller's scope; a missing (or another tenant's) template is a 404.
+pub fn usable(d: &Daemon, scope: &TenantScope, name: &str) -> Result<TemplateRow, ApiError> {
+    lookup(d, scope.as_str(), name)?
+        .ok_or_else(|| ApiError::NotFound(format!("No template '{name}'")))
+}
+
+/// The template `GET /templates/{name}` shows: for a tenant, [`usable`]; for the host scope,
+/// the one of tenant `owner` (default `*`, the shared ones).
+pub fn visible(
+    d: &Daemon,
+    scope: &TenantScope,
+    name: &str,
+    owner: Option<&str>,
+) -> Result<TemplateRow, ApiError> {
+    match (scope, owner) {
+        (TenantScope::All, Some(owner)) => d
+            .store
+            .template(owner, name)?
+            .ok_or_else(|| ApiError::NotFound(format!("No template '{name}' of tenant '{owner}'"))),
+        _ => usable(d, scope, name),
+    }
+}
+
+/// `DELETE /templates/{name}`: a tenant deletes its own templates only (the shared ones are
+/// read-only to it); the host scope deletes the shared one, or tenant `owner`'s.
+pub fn delete(
+    d: &Shared,
+    scope: &TenantScope,
+    name: &str,
+    owner: Option<&str>,
+) -> Result<(), ApiError> {
+    let tenant = match (scope, owner) {
+        (TenantScope::All, Some(o)) => o.to_string(),
+        _ => scope.as_str().to_string(),
+    };
     if d.building
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains(name)
+        .contains(&building_key(&tenant, name))
     {
         return Err(ApiError::Conflict(format!(
             "Template '{name}' is being built"
         )));
     }
-    let t = d
-        .store
-        .template(name)?
-        .ok_or_else(|| ApiError::NotFound(format!("No template '{name}'")))?;
-    d.store.delete_template(name)?;
+    let Some(t) = d.store.template(&tenant, name)? else {
+        if tenant != HOST_TENANT && d.store.template(HOST_TENANT, name)?.is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "Template '{name}' is the host's, shared read-only with every tenant"
+            )));
+        }
+        return Err(ApiError::NotFound(format!("No template '{name}'")));
+    };
+    d.store.delete_template(&tenant, name)?;
     remove_template_dir_if_unused(d, &t.dir);
-    d.event("template.deleted", |e| e.template = Some(name.to_string()));
+    d.event(&tenant, "template.deleted", |e| {
+        e.template = Some(name.to_string())
+    });
     Ok(())
 }
 
 /// Builds fail if the daemon stops mid-way; after a restart they are marked failed.
 pub fn recover(d: &Arc<Daemon>) {
-    for t in d.store.templates().unwrap_or_default() {
+    for t in d.store.templates(&TenantScope::All).unwrap_or_default() {
         if t.api.state == TemplateState::Building {
             let _ = d.store.finish_template(
+                &t.api.tenant,
                 &t.api.name,
                 TemplateState::Failed,
                 None,

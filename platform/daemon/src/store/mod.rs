@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use tartarus_auth::TenantScope;
 use tartarus_types::{
     Event, NetworkMode, SandboxState, Snapshot, Template, TemplateState, WarmupCommand,
 };
@@ -18,9 +19,16 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("Corrupt JSON in the state database")]
     Json(#[from] serde_json::Error),
+    #[error("The state database has schema {found}, newer than this daemon's {known}: run a newer tartarusd")]
+    TooNew { found: i64, known: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+mod schema;
+
+/// The tenant a host-scope caller owns things as, and the owner of shared templates.
+pub const HOST_TENANT: &str = "*";
 
 /// A template row, with the daemon-private paths.
 #[derive(Debug, Clone)]
@@ -34,6 +42,8 @@ pub struct TemplateRow {
 #[derive(Debug, Clone)]
 pub struct SandboxRow {
     pub id: String,
+    /// The owning tenant (`*` = the host).
+    pub tenant: String,
     pub state: SandboxState,
     pub template: String,
     pub snapshot: Option<String>,
@@ -56,8 +66,9 @@ pub struct SandboxRow {
     pub net_index: Option<u16>,
 }
 
-/// A templates row as read: name, state, spec JSON, dir, created, build ms, bytes, error.
+/// A templates row as read: tenant, name, state, spec JSON, dir, created, build ms, bytes, error.
 type RawTemplate = (
+    String,
     String,
     String,
     String,
@@ -71,60 +82,6 @@ type RawTemplate = (
 pub struct Store {
     conn: Mutex<Connection>,
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS templates (
-    name TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    dir TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    build_ms INTEGER,
-    snapshot_bytes INTEGER,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS sandboxes (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    template TEXT NOT NULL,
-    template_dir TEXT NOT NULL,
-    snapshot TEXT,
-    pid INTEGER,
-    pid_start INTEGER,
-    uid INTEGER NOT NULL,
-    vcpus INTEGER NOT NULL,
-    memory_mib INTEGER NOT NULL,
-    network TEXT NOT NULL,
-    timeout_s INTEGER,
-    labels TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    create_ms REAL,
-    restore_ms REAL,
-    reason TEXT,
-    net_index INTEGER
-);
-CREATE TABLE IF NOT EXISTS snapshots (
-    id TEXT PRIMARY KEY,
-    sandbox TEXT NOT NULL,
-    template TEXT NOT NULL,
-    template_dir TEXT NOT NULL,
-    dir TEXT NOT NULL,
-    vcpus INTEGER NOT NULL,
-    memory_mib INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    size_bytes INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    sandbox TEXT,
-    template TEXT,
-    snapshot TEXT,
-    state TEXT,
-    message TEXT
-);
-";
 
 /// The spec part of a template, as stored.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -194,11 +151,11 @@ fn template_state_str(s: TemplateState) -> &'static str {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -213,6 +170,7 @@ impl Store {
 
     pub fn put_template(
         &self,
+        tenant: &str,
         name: &str,
         state: TemplateState,
         spec: &StoredSpec,
@@ -221,9 +179,9 @@ impl Store {
         let spec = serde_json::to_string(spec)?;
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO templates (name, state, spec, dir, created_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, template_state_str(state), spec, dir, now_ms()],
+                "INSERT OR REPLACE INTO templates (tenant, name, state, spec, dir, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![tenant, name, template_state_str(state), spec, dir, now_ms()],
             )?;
             Ok(())
         })
@@ -231,6 +189,7 @@ impl Store {
 
     pub fn finish_template(
         &self,
+        tenant: &str,
         name: &str,
         state: TemplateState,
         build_ms: Option<u64>,
@@ -240,13 +199,14 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "UPDATE templates SET state = ?2, build_ms = ?3, snapshot_bytes = ?4, error = ?5 \
-                 WHERE name = ?1",
+                 WHERE name = ?1 AND tenant = ?6",
                 params![
                     name,
                     template_state_str(state),
                     build_ms.map(|v| v as i64),
                     snapshot_bytes.map(|v| v as i64),
-                    error
+                    error,
+                    tenant
                 ],
             )?;
             Ok(())
@@ -263,11 +223,12 @@ impl Store {
             row.get(5)?,
             row.get(6)?,
             row.get(7)?,
+            row.get(8)?,
         ))
     }
 
     fn to_template(r: RawTemplate) -> Result<TemplateRow> {
-        let (name, state, spec, dir, created, build_ms, bytes, error) = r;
+        let (tenant, name, state, spec, dir, created, build_ms, bytes, error) = r;
         let spec: StoredSpec = serde_json::from_str(&spec)?;
         let state = match state.as_str() {
             "ready" => TemplateState::Ready,
@@ -277,6 +238,7 @@ impl Store {
         Ok(TemplateRow {
             api: Template {
                 name,
+                tenant,
                 state,
                 kernel: spec.kernel,
                 rootfs: spec.rootfs,
@@ -297,16 +259,17 @@ impl Store {
     }
 
     const TEMPLATE_COLS: &'static str =
-        "name, state, spec, dir, created_ms, build_ms, snapshot_bytes, error";
+        "tenant, name, state, spec, dir, created_ms, build_ms, snapshot_bytes, error";
 
-    pub fn template(&self, name: &str) -> Result<Option<TemplateRow>> {
+    /// The template `name` owned by `tenant` exactly (`*` = a host template).
+    pub fn template(&self, tenant: &str, name: &str) -> Result<Option<TemplateRow>> {
         let r = self.with(|c| {
             Ok(c.query_row(
                 &format!(
-                    "SELECT {} FROM templates WHERE name = ?1",
+                    "SELECT {} FROM templates WHERE name = ?1 AND tenant = ?2",
                     Self::TEMPLATE_COLS
                 ),
-                params![name],
+                params![name, tenant],
                 Self::template_from_row,
             )
             .optional()?)
@@ -314,23 +277,29 @@ impl Store {
         r.map(Self::to_template).transpose()
     }
 
-    pub fn templates(&self) -> Result<Vec<TemplateRow>> {
+    /// The templates `scope` may see: a tenant's own and the host's (`*`); all of them for
+    /// the host scope.
+    pub fn templates(&self, scope: &TenantScope) -> Result<Vec<TemplateRow>> {
         let rows = self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {} FROM templates ORDER BY name",
+                "SELECT {} FROM templates WHERE (?1 IS NULL OR tenant = ?1 OR tenant = '*') \
+                 ORDER BY name, tenant",
                 Self::TEMPLATE_COLS
             ))?;
             let rows = st
-                .query_map([], Self::template_from_row)?
+                .query_map(params![scope.sql_param()], Self::template_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })?;
         rows.into_iter().map(Self::to_template).collect()
     }
 
-    pub fn delete_template(&self, name: &str) -> Result<()> {
+    pub fn delete_template(&self, tenant: &str, name: &str) -> Result<()> {
         self.with(|c| {
-            c.execute("DELETE FROM templates WHERE name = ?1", params![name])?;
+            c.execute(
+                "DELETE FROM templates WHERE name = ?1 AND tenant = ?2",
+                params![name, tenant],
+            )?;
             Ok(())
         })
     }
@@ -356,7 +325,7 @@ impl Store {
 
     const SANDBOX_COLS: &'static str = "id, state, template, template_dir, snapshot, pid, \
         pid_start, uid, vcpus, memory_mib, network, timeout_s, labels, created_ms, create_ms, \
-        restore_ms, reason, net_index";
+        restore_ms, reason, net_index, tenant";
 
     fn sandbox_from_row(row: &Row<'_>) -> rusqlite::Result<SandboxRow> {
         let state: String = row.get(1)?;
@@ -385,6 +354,7 @@ impl Store {
             restore_ms: row.get(15)?,
             reason: row.get(16)?,
             net_index: row.get::<_, Option<i64>>(17)?.map(|v| v as u16),
+            tenant: row.get(18)?,
         })
     }
 
@@ -394,7 +364,7 @@ impl Store {
             c.execute(
                 &format!(
                     "INSERT INTO sandboxes ({}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                     Self::SANDBOX_COLS
                 ),
                 params![
@@ -415,32 +385,38 @@ impl Store {
                     s.create_ms,
                     s.restore_ms,
                     s.reason,
-                    s.net_index.map(|v| v as i64)
+                    s.net_index.map(|v| v as i64),
+                    s.tenant
                 ],
             )?;
             Ok(())
         })
     }
 
-    pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>> {
+    /// The sandbox `id` if `scope` may see it (another tenant's is `None`, as a missing one).
+    pub fn sandbox(&self, scope: &TenantScope, id: &str) -> Result<Option<SandboxRow>> {
         self.with(|c| {
             Ok(c.query_row(
-                &format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::SANDBOX_COLS),
-                params![id],
+                &format!(
+                    "SELECT {} FROM sandboxes WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+                    Self::SANDBOX_COLS
+                ),
+                params![id, scope.sql_param()],
                 Self::sandbox_from_row,
             )
             .optional()?)
         })
     }
 
-    pub fn sandboxes(&self) -> Result<Vec<SandboxRow>> {
+    /// The sandboxes `scope` may see.
+    pub fn sandboxes(&self, scope: &TenantScope) -> Result<Vec<SandboxRow>> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {} FROM sandboxes ORDER BY created_ms, id",
+                "SELECT {} FROM sandboxes WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_ms, id",
                 Self::SANDBOX_COLS
             ))?;
             let rows = st
-                .query_map([], Self::sandbox_from_row)?
+                .query_map(params![scope.sql_param()], Self::sandbox_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -511,6 +487,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub fn insert_snapshot(
         &self,
+        tenant: &str,
         id: &str,
         sandbox: &str,
         template: &str,
@@ -523,7 +500,8 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "INSERT INTO snapshots (id, sandbox, template, template_dir, dir, vcpus, \
-                 memory_mib, created_ms, size_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 memory_mib, created_ms, size_bytes, tenant) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     id,
                     sandbox,
@@ -533,7 +511,8 @@ impl Store {
                     vcpus as i64,
                     memory_mib as i64,
                     now_ms(),
-                    size_bytes as i64
+                    size_bytes as i64,
+                    tenant
                 ],
             )?;
             Ok(())
@@ -544,6 +523,7 @@ impl Store {
         Ok(SnapshotRow {
             api: Snapshot {
                 id: row.get(0)?,
+                tenant: row.get(9)?,
                 sandbox: row.get(1)?,
                 template: row.get(2)?,
                 created_at: rfc3339(row.get(7)?),
@@ -557,30 +537,32 @@ impl Store {
     }
 
     const SNAPSHOT_COLS: &'static str =
-        "id, sandbox, template, template_dir, dir, vcpus, memory_mib, created_ms, size_bytes";
+        "id, sandbox, template, template_dir, dir, vcpus, memory_mib, created_ms, size_bytes, tenant";
 
-    pub fn snapshot(&self, id: &str) -> Result<Option<SnapshotRow>> {
+    /// The snapshot `id` if `scope` may see it.
+    pub fn snapshot(&self, scope: &TenantScope, id: &str) -> Result<Option<SnapshotRow>> {
         self.with(|c| {
             Ok(c.query_row(
                 &format!(
-                    "SELECT {} FROM snapshots WHERE id = ?1",
+                    "SELECT {} FROM snapshots WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
                     Self::SNAPSHOT_COLS
                 ),
-                params![id],
+                params![id, scope.sql_param()],
                 Self::snapshot_from_row,
             )
             .optional()?)
         })
     }
 
-    pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
+    /// The snapshots `scope` may see.
+    pub fn snapshots(&self, scope: &TenantScope) -> Result<Vec<SnapshotRow>> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {} FROM snapshots ORDER BY created_ms, id",
+                "SELECT {} FROM snapshots WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_ms, id",
                 Self::SNAPSHOT_COLS
             ))?;
             let rows = st
-                .query_map([], Self::snapshot_from_row)?
+                .query_map(params![scope.sql_param()], Self::snapshot_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -600,9 +582,11 @@ impl Store {
         e.time = rfc3339(ms);
         let id = self.with(|c| {
             c.execute(
-                "INSERT INTO events (time_ms, kind, sandbox, template, snapshot, state, message) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![ms, e.kind, e.sandbox, e.template, e.snapshot, e.state, e.message],
+                "INSERT INTO events (time_ms, kind, sandbox, template, snapshot, state, message, \
+                 tenant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    ms, e.kind, e.sandbox, e.template, e.snapshot, e.state, e.message, e.tenant
+                ],
             )?;
             Ok(c.last_insert_rowid())
         })?;
@@ -610,14 +594,16 @@ impl Store {
         Ok(e)
     }
 
-    pub fn events_since(&self, since: i64, limit: u32) -> Result<Vec<Event>> {
+    /// The events after `since` that `scope` may see (a tenant's own; host events, e.g. a
+    /// shared template's, only to the host scope).
+    pub fn events_since(&self, scope: &TenantScope, since: i64, limit: u32) -> Result<Vec<Event>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, time_ms, kind, sandbox, template, snapshot, state, message FROM events \
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, time_ms, kind, sandbox, template, snapshot, state, message, tenant \
+                 FROM events WHERE id > ?1 AND (?3 IS NULL OR tenant = ?3) ORDER BY id LIMIT ?2",
             )?;
             let rows = st
-                .query_map(params![since, limit], |r| {
+                .query_map(params![since, limit, scope.sql_param()], |r| {
                     Ok(Event {
                         id: r.get(0)?,
                         time: rfc3339(r.get(1)?),
@@ -627,6 +613,7 @@ impl Store {
                         snapshot: r.get(5)?,
                         state: r.get(6)?,
                         message: r.get(7)?,
+                        tenant: r.get(8)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -645,78 +632,4 @@ pub struct SnapshotRow {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_known_points() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_796_460_000_000), "2026-12-05T08:40:00.000Z");
-    }
-
-    fn row(id: &str) -> SandboxRow {
-        SandboxRow {
-            id: id.into(),
-            state: SandboxState::Creating,
-            template: "base".into(),
-            snapshot: None,
-            pid: None,
-            pid_start: None,
-            uid: 1000,
-            vcpus: 1,
-            memory_mib: 128,
-            network: NetworkMode::None,
-            timeout_s: Some(5),
-            labels: [("a".to_string(), "b".to_string())].into(),
-            created_ms: 1,
-            create_ms: None,
-            restore_ms: None,
-            reason: None,
-            template_dir: "/t".into(),
-            net_index: None,
-        }
-    }
-
-    #[test]
-    fn sandbox_rows_round_trip_and_survive_reopen() {
-        let dir = std::env::temp_dir().join(format!("tartarusd-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("state.db");
-        {
-            let s = Store::open(&db).unwrap();
-            s.insert_sandbox(&row("sb-1")).unwrap();
-            s.set_sandbox_running("sb-1", 42, 7, 1.5, 0.5).unwrap();
-            s.set_sandbox_state("sb-1", SandboxState::Paused, None)
-                .unwrap();
-        }
-        let s = Store::open(&db).unwrap();
-        let r = s.sandbox("sb-1").unwrap().unwrap();
-        assert_eq!(
-            (r.state, r.pid, r.pid_start),
-            (SandboxState::Paused, Some(42), Some(7))
-        );
-        assert_eq!(r.labels.get("a").map(String::as_str), Some("b"));
-        s.set_sandbox_state("sb-1", SandboxState::Failed, Some("gone"))
-            .unwrap();
-        let r = s.sandbox("sb-1").unwrap().unwrap();
-        assert_eq!((r.pid, r.reason.as_deref()), (None, Some("gone")));
-        assert_eq!(s.template_dir_users("/t").unwrap(), 1);
-        s.delete_sandbox("sb-1").unwrap();
-        assert!(s.sandbox("sb-1").unwrap().is_none());
-        let e = s
-            .add_event(Event {
-                id: 0,
-                time: String::new(),
-                kind: "sandbox.deleted".into(),
-                sandbox: Some("sb-1".into()),
-                template: None,
-                snapshot: None,
-                state: None,
-                message: None,
-            })
-            .unwrap();
-        assert_eq!(s.events_since(e.id - 1, 10).unwrap(), vec![e]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -1,0 +1,126 @@
+//! The state database's tables, and the migration of older databases (`PRAGMA user_version`).
+//!
+//! - version 0: the first daemon's tables (no tenants).
+//! - version 1: every template, sandbox, snapshot and event belongs to a tenant (`*` = the
+//!   host); templates are keyed by (tenant, name). Rows of a version-0 database become the
+//!   host's.
+
+use rusqlite::Connection;
+
+use super::{Result, StoreError};
+
+pub const VERSION: i64 = 1;
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS templates (
+    tenant TEXT NOT NULL DEFAULT '*',
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    build_ms INTEGER,
+    snapshot_bytes INTEGER,
+    error TEXT,
+    PRIMARY KEY (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL DEFAULT '*',
+    state TEXT NOT NULL,
+    template TEXT NOT NULL,
+    template_dir TEXT NOT NULL,
+    snapshot TEXT,
+    pid INTEGER,
+    pid_start INTEGER,
+    uid INTEGER NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    network TEXT NOT NULL,
+    timeout_s INTEGER,
+    labels TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    create_ms REAL,
+    restore_ms REAL,
+    reason TEXT,
+    net_index INTEGER
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL DEFAULT '*',
+    sandbox TEXT NOT NULL,
+    template TEXT NOT NULL,
+    template_dir TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL DEFAULT '*',
+    time_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    sandbox TEXT,
+    template TEXT,
+    snapshot TEXT,
+    state TEXT,
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS sandboxes_tenant ON sandboxes (tenant);
+CREATE INDEX IF NOT EXISTS snapshots_tenant ON snapshots (tenant);
+CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, id);
+";
+
+/// Version 0 → 1: tenant columns; templates re-keyed by (tenant, name).
+const V0_TO_V1: &str = "
+ALTER TABLE templates RENAME TO templates_v0;
+CREATE TABLE templates (
+    tenant TEXT NOT NULL DEFAULT '*',
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    build_ms INTEGER,
+    snapshot_bytes INTEGER,
+    error TEXT,
+    PRIMARY KEY (tenant, name)
+);
+INSERT INTO templates (tenant, name, state, spec, dir, created_ms, build_ms, snapshot_bytes, error)
+    SELECT '*', name, state, spec, dir, created_ms, build_ms, snapshot_bytes, error FROM templates_v0;
+DROP TABLE templates_v0;
+ALTER TABLE sandboxes ADD COLUMN tenant TEXT NOT NULL DEFAULT '*';
+ALTER TABLE snapshots ADD COLUMN tenant TEXT NOT NULL DEFAULT '*';
+ALTER TABLE events ADD COLUMN tenant TEXT NOT NULL DEFAULT '*';
+";
+
+fn has_table(c: &Connection, name: &str) -> Result<bool> {
+    let n: i64 = c.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Brings the database to [`VERSION`] in one transaction.
+pub fn migrate(c: &mut Connection) -> Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > VERSION {
+        return Err(StoreError::TooNew {
+            found: version,
+            known: VERSION,
+        });
+    }
+    if version == 0 && has_table(&tx, "templates")? {
+        tracing::info!("state database: migrating to schema {VERSION} (tenants)");
+        tx.execute_batch(V0_TO_V1)?;
+    }
+    tx.execute_batch(TABLES)?;
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
