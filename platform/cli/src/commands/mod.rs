@@ -54,11 +54,11 @@ pub enum CmdError {
     Tty(#[from] tty::TtyError),
     #[error("{0}")]
     Failed(String),
-    #[error("CA: {0}")]
+    #[error("CA: {}", with_sources(.0))]
     Ca(#[from] tartarus_auth::ca::CaError),
-    #[error("cannot verify the audit log: {0}")]
+    #[error("cannot verify the audit log: {}", with_sources(.0))]
     AuditVerify(#[from] tartarus_audit::VerifyError),
-    #[error("cannot verify the audit log: {0}")]
+    #[error("cannot verify the audit log: {}", with_sources(.0))]
     AuditKey(#[from] tartarus_audit::KeyError),
     /// An error with a line of advice printed below it.
     #[error("{source}")]
@@ -130,6 +130,22 @@ impl CmdError {
         let context = context.into();
         move |source| CmdError::Io { context, source }
     }
+}
+
+/// An error of the libraries (whose messages leave the cause to `source()`) with its causes:
+/// `Cannot read or write key file /x: No such file or directory (os error 2)`.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// What every command gets.
