@@ -325,3 +325,33 @@ fn port_forward_upgrade_over_mtls() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(&p.home);
 }
+
+#[test]
+fn interactive_exec_over_mtls() {
+    let p = pki();
+    let srv = server(&p);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tartarus"))
+        .args(["--host", &srv.https_host(), "exec", "-i", "sb-1", "--"])
+        .args(["sh", "-c", "cat; exit 3"])
+        .env("XDG_CONFIG_HOME", p.home.join("none"))
+        .env("TARTARUS_TLS_CA", p.ca.join("ca.crt"))
+        .env("TARTARUS_TLS_CERT", p.home.join("alice/alice.crt"))
+        .env("TARTARUS_TLS_KEY", p.home.join("alice/alice.key"))
+        .env_remove("TARTARUS_API_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through the agent\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+    assert_eq!(o.stdout, b"through the agent\n");
+    assert!(srv.last("GET", "/sandboxes/sb-1/agent").is_some());
+    let _ = std::fs::remove_dir_all(&p.home);
+}
