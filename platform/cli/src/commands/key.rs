@@ -137,6 +137,14 @@ pub async fn revoke(ctx: &Ctx, ids: &[String]) -> Result<i32, CmdError> {
         match result {
             Ok(resp) => {
                 let bytes = crate::client::read_body(resp).await?;
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    // The contract answers the revoked key; a bare 204 is fine too.
+                    let id = key_id(arg)?;
+                    if !ctx.json() {
+                        print(&format!("Revoked {id}\n"))?;
+                    }
+                    continue;
+                }
                 let v: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| ClientError::Decode(e.to_string()))?;
                 if ctx.json() {
