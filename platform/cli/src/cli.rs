@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod access;
+pub use access::*;
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -49,7 +52,7 @@ impl From<Network> for tartarus_types::NetworkMode {
     max_term_width = 100
 )]
 pub struct Cli {
-    /// Daemon address: `unix:///path/to.sock` or `http://HOST:PORT`
+    /// Daemon address: `unix:///path/to.sock`, `http://HOST:PORT` or `https://HOST:PORT`
     /// [env: TARTARUS_HOST; default: unix:///run/tartarus/tartarusd.sock]
     #[arg(long, global = true, value_name = "URL")]
     pub host: Option<String>,
@@ -61,6 +64,25 @@ pub struct Cli {
     /// Output format (default: the profile's `output`, else table)
     #[arg(short = 'o', long, global = true, value_enum)]
     pub output: Option<OutputFormat>,
+
+    /// API key (`tts_...`) or JWT, sent as `Authorization: Bearer` (not needed on the Unix
+    /// socket) [env: TARTARUS_API_KEY; profile: api_key]
+    #[arg(long, global = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// CA certificate (PEM) the daemon's https:// certificate must chain to (default: the
+    /// system's trust store) [env: TARTARUS_TLS_CA; profile: tls_ca]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for an https:// daemon that wants mTLS
+    /// [env: TARTARUS_TLS_CERT; profile: tls_cert]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM) [env: TARTARUS_TLS_KEY; profile: tls_key]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -97,6 +119,16 @@ pub enum Command {
     Image(ImageCmd),
     /// Print the daemon's events (sandboxes, templates, snapshots)
     Events(EventsArgs),
+    /// Manage API keys (create, list, rotate, revoke)
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// A local certificate authority for the daemon's mTLS listener (no daemon needed)
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Read the daemon's audit log (`ls`, over the API) or check its integrity (`verify`,
+    /// on the log file)
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Check that the daemon answers
     Health,
     /// Write a shell completion script to stdout

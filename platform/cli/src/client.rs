@@ -4,6 +4,7 @@
 //! theirs anyway). Error answers (`{"error": {"code", "message"}}`) become [`ClientError::Api`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -20,8 +21,18 @@ pub type UpgradedIo = TokioIo<hyper::upgrade::Upgraded>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("bad daemon address '{0}': use unix:///path/to.sock or http://HOST:PORT")]
+    #[error(
+        "bad daemon address '{0}': use unix:///path/to.sock, http://HOST:PORT or https://HOST:PORT"
+    )]
     BadHost(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("TLS handshake with {host} failed: {source}")]
+    Handshake {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot connect to tartarusd at {host}: {source} (is tartarusd running?)")]
     Connect {
         host: String,
@@ -48,6 +59,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// 401 or 403 when the daemon refused the caller's credentials or role.
+    pub fn auth_status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } if *status == 401 || *status == 403 => Some(*status),
+            _ => None,
+        }
+    }
+
     /// The API's error code, for an error answer.
     pub fn api_code(&self) -> Option<&str> {
         match self {
@@ -63,10 +82,13 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `host:port`.
     Tcp(String),
+    /// `host:port`, over TLS.
+    Https(String),
 }
 
 impl Endpoint {
-    /// `unix:///path`, a bare absolute path, `http://HOST:PORT` or `tcp://HOST:PORT`.
+    /// `unix:///path`, a bare absolute path, `http://HOST:PORT`, `tcp://HOST:PORT` or
+    /// `https://HOST:PORT`.
     pub fn parse(s: &str) -> Result<Self, ClientError> {
         let bad = || ClientError::BadHost(s.to_string());
         if let Some(path) = s.strip_prefix("unix://") {
@@ -78,18 +100,25 @@ impl Endpoint {
         if s.starts_with('/') {
             return Ok(Endpoint::Unix(PathBuf::from(s)));
         }
-        let rest = s
-            .strip_prefix("http://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .ok_or_else(bad)?;
+        let (tls, rest) = match s.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                s.strip_prefix("http://")
+                    .or_else(|| s.strip_prefix("tcp://"))
+                    .ok_or_else(bad)?,
+            ),
+        };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
             return Err(bad());
         }
         match authority.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
-                Ok(Endpoint::Tcp(authority.to_string()))
-            }
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(if tls {
+                Endpoint::Https(authority.to_string())
+            } else {
+                Endpoint::Tcp(authority.to_string())
+            }),
             _ => Err(bad()),
         }
     }
@@ -97,8 +126,13 @@ impl Endpoint {
     fn host_header(&self) -> &str {
         match self {
             Endpoint::Unix(_) => "tartarusd",
-            Endpoint::Tcp(a) => a,
+            Endpoint::Tcp(a) | Endpoint::Https(a) => a,
         }
+    }
+
+    /// Whether this address needs the TLS client.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Endpoint::Https(_))
     }
 }
 
@@ -107,6 +141,7 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
             Endpoint::Tcp(a) => write!(f, "http://{a}"),
+            Endpoint::Https(a) => write!(f, "https://{a}"),
         }
     }
 }
@@ -123,11 +158,29 @@ pub enum Body {
 pub struct ApiClient {
     endpoint: Endpoint,
     api_key: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiClient {
+    /// A client of a `unix://` or `http://` endpoint (an `https://` one needs
+    /// [`ApiClient::with_tls`]).
     pub fn new(endpoint: Endpoint, api_key: Option<String>) -> Self {
-        ApiClient { endpoint, api_key }
+        ApiClient {
+            endpoint,
+            api_key,
+            tls: None,
+        }
+    }
+
+    /// Sets the TLS client configuration used for an `https://` endpoint.
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Whether a credential is sent with each request.
+    pub fn has_api_key(&self) -> bool {
+        self.api_key.is_some()
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -152,6 +205,25 @@ impl ApiClient {
                     .map_err(connect_err)?;
                 let _ = s.set_nodelay(true);
                 handshake(TokioIo::new(s)).await
+            }
+            Endpoint::Https(addr) => {
+                let name = crate::tls::server_name(addr)?;
+                let config = match &self.tls {
+                    Some(c) => c.clone(),
+                    None => crate::tls::client_config(&Default::default())?,
+                };
+                let s = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(connect_err)?;
+                let _ = s.set_nodelay(true);
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, s)
+                    .await
+                    .map_err(|source| ClientError::Handshake {
+                        host: self.endpoint.to_string(),
+                        source,
+                    })?;
+                handshake(TokioIo::new(tls)).await
             }
         }
     }
@@ -289,6 +361,11 @@ fn json_body(body: Option<&(impl Serialize + ?Sized)>) -> Result<Body, ClientErr
         }
         None => Body::Empty,
     })
+}
+
+/// The whole body of an answer.
+pub async fn read_body(resp: Response<Incoming>) -> Result<Bytes, ClientError> {
+    read_all(resp).await
 }
 
 async fn read_all(resp: Response<Incoming>) -> Result<Bytes, ClientError> {

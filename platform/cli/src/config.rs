@@ -12,6 +12,14 @@ use crate::cli::OutputFormat;
 pub const ENV_HOST: &str = "TARTARUS_HOST";
 /// Environment variable naming the profile.
 pub const ENV_PROFILE: &str = "TARTARUS_PROFILE";
+/// Environment variable holding the API key (or a JWT) sent as `Authorization: Bearer`.
+pub const ENV_API_KEY: &str = "TARTARUS_API_KEY";
+/// Environment variable naming the CA file that `https://` daemons must be signed by.
+pub const ENV_TLS_CA: &str = "TARTARUS_TLS_CA";
+/// Environment variable naming the client certificate (PEM) for mTLS.
+pub const ENV_TLS_CERT: &str = "TARTARUS_TLS_CERT";
+/// Environment variable naming the client certificate's private key (PEM) for mTLS.
+pub const ENV_TLS_KEY: &str = "TARTARUS_TLS_KEY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +59,16 @@ pub struct Profile {
     /// `table` or `json`.
     #[serde(default)]
     pub output: Option<String>,
+    /// CA certificate(s), PEM, trusted for an `https://` host (relative paths are relative to
+    /// the config file's directory, `~/` is the home directory).
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    /// Client certificate, PEM, presented to an `https://` host (mTLS).
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// The client certificate's private key, PEM.
+    #[serde(default)]
+    pub tls_key: Option<String>,
 }
 
 /// What the command runs with.
@@ -61,6 +79,19 @@ pub struct Settings {
     pub output: OutputFormat,
     /// The profile in use, if any.
     pub profile: Option<String>,
+    /// TLS files for an `https://` host.
+    pub tls: TlsFiles,
+}
+
+/// The files of the TLS client: none is needed for `unix://` or `http://` hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate(s) the daemon's certificate must chain to; without it the system's
+    /// trust store is used.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (mTLS); needs `key` too.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// The global flags that take part in the resolution.
@@ -69,6 +100,10 @@ pub struct Overrides {
     pub host: Option<String>,
     pub profile: Option<String>,
     pub output: Option<OutputFormat>,
+    pub api_key: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where the config file lives: `$XDG_CONFIG_HOME/tartarus/config.toml`, else
@@ -144,12 +179,45 @@ pub fn resolve(
             })
         }
     };
+    let home = env("HOME").filter(|h| !h.is_empty());
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let file = |flag: &Option<PathBuf>, var: &str, prof: &Option<String>| {
+        flag.clone()
+            .or_else(|| nonempty(var).map(PathBuf::from))
+            .or_else(|| {
+                prof.as_deref()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| profile_path(p, base, home.as_deref()))
+            })
+    };
+    let tls = TlsFiles {
+        ca: file(&flags.tls_ca, ENV_TLS_CA, &profile.tls_ca),
+        cert: file(&flags.tls_cert, ENV_TLS_CERT, &profile.tls_cert),
+        key: file(&flags.tls_key, ENV_TLS_KEY, &profile.tls_key),
+    };
+    let api_key = flags
+        .api_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .or_else(|| nonempty(ENV_API_KEY))
+        .or(profile.api_key.filter(|k| !k.is_empty()));
     Ok(Settings {
         host,
-        api_key: profile.api_key.filter(|k| !k.is_empty()),
+        api_key,
         output,
         profile: profile_name,
+        tls,
     })
+}
+
+/// A path from the config file: `~/x` is under the home directory, a relative path is relative
+/// to the config file's directory (so a profile can name `ca.crt` beside it).
+pub fn profile_path(p: &str, config_dir: &Path, home: Option<&str>) -> PathBuf {
+    match (p.strip_prefix("~/"), home) {
+        (Some(rest), Some(h)) => Path::new(h).join(rest),
+        _ if Path::new(p).is_absolute() => PathBuf::from(p),
+        _ => config_dir.join(p),
+    }
 }
 
 /// Resolves the settings from the process environment and the user's config file.

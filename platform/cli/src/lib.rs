@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod output;
 pub mod spec;
+pub mod tls;
 
 use clap::Parser;
 
@@ -26,8 +27,25 @@ pub fn main_entry() -> i32 {
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tartarus: {e}");
+            eprintln!("tartarus: {}", error_line(&e));
+            if let commands::CmdError::Hinted { hint, .. } = &e {
+                eprintln!("hint: {hint}");
+            }
             e.exit_code()
         }
+    }
+}
+
+/// The error's line: a 401 or 403 says so first (`unauthorized: API key revoked`).
+pub fn error_line(e: &commands::CmdError) -> String {
+    match e {
+        commands::CmdError::Hinted { source, .. } => error_line(source),
+        commands::CmdError::Client(client::ClientError::Api { code, message, .. })
+            if matches!(code.as_str(), "unauthorized" | "forbidden")
+                && !message.starts_with(code.as_str()) =>
+        {
+            format!("{code}: {message}")
+        }
+        _ => e.to_string(),
     }
 }

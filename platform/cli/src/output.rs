@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use tartarus_types::{Image, ImagesFreed, Sandbox, Snapshot, Template};
+use tartarus_types::{ApiKeyInfo, AuditEntry, Image, ImagesFreed, Sandbox, Snapshot, Template};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -402,4 +402,137 @@ pub fn exec_error_status(message: &str) -> Option<i32> {
     } else {
         Some(126)
     }
+}
+
+/// A Unix time relative to `now`: `5m ago`, `in 29d`, `now`.
+pub fn relative(now: i64, t: i64) -> String {
+    match t - now {
+        0 => "now".into(),
+        d if d > 0 => format!("in {}", age(d as u64)),
+        d => format!("{} ago", age(d.unsigned_abs())),
+    }
+}
+
+/// A key's state at `now`: `revoked`, `expired`, `rotated` (replaced, still valid for the
+/// overlap) or `active`.
+pub fn key_status(k: &ApiKeyInfo, now: i64) -> &'static str {
+    if k.revoked_at.is_some() {
+        "revoked"
+    } else if k.expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else if k.replaced_by.is_some() {
+        "rotated"
+    } else {
+        "active"
+    }
+}
+
+/// `tartarus key ls`: times relative to `now`.
+pub fn key_table(items: &[ApiKeyInfo], now: i64) -> String {
+    let mut t = Table::new([
+        "ID",
+        "NAME",
+        "TENANT",
+        "ROLE",
+        "STATUS",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+    ]);
+    for k in items {
+        t.row([
+            k.id.clone(),
+            k.name.clone(),
+            k.tenant.clone(),
+            k.role.clone(),
+            key_status(k, now).to_string(),
+            relative(now, k.created_at),
+            k.expires_at
+                .map_or_else(|| "never".into(), |e| relative(now, e)),
+            k.last_used_at
+                .map_or_else(|| "never".into(), |u| relative(now, u)),
+        ]);
+    }
+    t.render()
+}
+
+/// `KEY: value` lines of a key (`key get`, `key revoke`, and below a new key).
+pub fn key_details(k: &ApiKeyInfo, now: i64) -> String {
+    let at = |t: i64| format!("{} ({})", utc(t), relative(now, t));
+    let mut t = Table::new(["ID:", k.id.as_str()]);
+    let rows: Vec<(&str, String)> = vec![
+        ("Name:", k.name.clone()),
+        ("Tenant:", k.tenant.clone()),
+        ("Role:", k.role.clone()),
+        ("Status:", key_status(k, now).to_string()),
+        ("Created:", at(k.created_at)),
+        ("Expires:", k.expires_at.map_or_else(|| "never".into(), at)),
+        (
+            "Last used:",
+            k.last_used_at.map_or_else(|| "never".into(), at),
+        ),
+        ("Revoked:", opt(k.revoked_at.map(at))),
+        ("Replaced by:", opt(k.replaced_by.clone())),
+    ];
+    for (k, v) in rows {
+        t.row([k.to_string(), v]);
+    }
+    t.render()
+}
+
+/// Unix seconds as `2026-12-05 17:00:00 UTC`.
+pub fn utc(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// An audit record's RFC 3339 time as `2026-12-05 17:00:00` (UTC, whole seconds).
+fn audit_time(t: &str) -> String {
+    match parse_rfc3339(t) {
+        Some(secs) => utc(secs).trim_end_matches(" UTC").to_string(),
+        None => t.to_string(),
+    }
+}
+
+/// `tartarus audit ls`.
+pub fn audit_table(items: &[AuditEntry]) -> String {
+    let mut t = Table::new([
+        "SEQ",
+        "TIME (UTC)",
+        "TENANT",
+        "PRINCIPAL",
+        "ACTION",
+        "RESOURCE",
+        "RESULT",
+        "SOURCE",
+    ]);
+    for e in items {
+        t.row([
+            e.seq.to_string(),
+            audit_time(&e.time),
+            e.tenant.clone(),
+            e.principal.clone(),
+            e.action.clone(),
+            e.resource.clone(),
+            e.result.clone(),
+            e.source.clone(),
+        ]);
+    }
+    t.render()
 }

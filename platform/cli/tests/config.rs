@@ -160,3 +160,100 @@ fn missing_file_is_empty() {
     let c = ConfigFile::load(Path::new("/nonexistent/tartarus/config.toml")).unwrap();
     assert_eq!(c, ConfigFile::default());
 }
+
+const TLS_CONFIG: &str = r#"
+[profiles.tls]
+host = "https://tartarus.example.com:7443"
+api_key = "profile-key"
+tls_ca = "ca.crt"
+tls_cert = "~/certs/alice.crt"
+tls_key = "/etc/tartarus/alice.key"
+"#;
+
+#[test]
+fn api_key_precedence() {
+    let c = ConfigFile::parse(TLS_CONFIG, Path::new("/cfg/config.toml")).unwrap();
+    let prof = Overrides {
+        profile: Some("tls".into()),
+        ..Default::default()
+    };
+    let r = |flags: Overrides, e: &[(&str, &str)]| {
+        resolve(&flags, &env(e), &c, Path::new("/cfg/config.toml"))
+            .unwrap()
+            .api_key
+    };
+    assert_eq!(r(prof.clone(), &[]).as_deref(), Some("profile-key"));
+    assert_eq!(
+        r(prof.clone(), &[("TARTARUS_API_KEY", "env-key")]).as_deref(),
+        Some("env-key")
+    );
+    // An empty variable counts as unset.
+    assert_eq!(
+        r(prof.clone(), &[("TARTARUS_API_KEY", "")]).as_deref(),
+        Some("profile-key")
+    );
+    let flag = Overrides {
+        api_key: Some("flag-key".into()),
+        ..prof
+    };
+    assert_eq!(
+        r(flag, &[("TARTARUS_API_KEY", "env-key")]).as_deref(),
+        Some("flag-key")
+    );
+    // No profile, only the environment.
+    assert_eq!(
+        r(Overrides::default(), &[("TARTARUS_API_KEY", "env-key")]).as_deref(),
+        Some("env-key")
+    );
+}
+
+#[test]
+fn tls_files_precedence_and_profile_paths() {
+    use std::path::PathBuf;
+    let c = ConfigFile::parse(TLS_CONFIG, Path::new("/cfg/config.toml")).unwrap();
+    let prof = Overrides {
+        profile: Some("tls".into()),
+        ..Default::default()
+    };
+    let r = |flags: &Overrides, e: &[(&str, &str)]| {
+        resolve(flags, &env(e), &c, Path::new("/cfg/config.toml"))
+            .unwrap()
+            .tls
+    };
+    // Profile: relative to the config file's directory, `~/` under HOME, absolute as is.
+    let t = r(&prof, &[("HOME", "/home/a")]);
+    assert_eq!(t.ca, Some(PathBuf::from("/cfg/ca.crt")));
+    assert_eq!(t.cert, Some(PathBuf::from("/home/a/certs/alice.crt")));
+    assert_eq!(t.key, Some(PathBuf::from("/etc/tartarus/alice.key")));
+    // env > profile
+    let e = [
+        ("HOME", "/home/a"),
+        ("TARTARUS_TLS_CA", "/env/ca.crt"),
+        ("TARTARUS_TLS_CERT", "/env/c.crt"),
+        ("TARTARUS_TLS_KEY", "/env/c.key"),
+    ];
+    let t = r(&prof, &e);
+    assert_eq!(
+        (t.ca, t.cert, t.key),
+        (
+            Some(PathBuf::from("/env/ca.crt")),
+            Some(PathBuf::from("/env/c.crt")),
+            Some(PathBuf::from("/env/c.key"))
+        )
+    );
+    // flag > env, per file
+    let flags = Overrides {
+        tls_ca: Some("flag-ca.crt".into()),
+        tls_key: Some("flag.key".into()),
+        ..prof.clone()
+    };
+    let t = r(&flags, &e);
+    assert_eq!(t.ca, Some(PathBuf::from("flag-ca.crt")));
+    assert_eq!(t.cert, Some(PathBuf::from("/env/c.crt")));
+    assert_eq!(t.key, Some(PathBuf::from("flag.key")));
+    // Nothing anywhere: no files.
+    let t = r(&Overrides::default(), &[]);
+    assert_eq!((t.ca, t.cert, t.key), (None, None, None));
+    let s = resolve(&prof, &env(&[]), &c, Path::new("/cfg/config.toml")).unwrap();
+    assert_eq!(s.host, "https://tartarus.example.com:7443");
+}

@@ -244,6 +244,12 @@ fn endpoints() {
         Endpoint::parse("http://localhost:7070/").unwrap(),
         Endpoint::Tcp("localhost:7070".into())
     );
+    let https = Endpoint::parse("https://tartarus.example.com:7443").unwrap();
+    assert_eq!(https, Endpoint::Https("tartarus.example.com:7443".into()));
+    assert!(https.is_tls());
+    assert_eq!(https.to_string(), "https://tartarus.example.com:7443");
+    assert!(Endpoint::parse("https://host").is_err());
+    assert!(Endpoint::parse("https://host:7443/path").is_err());
     for bad in [
         "unix://rel.sock",
         "http://host",

@@ -95,6 +95,7 @@ mod tests {
             id: 7,
             time: "t".into(),
             kind: "sandbox.state".into(),
+            tenant: String::new(),
             sandbox: Some("sb-1".into()),
             template: None,
             snapshot: None,

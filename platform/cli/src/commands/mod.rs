@@ -1,10 +1,13 @@
 //! The commands. [`run`] resolves the settings, builds the runtime and dispatches; each module
 //! holds one group of commands and returns the process's exit code.
 
+mod audit;
+mod ca;
 mod exec;
 mod files;
 mod image;
 mod interactive;
+mod key;
 mod misc;
 mod port_forward;
 mod sandbox;
@@ -12,15 +15,18 @@ mod snapshot;
 mod template;
 pub mod tty;
 
-use crate::cli::{Cli, Command, ImageCmd, OutputFormat, TemplateCmd};
+use crate::cli::{AuditCmd, Cli, Command, ImageCmd, KeyCmd, OutputFormat, TemplateCmd};
 use crate::client::{ApiClient, ClientError, Endpoint};
 use crate::config::{self, ConfigError, Overrides, Settings};
 use crate::output::OutputError;
 use crate::spec::SpecError;
 
+pub use audit::{problem_json, report_json};
+pub use ca::ca_dir;
 pub use exec::{compose_argv, exec_request, image_template_name, looks_like_image_ref};
 pub use files::{parse_side, Side};
 pub use image::registry_auth;
+pub use key::key_id;
 pub use misc::completion_script as misc_completion_script;
 pub use misc::event_line;
 
@@ -48,18 +54,75 @@ pub enum CmdError {
     Tty(#[from] tty::TtyError),
     #[error("{0}")]
     Failed(String),
+    #[error("CA: {}", with_sources(.0))]
+    Ca(#[from] tartarus_auth::ca::CaError),
+    #[error("cannot verify the audit log: {}", with_sources(.0))]
+    AuditVerify(#[from] tartarus_audit::VerifyError),
+    #[error("cannot verify the audit log: {}", with_sources(.0))]
+    AuditKey(#[from] tartarus_audit::KeyError),
+    /// An error with a line of advice printed below it.
+    #[error("{source}")]
+    Hinted { source: Box<CmdError>, hint: String },
 }
 
 impl CmdError {
     /// 2 for usage and configuration errors, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
+            CmdError::Hinted { source, .. } => source.exit_code(),
             CmdError::Usage(_)
             | CmdError::Config(_)
             | CmdError::Spec(SpecError::Missing(_))
             | CmdError::Spec(SpecError::MissingRoot) => 2,
-            CmdError::Client(ClientError::BadHost(_)) => 2,
+            CmdError::Client(ClientError::BadHost(_) | ClientError::Tls(_)) => 2,
+            // `audit verify`: 1 means "not intact", so "could not check" is 2.
+            CmdError::AuditVerify(_) | CmdError::AuditKey(_) => 2,
             _ => 1,
+        }
+    }
+
+    /// A second line for errors a user can fix by changing how they call: missing or bad
+    /// credentials (401), a role or tenant that may not do this (403), TLS trouble.
+    pub fn with_hint(self, sent_credentials: bool) -> CmdError {
+        match self.hint(sent_credentials) {
+            Some(hint) => CmdError::Hinted {
+                source: Box::new(self),
+                hint,
+            },
+            None => self,
+        }
+    }
+
+    fn hint(&self, sent_credentials: bool) -> Option<String> {
+        match self {
+            CmdError::Client(c) => match c.auth_status() {
+                Some(401) if sent_credentials => Some(
+                    "the daemon refused the credential sent: check --api-key / TARTARUS_API_KEY \
+                     (or the profile's api_key); a revoked or expired key needs a new one \
+                     (`tartarus key create`, run by an admin)"
+                        .into(),
+                ),
+                Some(401) => Some(
+                    "no credential was sent: set --api-key / TARTARUS_API_KEY (or api_key in \
+                     the profile), or present a client certificate (--tls-cert, --tls-key); \
+                     root on the daemon's host can use the Unix socket instead"
+                        .into(),
+                ),
+                Some(_) => Some(
+                    "the credential is valid but its role or tenant may not do this: ask an \
+                     admin for a key with a role that allows it (see `tartarus key ls`)"
+                        .into(),
+                ),
+                None => match c {
+                    ClientError::Handshake { .. } => Some(
+                        "check --tls-ca (the CA that signed the daemon's certificate), and \
+                         --tls-cert / --tls-key if the daemon wants a client certificate"
+                            .into(),
+                    ),
+                    _ => None,
+                },
+            },
+            _ => None,
         }
     }
 
@@ -67,6 +130,22 @@ impl CmdError {
         let context = context.into();
         move |source| CmdError::Io { context, source }
     }
+}
+
+/// An error of the libraries (whose messages leave the cause to `source()`) with its causes:
+/// `Cannot read or write key file /x: No such file or directory (os error 2)`.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// What every command gets.
@@ -81,11 +160,27 @@ impl Ctx {
     }
 }
 
-/// Builds the context from the settings.
+/// Builds the context from the settings: a `tts_` API key is checked for typos before it is
+/// ever sent (a JWT or another bearer token is sent as is); an `https://` host gets the TLS
+/// client.
 pub fn context(settings: &Settings) -> Result<Ctx, CmdError> {
     let endpoint = Endpoint::parse(&settings.host)?;
+    if let Some(key) = &settings.api_key {
+        if key.starts_with(tartarus_auth::apikey::PREFIX) {
+            tartarus_auth::apikey::ApiKey::parse(key).map_err(|e| {
+                CmdError::Usage(format!(
+                    "the API key (--api-key, TARTARUS_API_KEY or the profile's api_key): {e}"
+                ))
+            })?;
+        }
+    }
+    let mut client = ApiClient::new(endpoint.clone(), settings.api_key.clone());
+    if endpoint.is_tls() {
+        client =
+            client.with_tls(crate::tls::client_config(&settings.tls).map_err(ClientError::from)?);
+    }
     Ok(Ctx {
-        client: ApiClient::new(endpoint, settings.api_key.clone()),
+        client,
         output: settings.output,
     })
 }
@@ -104,14 +199,27 @@ pub fn run(cli: Cli) -> Result<i32, CmdError> {
         host: cli.host.clone(),
         profile: cli.profile.clone(),
         output: cli.output,
+        api_key: cli.api_key.clone(),
+        tls_ca: cli.tls_ca.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
     })?;
+    // Local commands: the config only gives the output format.
+    match cli.command {
+        Command::Ca(c) => return ca::run(c, settings.output),
+        Command::Audit(AuditCmd::Verify(a)) => return audit::verify_cmd(a, settings.output),
+        _ => {}
+    }
     let ctx = context(&settings)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(CmdError::io("cannot start the async runtime"))?;
-    let code = rt.block_on(dispatch(&ctx, cli.command));
+    let sent_credentials = settings.api_key.is_some() || settings.tls.cert.is_some();
+    let code = rt
+        .block_on(dispatch(&ctx, cli.command))
+        .map_err(|e| e.with_hint(sent_credentials));
     // Blocked stdin readers must not hold the process open.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     code
@@ -148,6 +256,14 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, CmdError> {
         Command::Image(ImageCmd::Rm(a)) => image::rm(ctx, a).await,
         Command::Image(ImageCmd::Prune) => image::prune(ctx).await,
         Command::Events(a) => misc::events(ctx, a).await,
+        Command::Key(KeyCmd::Create(a)) => key::create(ctx, a).await,
+        Command::Key(KeyCmd::Ls) => key::ls(ctx).await,
+        Command::Key(KeyCmd::Get { id }) => key::get(ctx, &id).await,
+        Command::Key(KeyCmd::Rotate { id, overlap }) => key::rotate(ctx, &id, overlap).await,
+        Command::Key(KeyCmd::Revoke { ids }) => key::revoke(ctx, &ids).await,
+        Command::Audit(AuditCmd::Ls(a)) => audit::ls(ctx, a).await,
+        Command::Audit(AuditCmd::Verify(a)) => audit::verify_cmd(a, ctx.output),
+        Command::Ca(c) => ca::run(c, ctx.output),
         Command::Health => misc::health(ctx).await,
         Command::Completions { shell } => misc::completions(shell),
     }

@@ -37,6 +37,8 @@ struct State {
     /// Templates built from an image (`img-*` templates exist only once built), by name: the
     /// image reference.
     image_templates: HashMap<String, String>,
+    /// Why TLS handshakes on the TCP listener failed.
+    tls_failures: Vec<String>,
 }
 
 pub struct StandIn {
@@ -53,6 +55,14 @@ impl StandIn {
 
     pub fn tcp_host(&self) -> String {
         format!("http://{}", self.tcp)
+    }
+
+    pub fn https_host(&self) -> String {
+        format!("https://{}", self.tcp)
+    }
+
+    pub fn tls_failures(&self) -> Vec<String> {
+        self.state.lock().unwrap().tls_failures.clone()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -108,6 +118,16 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Starts a stand-in daemon on its own thread and runtime.
 pub fn start() -> StandIn {
+    start_inner(None)
+}
+
+/// Like [`start`], but its TCP listener speaks TLS with this configuration (a connection whose
+/// handshake fails is dropped).
+pub fn start_tls(config: Arc<rustls::ServerConfig>) -> StandIn {
+    start_inner(Some(config))
+}
+
+fn start_inner(tls: Option<Arc<rustls::ServerConfig>>) -> StandIn {
     let dir = temp_dir("standin");
     let sock = dir.join("tartarusd.sock");
     let state = Arc::new(Mutex::new(State::default()));
@@ -128,7 +148,21 @@ pub fn start() -> StandIn {
             tokio::spawn(async move {
                 loop {
                     let (s, _) = tcp.accept().await.unwrap();
-                    tokio::spawn(serve(TokioIo::new(s), st2.clone()));
+                    let st3 = st2.clone();
+                    match &tls {
+                        None => {
+                            tokio::spawn(serve(TokioIo::new(s), st3));
+                        }
+                        Some(cfg) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+                            tokio::spawn(async move {
+                                match acceptor.accept(s).await {
+                                    Ok(t) => serve(TokioIo::new(t), st3).await,
+                                    Err(e) => st3.lock().unwrap().tls_failures.push(e.to_string()),
+                                }
+                            });
+                        }
+                    }
                 }
             });
             loop {
@@ -327,10 +361,17 @@ async fn handle(
     st.lock().unwrap().requests.push(Recorded {
         method: method.clone(),
         uri: uri.to_string(),
-        authorization,
+        authorization: authorization.clone(),
         body: body.clone(),
     });
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if authorization.as_deref() == Some("Bearer revoked.jwt.token") {
+        return Ok(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "API key revoked",
+        ));
+    }
     let resp = match (method.as_str(), parts.as_slice()) {
         ("GET", ["health"]) => json(
             StatusCode::OK,
@@ -461,6 +502,49 @@ async fn handle(
             "Image used is used by templates img-used",
         ),
         ("DELETE", ["images", ..]) => json(StatusCode::OK, freed(&[IMAGE_ID])),
+        ("POST", ["keys"]) => {
+            let req: tartarus_types::CreateKey = serde_json::from_slice(&body).unwrap();
+            let mut info = key_info("", &req.name);
+            info["role"] = req.role.into();
+            info["tenant"] = req.tenant.unwrap_or_else(|| "*".into()).into();
+            info["expires_at"] = req.expires_in_s.map(|s| KEY_CREATED + s as i64).into();
+            created_key(info)
+        }
+        ("GET", ["keys"]) => {
+            let mut revoked = key_info("Rev0ked1", "old laptop");
+            revoked["revoked_at"] = (KEY_CREATED + 60).into();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"items": [key_info("Abcd1234", "ci"), revoked]}),
+            )
+        }
+        ("GET", ["keys", "nosuch00"]) => {
+            error(StatusCode::NOT_FOUND, "not_found", "No key nosuch00")
+        }
+        ("GET", ["keys", id]) => json(StatusCode::OK, key_info(id, "ci")),
+        ("POST", ["keys", id, "rotate"]) => {
+            let req: tartarus_types::RotateKey = serde_json::from_slice(&body).unwrap();
+            let mut info = key_info("", &format!("ci (rotated from {id})"));
+            info["expires_at"] = req.overlap_s.map(|s| s as i64).into();
+            created_key(info)
+        }
+        ("DELETE", ["keys", id]) => {
+            let mut info = key_info(id, "ci");
+            info["revoked_at"] = (KEY_CREATED + 60).into();
+            json(StatusCode::OK, info)
+        }
+        ("GET", ["audit"]) if query(&uri, "tenant").as_deref() == Some("other") => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Role viewer may not audit_read",
+        ),
+        ("GET", ["audit"]) => json(
+            StatusCode::OK,
+            serde_json::json!({"items": [
+                audit_entry(1, "unix:uid=0", "key.create", "key/Abcd1234", "ok"),
+                audit_entry(2, "key:Abcd1234", "sandbox.create", "sandbox/sb-000000000001", "denied"),
+            ]}),
+        ),
         ("GET", ["events"]) => ndjson(vec![
             serde_json::json!({"id": 1, "time": "2026-01-01T00:00:00Z", "kind": "sandbox.created",
                 "sandbox": "sb-000000000001", "template": "base", "snapshot": null,
@@ -565,4 +649,35 @@ fn build(body: &[u8], st: &Arc<Mutex<State>>) -> Response<Body> {
         events.push(serde_json::json!({"type": "done", "template": template(&spec.name)}));
     }
     ndjson(events)
+}
+
+/// When the stand-in's keys were created (Unix seconds).
+pub const KEY_CREATED: i64 = 1_764_950_400;
+
+/// A key as `GET /keys` shows it; an empty id gets a fresh one.
+pub fn key_info(id: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "tenant": "acme", "role": "developer", "name": name,
+        "created_at": KEY_CREATED, "expires_at": null, "last_used_at": null,
+        "revoked_at": null, "replaced_by": null})
+}
+
+/// A `201` with a real, checksummed key whose id is the info's.
+fn created_key(mut info: serde_json::Value) -> Response<Body> {
+    let key = tartarus_auth::apikey::ApiKey::generate().unwrap();
+    info["id"] = key.id().into();
+    info["key"] = key.expose().into();
+    json(StatusCode::CREATED, info)
+}
+
+fn audit_entry(
+    seq: u64,
+    principal: &str,
+    action: &str,
+    resource: &str,
+    result: &str,
+) -> serde_json::Value {
+    serde_json::json!({"seq": seq, "time": format!("2026-12-05T17:00:0{seq}.123Z"),
+        "request_id": format!("r{seq}"), "tenant": "acme", "principal": principal,
+        "action": action, "resource": resource, "result": result, "source": "unix",
+        "hash": "ab".repeat(32)})
 }
