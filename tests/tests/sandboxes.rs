@@ -388,12 +388,24 @@ fn sandbox_faults_and_daemon_restarts() {
             &listen,
         ],
     );
-    // The API over TCP too (loopback only unless --listen-any).
-    let o = std::process::Command::new(tartarus_tests::bin_path("tartarus"))
-        .args(["--host", &format!("http://{listen}"), "health"])
-        .output()
-        .unwrap();
+    // The API over TCP too (loopback only unless --listen-any), with an API key made on the
+    // Unix socket; without one it is a 401.
+    let key = d.cli_ok(&["key", "create", "--name", "faults", "--role", "viewer"]);
+    let tcp_health = |key: Option<&str>| {
+        let mut c = std::process::Command::new(tartarus_tests::bin_path("tartarus"));
+        c.args(["--host", &format!("http://{listen}"), "health"])
+            .env_remove("TARTARUS_API_KEY")
+            .env("HOME", d.dir.path());
+        if let Some(k) = key {
+            c.args(["--api-key", k]);
+        }
+        c.output().unwrap()
+    };
+    let o = tcp_health(Some(key.trim()));
     assert!(o.status.success(), "{}", err(&o));
+    let o = tcp_health(None);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("unauthorized"), "{}", err(&o));
     let o = std::process::Command::new(tartarus_tests::bin_path("tartarusd"))
         .args(["--listen", "0.0.0.0:1", "--socket", "/nonexistent/x.sock"])
         .output()
