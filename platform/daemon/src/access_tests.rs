@@ -419,3 +419,48 @@ async fn keys_stay_in_their_tenant() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     std::fs::remove_dir_all(&w.dir).unwrap();
 }
+
+#[tokio::test]
+async fn tenants_cannot_name_host_files() {
+    let w = world();
+    let post = |path: &'static str, body: &'static str, key: String| {
+        let d = w.d.clone();
+        async move {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("authorization", format!("Bearer {key}"))
+                .body(Body::from(body))
+                .unwrap();
+            req.extensions_mut().insert(crate::access::ConnInfo::tcp(
+                "127.0.0.1:40001".parse().unwrap(),
+            ));
+            let resp = app(&d).oneshot(req).await.unwrap();
+            let s = resp.status();
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            (s, String::from_utf8_lossy(&b).into_owned())
+        }
+    };
+    for (path, body) in [
+        ("/templates", r#"{"name": "t", "rootfs": "/etc/shadow"}"#),
+        (
+            "/templates",
+            r#"{"name": "t", "kernel": "/boot/vmlinuz", "image": "127.0.0.1:1/x"}"#,
+        ),
+        ("/templates", r#"{"name": "t", "image": "oci:/var/lib"}"#),
+        (
+            "/templates",
+            r#"{"name": "t", "image": "docker-archive:/etc/passwd"}"#,
+        ),
+        (
+            "/images/pull",
+            r#"{"reference": "docker-archive:/etc/passwd"}"#,
+        ),
+        ("/images/pull", r#"{"reference": "oci:/var/lib"}"#),
+    ] {
+        let (s, b) = post(path, body, w.acme_admin.clone()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path} {body}: {b}");
+        assert!(b.contains("host"), "{b}");
+    }
+    std::fs::remove_dir_all(&w.dir).unwrap();
+}

@@ -254,8 +254,9 @@ async fn pull_image(
     c: Caller,
     Body2(req): Body2<PullImage>,
 ) -> Result<Response, ApiError> {
-    c.allow(Action::ImagePull)?;
+    let scope = c.allow(Action::ImagePull)?;
     c.resource(format!("image/{}", req.reference));
+    template::tenant_may_use_image(scope, &req.reference)?;
     if req.reference.trim().is_empty() {
         return Err(ApiError::BadRequest("reference: empty".into()));
     }

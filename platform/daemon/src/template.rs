@@ -183,6 +183,7 @@ struct Progress {
 /// then built (or found built).
 async fn image_rootfs(
     d: &Shared,
+    tenant: &str,
     reference: &str,
     auth: Option<&tartarus_types::RegistryAuth>,
     p: &mut Progress,
@@ -193,7 +194,17 @@ async fn image_rootfs(
     ),
     ApiError,
 > {
-    let rec = match d.images.store.get(reference) {
+    // A tenant always asks the registry (with its own credentials, if any): the cache is the
+    // host's, and an image another tenant pulled with credentials must not be usable without.
+    // The pull itself reuses cached layers.
+    let cached = if tenant == HOST_TENANT {
+        d.images.store.get(reference)
+    } else {
+        Err(tartarus_images::store::StoreError::NotFound(
+            reference.to_string(),
+        ))
+    };
+    let rec = match cached {
         Ok(r) => {
             p.step(format!(
                 "image {reference}: {} (in the cache)",
@@ -284,6 +295,7 @@ pub fn start_build(
 ) -> Result<mpsc::Receiver<BuildEvent>, ApiError> {
     // A tenant's templates are its own; the host scope's are shared with every tenant.
     let tenant = scope.as_str().to_string();
+    tenant_may_build(scope, &spec)?;
     if spec.kernel.is_empty() {
         spec.kernel = match &d.cfg.default_kernel {
             Some(k) => k.display().to_string(),
@@ -381,7 +393,7 @@ async fn build(
     let mut base = format!("{BASE_BOOT_ARGS} {}", crate::netns::GUEST_IP_ARG);
     let (mut rootfs, mut image, mut rootfs_key) = (spec.rootfs.clone(), None, None);
     if let Some(reference) = &spec.image {
-        let built = image_rootfs(d, reference, spec.registry_auth.as_ref(), p).await?;
+        let built = image_rootfs(d, tenant, reference, spec.registry_auth.as_ref(), p).await?;
         rootfs = built.0.path.display().to_string();
         // The snapshot depends on the image file's bytes: key it by them.
         rootfs_key = Some(match &built.0.meta.build_id {
@@ -785,6 +797,47 @@ pub fn remove_template_dir_if_unused(d: &Daemon, dir: &str) {
             tracing::warn!("cannot remove {dir}: {}", chain(&e));
         }
     }
+}
+
+/// Host paths are the host's: a tenant names no kernel or root fs file and no local image
+/// (`oci:` / `docker-archive:`), or it could read any file of the host through a sandbox's
+/// disk. Tenants build from registry images with the daemon's kernel.
+pub fn tenant_may_build(scope: &TenantScope, spec: &TemplateSpec) -> Result<(), ApiError> {
+    if scope.is_host() {
+        return Ok(());
+    }
+    let refuse = |what: &str| {
+        Err(ApiError::Forbidden(format!(
+            "{what}: host paths are the host's; a tenant builds from a registry image \
+             with the daemon's kernel"
+        )))
+    };
+    if !spec.kernel.is_empty() {
+        return refuse("kernel");
+    }
+    if !spec.rootfs.is_empty() {
+        return refuse("rootfs");
+    }
+    if let Some(i) = &spec.image {
+        tenant_may_use_image(scope, i)?;
+    }
+    Ok(())
+}
+
+/// A tenant pulls from registries only (a local layout or archive is a host path).
+pub fn tenant_may_use_image(scope: &TenantScope, reference: &str) -> Result<(), ApiError> {
+    let local = matches!(
+        tartarus_images::source::Source::parse(reference),
+        Ok(tartarus_images::source::Source::OciLayout { .. }
+            | tartarus_images::source::Source::DockerArchive { .. })
+    ) || reference.trim_start().starts_with("oci:")
+        || reference.trim_start().starts_with("docker-archive:");
+    if !scope.is_host() && local {
+        return Err(ApiError::Forbidden(format!(
+            "image '{reference}': local images are the host's; a tenant pulls from a registry"
+        )));
+    }
+    Ok(())
 }
 
 fn building_key(tenant: &str, name: &str) -> String {
