@@ -90,6 +90,16 @@ impl Daemon {
 
     /// Starts the daemon process (again) on the same state directory.
     pub fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!(
+                "tartarusd exited at start ({status}):\n{}",
+                tail(&self.log(), 30)
+            );
+        }
+    }
+
+    /// [`spawn`](Self::spawn), or how the daemon exited when it gave up starting.
+    pub fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let (vmm, jailer) = if self.vms {
             let bins = static_bins();
             (bins.vmm.clone(), bins.jailer.clone())
@@ -133,6 +143,10 @@ impl Daemon {
         self.child = Some(child);
         let t = Instant::now();
         while self.curl("GET", "/health", None).0 != 200 {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(status);
+            }
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "tartarusd did not answer:\n{}",
@@ -140,6 +154,7 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     pub fn pid(&self) -> i32 {

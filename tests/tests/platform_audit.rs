@@ -491,6 +491,18 @@ fn tampering_is_named_and_a_torn_tail_is_repaired_at_start() {
         stderr.contains(&format!("record {seq} at line {line_no} was edited")),
         "{stderr}"
     );
+    // The daemon will not append to a log damaged mid-file: it refuses to start, naming where.
+    let status = d
+        .try_spawn()
+        .expect_err("tartarusd started on an edited audit log");
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(
+        d.log().contains(&format!(
+            "is damaged at line {line_no}: record {seq} was edited"
+        )),
+        "{}",
+        tail(&d.log(), 5)
+    );
 
     // A deleted line: the record that is gone, and where.
     let mut cut = lines.clone();

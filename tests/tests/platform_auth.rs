@@ -131,6 +131,23 @@ fn oidc_jwts_and_api_keys_over_tcp_are_authenticated_scoped_and_audited() {
         assert_eq!(r.status, 200, "GET {path}: {r}");
         assert!(r.body.as_ref().unwrap()["items"].is_array(), "{r}");
     }
+    // ... with curl too, as a user would.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {good}"))
+        .arg(format!("http://{addr}/templates"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    assert_eq!(
+        code,
+        "200",
+        "curl: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: Value = serde_json::from_str(body).expect("JSON");
+    assert!(body["items"].is_array(), "{body}");
     // ... may not make API keys (an admin's job): 403, audited with its tenant and sub.
     let r = api.call(
         "POST",
