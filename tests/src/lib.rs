@@ -111,9 +111,17 @@ pub fn vmm_binary() -> PathBuf {
     p
 }
 
-/// Another workspace binary (e.g. `tartarus-uffd-handler`), found next to `tartarus-vmm`.
+/// Another workspace binary (e.g. `tartarus-uffd-handler`, `tartarusd`), found where
+/// `tartarus-vmm` is (next to `$TARTARUS_VMM`, or next to the current executable). Only the
+/// binary asked for has to be built.
 pub fn bin_path(name: &str) -> PathBuf {
-    let vmm = vmm_binary();
+    let vmm = match std::env::var_os("TARTARUS_VMM") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            vmm_binary_near(exe.parent().expect("executable has a directory"))
+        }
+    };
     let p = vmm.with_file_name(name);
     assert!(
         p.is_file(),

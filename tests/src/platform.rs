@@ -45,6 +45,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state: PathBuf,
     extra: Vec<String>,
+    /// Whether sandboxes can run (the static VMM and jailer are built and given); without,
+    /// the daemon serves its API only (auth, keys, audit, templates list...).
+    vms: bool,
     child: Option<Child>,
     /// Each daemon of a test process gets uids of its own (sandboxes of two daemons never
     /// share one).
@@ -54,6 +57,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `tartarusd` with its own state directory and socket; `extra` flags are added.
     pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_with(tag, extra, true)
+    }
+
+    /// Starts `tartarusd` for tests of its API that run no sandbox (auth, keys, audit): the
+    /// static VMM and jailer are neither built nor given; `--vmm` and `--jailer` name a stub
+    /// that fails saying so, should a sandbox be started after all.
+    pub fn start_without_vms(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_with(tag, extra, false)
+    }
+
+    fn start_with(tag: &str, extra: &[&str], vms: bool) -> Daemon {
         let dir = TempDir::new(tag);
         let socket = dir.join("tartarusd.sock");
         let state = dir.join("state");
@@ -62,6 +76,7 @@ impl Daemon {
             socket,
             state,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            vms,
             child: None,
             uid_base: {
                 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -75,7 +90,30 @@ impl Daemon {
 
     /// Starts the daemon process (again) on the same state directory.
     pub fn spawn(&mut self) {
-        let bins = static_bins();
+        if let Err(status) = self.try_spawn() {
+            panic!(
+                "tartarusd exited at start ({status}):\n{}",
+                tail(&self.log(), 30)
+            );
+        }
+    }
+
+    /// [`spawn`](Self::spawn), or how the daemon exited when it gave up starting.
+    pub fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
+        let (vmm, jailer) = if self.vms {
+            let bins = static_bins();
+            (bins.vmm.clone(), bins.jailer.clone())
+        } else {
+            let stub = self.dir.join("no-vms.sh");
+            std::fs::write(
+                &stub,
+                "#!/bin/sh\necho 'Daemon::start_without_vms: this daemon runs no sandbox' >&2\nexit 1\n",
+            )
+            .expect("write the VMM stub");
+            std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod the VMM stub");
+            (stub.clone(), stub)
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,9 +127,9 @@ impl Daemon {
             .arg("--template-cache")
             .arg(template_cache())
             .arg("--vmm")
-            .arg(&bins.vmm)
+            .arg(&vmm)
             .arg("--jailer")
-            .arg(&bins.jailer)
+            .arg(&jailer)
             .arg("--uid-base")
             .arg(self.uid_base.to_string())
             .arg("--log")
@@ -105,6 +143,10 @@ impl Daemon {
         self.child = Some(child);
         let t = Instant::now();
         while self.curl("GET", "/health", None).0 != 200 {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(status);
+            }
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "tartarusd did not answer:\n{}",
@@ -112,6 +154,7 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     pub fn pid(&self) -> i32 {
@@ -223,6 +266,32 @@ impl Daemon {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// A gauge or counter of `GET /metrics` without labels, e.g. `tartarus_audit_forward_lag`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        // `name value`, or `name_total value` for a counter.
+        self.metrics_text().lines().find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == name || n.strip_suffix("_total") == Some(name))
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+    }
+
+    /// `GET /metrics` (empty when the daemon does not answer).
+    pub fn metrics_text(&self) -> String {
+        match self.curl("GET", "/metrics", None) {
+            (200, text) => text,
+            _ => String::new(),
+        }
+    }
+
+    /// The daemon's audit log and the public key of its checkpoints (the defaults under the
+    /// state directory).
+    pub fn audit_files(&self) -> (PathBuf, PathBuf) {
+        let dir = self.state.join("audit");
+        (dir.join("audit.log"), dir.join("audit.key.pub"))
+    }
+
     pub fn sandbox(&self, id: &str) -> Value {
         self.json("GET", &format!("/sandboxes/{id}"), None, 200)
     }
@@ -326,4 +395,86 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// A free TCP port of 127.0.0.1 (for `--listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An HTTP/1.1 client of the daemon's TCP listener that keeps its connection alive between
+/// requests (and opens a new one when the daemon closed it).
+pub struct TcpClient {
+    addr: String,
+    conn: Option<std::net::TcpStream>,
+}
+
+impl TcpClient {
+    pub fn new(addr: &str) -> TcpClient {
+        TcpClient {
+            addr: addr.to_string(),
+            conn: None,
+        }
+    }
+
+    /// One request with these extra headers; an error when the daemon cannot be reached or
+    /// the connection broke (the next request reconnects).
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> std::io::Result<crate::Response> {
+        use std::io::Write;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method != "GET" {
+            req.push_str("Content-Type: application/json\r\n");
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                let c = std::net::TcpStream::connect(&self.addr)?;
+                c.set_read_timeout(Some(crate::http::REQUEST_TIMEOUT))?;
+                c.set_nodelay(true)?;
+                self.conn.insert(c)
+            }
+        };
+        let r = conn
+            .write_all(req.as_bytes())
+            .and_then(|_| crate::http::read_response(conn));
+        let close = match &r {
+            Ok(resp) => resp
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            Err(_) => true,
+        };
+        if close {
+            self.conn = None;
+        }
+        r
+    }
+
+    /// A request on a fresh connection (no earlier request's connection state involved).
+    pub fn once(
+        addr: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> crate::Response {
+        TcpClient::new(addr)
+            .request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} over TCP {addr}: {e}"))
+    }
 }

@@ -6,9 +6,12 @@
 //! - [`ca`] + [`tls`]: a dev CA (rcgen), client-certificate identities, a rustls server config
 //!   whose certificate can be reloaded without a restart.
 //! - [`layer`]: the axum middleware that turns a request into an [`Identity`] or a 401.
+//! - `harness` (feature `harness`): a real OIDC provider for tests.
 
 pub mod apikey;
 pub mod ca;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod identity;
 pub mod keystore;
 pub mod layer;

@@ -1,12 +1,10 @@
 //! OIDC/JWT verification against a real provider (oauth2-mock-server) on 127.0.0.1.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::Provider;
 use serde_json::{json, Value};
+use tartarus_auth::harness::Provider;
 use tartarus_auth::oidc::{OidcConfig, OidcError, OidcVerifier};
 use tartarus_auth::{AuthMethod, Role, TenantScope};
 

@@ -1,4 +1,4 @@
-// Drives a real OIDC provider (npm oauth2-mock-server) for tartarus-auth's tests: it serves
+// Drives a real OIDC provider (npm oauth2-mock-server) for the tests (tartarus_auth::harness): it serves
 // discovery and JWKS over HTTP on 127.0.0.1; this script only tells it, through one JSON
 // command per stdin line, which tokens to sign and when to rotate keys. One JSON reply per
 // stdout line.
