@@ -14,10 +14,16 @@ TARGET=x86_64-unknown-linux-gnu
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 BIN="$TARGET_DIR/$TARGET/release/tartarus-init"
 
+# Tests call this script concurrently: one build + strip at a time (two strips of one file at
+# once corrupt it), and the strip goes to a copy that replaces the binary in one rename.
+mkdir -p "$TARGET_DIR"
+exec 9>"$TARGET_DIR/.build-init.lock"
+flock 9
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-init --target "$TARGET" >&2
 if file "$BIN" | grep -q "dynamically linked"; then
     echo "build-init: $BIN is not static" >&2
     exit 1
 fi
-strip "$BIN"
+strip -o "$BIN.strip.$$" "$BIN"
+mv -f "$BIN.strip.$$" "$BIN"
 echo "$BIN"
