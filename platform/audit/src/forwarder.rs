@@ -11,7 +11,9 @@
 //! - Both also run over TLS (`tls://`, RFC 5425, and `relp+tls://`) with the same
 //!   semantics: the cursor still moves only on `rsp 200` over RELP, and at the write over
 //!   plain octet counting. A sink whose certificate does not verify is a connect failure
-//!   like any other (retried with backoff, nothing marked sent).
+//!   like any other (retried with backoff, nothing marked sent). A new `tls://` session
+//!   must survive `tls_settle` before the first write: sinks refuse a client certificate
+//!   right after the handshake, and what was written by then would count as sent.
 //!
 //! Duplicates are possible with both (records re-sent after a reconnect, or after a crash
 //! between acceptance and the cursor write); every message's MSGID (`<seq>-<hash10>`)

@@ -173,7 +173,6 @@ impl TlsClient {
             })?;
         }
         let client_cert = match (&config.cert, &config.key) {
-            (None, None) => None,
             (Some(cert), Some(key)) => {
                 let chain = read_certs("client certificate", cert)?;
                 let k = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Read {
@@ -183,7 +182,8 @@ impl TlsClient {
                 })?;
                 Some((cert, key, chain, k))
             }
-            _ => unreachable!("checked above"),
+            // (None, None); a half pair was refused above.
+            _ => None,
         };
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
