@@ -13,11 +13,13 @@ cd "$(dirname "$0")/.."
 # Images: docker-registry (the CNCF distribution registry) and skopeo serve and fill the test
 # registry, apache2-utils gives htpasswd, debootstrap and zstd make the test images, umoci is
 # the benchmark's peer pipeline, attr reads xattrs in checks.
-# Audit: rsyslog + rsyslog-relp are the real syslog sink of platform/audit's tests and bench.
+# Audit: rsyslog + rsyslog-relp are the real syslog sink of platform/audit's tests and bench;
+# rsyslog-gnutls is rsyslog's GnuTLS stream driver, for the sink's TLS listener (tls://, RFC 5425).
 # Auth: nodejs (with npm) runs the real OIDC provider of tartarus-auth's tests (npm
 # oauth2-mock-server, installed by the tests into ~/.cache/tartarus/oauth2-mock-server-<version>).
 PACKAGES=(build-essential binutils make python3 curl libclang-dev pkg-config iproute2 e2fsprogs iptables
-  docker-registry skopeo umoci apache2-utils debootstrap zstd attr nodejs rsyslog rsyslog-relp)
+  docker-registry skopeo umoci apache2-utils debootstrap zstd attr nodejs rsyslog rsyslog-relp
+  rsyslog-gnutls)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -67,11 +67,27 @@ impl Daemon {
         Daemon::start_with(tag, extra, false)
     }
 
+    /// Starts `tartarusd` (without VMs, as [`start_without_vms`](Self::start_without_vms))
+    /// expecting it to give up at start: its exit status and log. Panics if it starts.
+    pub fn start_fails(tag: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut d = Daemon::new(tag, extra, false);
+        match d.try_spawn() {
+            Err(status) => (status, d.log()),
+            Ok(()) => panic!("tartarusd started with {extra:?}"),
+        }
+    }
+
     fn start_with(tag: &str, extra: &[&str], vms: bool) -> Daemon {
+        let mut d = Daemon::new(tag, extra, vms);
+        d.spawn();
+        d
+    }
+
+    fn new(tag: &str, extra: &[&str], vms: bool) -> Daemon {
         let dir = TempDir::new(tag);
         let socket = dir.join("tartarusd.sock");
         let state = dir.join("state");
-        let mut d = Daemon {
+        Daemon {
             dir,
             socket,
             state,
@@ -83,9 +99,7 @@ impl Daemon {
                 let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 700_000 + (std::process::id() % 1000) * 1000 + n * 100
             },
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Starts the daemon process (again) on the same state directory.

@@ -6,6 +6,8 @@
 //!   is SIGKILLed and restarted, with requests being audited all the while; the sink gets every
 //!   record, first copies in order, and duplicates only where the protocol resends;
 //! - octet-counted TCP, shorter, across a daemon SIGKILL;
+//! - RELP over TLS with mutual authentication (`--audit-syslog relp+tls://` and
+//!   `--audit-syslog-{ca,cert,key}`), and the daemon's start errors for its TLS flags;
 //! - tampering with the log is named by `tartarus audit verify`, and a torn tail is repaired by
 //!   the daemon's next start.
 //!
@@ -20,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
-use tartarus_audit::harness::Rsyslog;
+use tartarus_audit::harness::{Rsyslog, SinkTls};
 use tartarus_audit::{ForwarderConfig, Record, Transport};
 use tartarus_tests::platform::{alive, free_port, tail, wait_until, Daemon, TcpClient};
 use tartarus_tests::TempDir;
@@ -440,6 +442,109 @@ fn tcp_forwarding_survives_a_daemon_kill_9() {
     assert_all_audited(&log, &answered);
     assert_intact(&d);
     d.kill9();
+}
+
+#[test]
+fn relp_tls_forwarding_with_mutual_tls() {
+    if let Err(e) = Rsyslog::tls_available() {
+        panic!("{e}");
+    }
+    use tartarus_auth::ca::{self, CertKind};
+    let sink_dir = TempDir::new("audit-relp-tls-sink");
+    let pki = sink_dir.path().join("pki");
+    ca::init_ca(&pki, "syslog CA").unwrap();
+    ca::issue(&pki, &CertKind::Server, "sink", &["localhost".into()], 2)
+        .unwrap()
+        .write(&pki, "server")
+        .unwrap();
+    let client = CertKind::Client {
+        tenant: tartarus_auth::TenantScope::All,
+        role: tartarus_auth::Role::Admin,
+    };
+    ca::issue(&pki, &client, "tartarusd", &[], 2)
+        .unwrap()
+        .write(&pki, "client")
+        .unwrap();
+    let path = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    let rs = Rsyslog::start_tls(
+        sink_dir.path(),
+        &SinkTls {
+            ca: pki.join(ca::CA_CERT),
+            cert: pki.join("server.crt"),
+            key: pki.join("server.key"),
+            require_client_cert: true,
+        },
+    );
+    let url = format!("relp+tls://{}", rs.relp_tls_addr());
+
+    // Start errors name what is wrong.
+    let ca_file = path(ca::CA_CERT);
+    for (extra, want) in [
+        (vec![], "--audit-syslog-ca"),
+        (
+            vec!["--audit-syslog-ca", "/nonexistent/ca.pem"],
+            "CA file /nonexistent/ca.pem",
+        ),
+        (
+            vec![
+                "--audit-syslog-ca",
+                &ca_file,
+                "--audit-syslog-cert",
+                &ca_file,
+            ],
+            "--audit-syslog-cert and --audit-syslog-key go together",
+        ),
+    ] {
+        let mut args = vec!["--audit-syslog", url.as_str()];
+        args.extend(extra);
+        let (status, log) = Daemon::start_fails("audit-tls-bad", &args);
+        assert!(!status.success(), "{args:?}");
+        assert!(
+            log.contains(want),
+            "{args:?}: wanted {want:?} in\n{}",
+            tail(&log, 10)
+        );
+    }
+
+    // Connected by IP to a certificate for `localhost`: the name comes from the flag.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (cert, key) = (path("client.crt"), path("client.key"));
+    let d = Daemon::start_without_vms(
+        "audit-relp-tls",
+        &[
+            "--listen",
+            &addr,
+            "--audit-syslog",
+            &url,
+            "--audit-syslog-ca",
+            &ca_file,
+            "--audit-syslog-cert",
+            &cert,
+            "--audit-syslog-key",
+            &key,
+            "--audit-syslog-server-name",
+            "localhost",
+        ],
+    );
+    let (log, _) = d.audit_files();
+    let s = Stream::start(&addr, "s");
+    wait_fwd(&d, "300 records forwarded", |g| g.get("cursor") >= 300);
+    let answered = vec![s.finish()];
+    let after = wait_fwd(&d, "the forwarder to catch up", |g| {
+        g.get("lag") == 0 && g.get("connected") == 1
+    });
+    assert_eq!(after.get("configured"), 1, "{after}");
+    // RELP: the cursor moved on rsyslog's `rsp 200`, given only once the line was written.
+    let rep = check_sink(&rs, &log);
+    assert_eq!((rep.duplicates, rep.resends), (0, 0), "{rep:?}");
+    assert_eq!(rep.records as i64, after.get("cursor"), "{rep:?}");
+    assert_all_audited(&log, &answered);
+    assert!(
+        d.log()
+            .contains(&format!("forwarding the audit log to {url}")),
+        "{}",
+        tail(&d.log(), 10)
+    );
 }
 
 #[test]

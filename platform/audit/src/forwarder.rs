@@ -8,6 +8,13 @@
 //!   accepted once its bytes were handed to the kernel (`write` returned). Records in socket
 //!   buffers when the sink dies are lost: at-least-once only up to the socket write.
 //!
+//! - Both also run over TLS (`tls://`, RFC 5425, and `relp+tls://`) with the same
+//!   semantics: the cursor still moves only on `rsp 200` over RELP, and at the write over
+//!   plain octet counting. A sink whose certificate does not verify is a connect failure
+//!   like any other (retried with backoff, nothing marked sent). A new `tls://` session
+//!   must survive `tls_settle` before the first write: sinks refuse a client certificate
+//!   right after the handshake, and what was written by then would count as sent.
+//!
 //! Duplicates are possible with both (records re-sent after a reconnect, or after a crash
 //! between acceptance and the cursor write); every message's MSGID (`<seq>-<hash10>`)
 //! identifies its record so a sink can drop them.
@@ -23,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +40,7 @@ use crate::event::Record;
 use crate::reader::{Entry, LineReader, ReadError};
 use crate::relp::{RelpClient, RelpError};
 use crate::syslog::{octet_frame, SyslogError, SyslogFormat};
+use crate::tls::{TlsClient, TlsConfig, TlsError};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,14 @@ pub enum ForwardError {
     Relp(#[from] RelpError),
     #[error(transparent)]
     Syslog(#[from] SyslogError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("Syslog URL {0:?}: use tcp://, relp://, tls:// or relp+tls:// with HOST:PORT")]
+    Url(String),
+    #[error("Syslog URL {0:?} uses TLS: a CA file to verify the sink with is required")]
+    NoCa(String),
+    #[error("Syslog URL {0:?} does not use TLS: TLS settings would be ignored")]
+    TlsUnused(String),
     #[error("Syslog TCP connection to {addr} failed")]
     TcpConnect {
         addr: String,
@@ -72,6 +88,53 @@ pub enum Transport {
     Tcp(String),
     /// RELP, `host:port`.
     Relp(String),
+    /// Octet counting over TLS (RFC 5425), `host:port`.
+    Tls(String, TlsConfig),
+    /// RELP over TLS, `host:port`.
+    RelpTls(String, TlsConfig),
+}
+
+impl Transport {
+    /// `tcp://`, `relp://`, `tls://` or `relp+tls://` followed by `HOST:PORT` (a trailing
+    /// `/` is ignored). The TLS schemes need `tls` (at least the CA); the others refuse it,
+    /// so that a certificate configured for a plain URL is not silently unused.
+    pub fn from_url(url: &str, tls: Option<TlsConfig>) -> Result<Transport, ForwardError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| ForwardError::Url(url.to_string()))?;
+        let addr = rest.trim_end_matches('/').to_string();
+        if addr.contains('/') || crate::tls::host_of(&addr).is_err() {
+            return Err(ForwardError::Url(url.to_string()));
+        }
+        let need = |tls: Option<TlsConfig>| tls.ok_or_else(|| ForwardError::NoCa(url.to_string()));
+        let plain = |tls: &Option<TlsConfig>| match tls {
+            Some(_) => Err(ForwardError::TlsUnused(url.to_string())),
+            None => Ok(()),
+        };
+        match scheme {
+            "tcp" => plain(&tls).map(|_| Transport::Tcp(addr)),
+            "relp" => plain(&tls).map(|_| Transport::Relp(addr)),
+            "tls" => Ok(Transport::Tls(addr, need(tls)?)),
+            "relp+tls" => Ok(Transport::RelpTls(addr, need(tls)?)),
+            _ => Err(ForwardError::Url(url.to_string())),
+        }
+    }
+
+    /// The sink's `host:port`.
+    pub fn addr(&self) -> &str {
+        match self {
+            Transport::Tcp(a) | Transport::Relp(a) => a,
+            Transport::Tls(a, _) | Transport::RelpTls(a, _) => a,
+        }
+    }
+
+    /// Reads the TLS files (when there are any): a bad file fails here, once.
+    fn tls_client(&self) -> Result<Option<TlsClient>, TlsError> {
+        match self {
+            Transport::Tcp(_) | Transport::Relp(_) => Ok(None),
+            Transport::Tls(a, c) | Transport::RelpTls(a, c) => TlsClient::new(c, a).map(Some),
+        }
+    }
 }
 
 /// Configuration of a forwarder.
@@ -91,6 +154,9 @@ pub struct ForwarderConfig {
     pub timeout: Duration,
     /// How often to look at the file when no append notification is given.
     pub poll: Duration,
+    /// `tls://` only: how long a new session must stay up before records are written (a
+    /// sink refusing our client certificate drops it right after the handshake).
+    pub tls_settle: Duration,
 }
 
 impl ForwarderConfig {
@@ -110,6 +176,7 @@ impl ForwarderConfig {
             backoff_max: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
             poll: Duration::from_secs(1),
+            tls_settle: Duration::from_millis(500),
         }
     }
 }
@@ -159,6 +226,7 @@ impl Forwarder {
         appended: Option<watch::Receiver<u64>>,
     ) -> Result<Forwarder, ForwardError> {
         config.syslog.validate()?;
+        let tls = config.transport.tls_client()?;
         let cursor = Cursor::load(&config.cursor_path)?;
         let reader = position(&config, &cursor)?;
         let health = Arc::new(Mutex::new(Health {
@@ -176,6 +244,7 @@ impl Forwarder {
             appended,
             bucket: config.rate_limit.map(|(r, b)| TokenBucket::new(r, b)),
             config,
+            tls,
             stop: stop_rx,
         };
         state.update_health(|_| {});
@@ -242,15 +311,18 @@ struct InFlight {
 
 enum Conn {
     Tcp {
-        stream: tokio::net::tcp::OwnedWriteHalf,
+        stream: Box<dyn AsyncWrite + Send + Unpin>,
         closed: tokio::sync::oneshot::Receiver<()>,
         buf: Vec<u8>,
+        /// The task reading the other half: it holds the connection open until aborted.
+        _reader: AbortOnDrop,
     },
     Relp(RelpClient),
 }
 
 struct State {
     config: ForwarderConfig,
+    tls: Option<TlsClient>,
     cursor: Cursor,
     /// Reader position after the cursor's record.
     acked_at: (u64, u64),
@@ -343,33 +415,32 @@ impl State {
     }
 
     async fn connect(&self) -> Result<Conn, ForwardError> {
+        let timeout = self.config.timeout;
+        let tls = || self.tls.as_ref().expect("a TLS transport has its client");
         match &self.config.transport {
-            Transport::Relp(addr) => Ok(Conn::Relp(
-                RelpClient::connect(addr, self.config.timeout).await?,
-            )),
+            Transport::Relp(addr) => Ok(Conn::Relp(RelpClient::connect(addr, timeout).await?)),
+            Transport::RelpTls(addr, _) => {
+                let s = tls().connect(addr, timeout).await?;
+                Ok(Conn::Relp(RelpClient::open(s, addr, timeout).await?))
+            }
+            Transport::Tls(addr, _) => {
+                let mut s = tls().connect(addr, timeout).await?;
+                // No acknowledgements: let the sink refuse the session before anything
+                // written could count as sent. RELP needs no such wait (`open` is answered).
+                TlsClient::settle(&mut s, addr, self.config.tls_settle.min(timeout)).await?;
+                Ok(octet_conn(s))
+            }
             Transport::Tcp(addr) => {
                 let err = |source| ForwardError::TcpConnect {
                     addr: addr.clone(),
                     source,
                 };
-                let s = tokio::time::timeout(self.config.timeout, TcpStream::connect(addr))
+                let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
                     .await
                     .map_err(|_| err(std::io::ErrorKind::TimedOut.into()))?
                     .map_err(err)?;
                 s.set_nodelay(true).map_err(err)?;
-                let (mut rh, wh) = s.into_split();
-                // The sink never talks; a read that ends means it closed the connection.
-                let (tx, closed) = tokio::sync::oneshot::channel();
-                tokio::spawn(async move {
-                    let mut b = [0u8; 512];
-                    while matches!(rh.read(&mut b).await, Ok(n) if n > 0) {}
-                    let _ = tx.send(());
-                });
-                Ok(Conn::Tcp {
-                    stream: wh,
-                    closed,
-                    buf: Vec::new(),
-                })
+                Ok(octet_conn(s))
             }
         }
     }
@@ -430,8 +501,14 @@ impl State {
             self.update_health(|h| h.failed += n);
         }
         if result.is_ok() {
-            if let Conn::Relp(c) = conn {
-                let _ = c.close(self.config.timeout).await;
+            match conn {
+                Conn::Relp(c) => {
+                    let _ = c.close(self.config.timeout).await;
+                }
+                // A TLS close_notify, then FIN.
+                Conn::Tcp { mut stream, .. } => {
+                    let _ = tokio::time::timeout(self.config.timeout, stream.shutdown()).await;
+                }
             }
         }
         result
@@ -494,6 +571,8 @@ impl State {
                             .write_all(buf)
                             .await
                             .map_err(ForwardError::TcpWrite)?;
+                        // TLS holds what it encrypted until flushed.
+                        stream.flush().await.map_err(ForwardError::TcpWrite)?;
                         buf.clear();
                         // No acknowledgement on TCP: handed to the kernel is accepted.
                         pending.iter_mut().for_each(|p| p.acked = true);
@@ -578,6 +657,32 @@ impl State {
         }
         p.acked = true;
         Ok(())
+    }
+}
+
+/// An octet-counting session over `stream` (TCP or TLS).
+fn octet_conn<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
+    let (mut rh, wh) = tokio::io::split(stream);
+    // The sink never talks; a read that ends means it closed the connection.
+    let (tx, closed) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut b = [0u8; 512];
+        while matches!(rh.read(&mut b).await, Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    Conn::Tcp {
+        stream: Box::new(wh),
+        closed,
+        buf: Vec::new(),
+        _reader: AbortOnDrop(reader),
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -2,6 +2,13 @@
 //! ports of 127.0.0.1, every message written by omfile to `<dir>/received.log` as
 //! `MSGID|STRUCTURED-DATA|MSG`, with a direct main queue so that a message is in the file
 //! before imrelp acknowledges it. Runs as any user: everything lives in the given directory.
+//!
+//! With [`SinkTls`] ([`Rsyslog::start_tls`]) it also listens with TLS: imtcp through the
+//! GnuTLS stream driver (RFC 5425) and imrelp with `tls="on"`, both presenting the given
+//! server certificate. imrelp then always requires a client certificate signed by the CA
+//! (`tls.authmode="certvalid"`: librelp has no anonymous mode once it has a certificate);
+//! imtcp requires one only with [`SinkTls::require_client_cert`] (`x509/certvalid`,
+//! otherwise `anon`).
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
@@ -31,11 +38,35 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
+/// The TLS listeners' certificates (PEM files).
+#[derive(Clone, Debug)]
+pub struct SinkTls {
+    /// The CA client certificates must chain to.
+    pub ca: PathBuf,
+    /// The server certificate and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// imtcp-TLS requires a client certificate too (imrelp-TLS always does).
+    pub require_client_cert: bool,
+}
+
+const MODULE_DIRS: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/rsyslog",
+    "/usr/lib/aarch64-linux-gnu/rsyslog",
+];
+
+fn have_module(name: &str) -> bool {
+    MODULE_DIRS.iter().any(|d| Path::new(d).join(name).exists())
+}
+
 /// A real rsyslogd writing every message it takes to `out` as `MSGID|SD|MSG`.
 pub struct Rsyslog {
     pub dir: PathBuf,
     pub tcp_port: u16,
     pub relp_port: u16,
+    /// TLS listeners (0 without [`SinkTls`]).
+    pub tls_port: u16,
+    pub relp_tls_port: u16,
     pub out: PathBuf,
     conf: PathBuf,
     child: Option<Child>,
@@ -49,12 +80,17 @@ impl Rsyslog {
                 "{RSYSLOGD} not found: run scripts/setup.sh (installs the Debian packages rsyslog and rsyslog-relp)"
             ));
         }
-        let relp = [
-            "/usr/lib/x86_64-linux-gnu/rsyslog/imrelp.so",
-            "/usr/lib/aarch64-linux-gnu/rsyslog/imrelp.so",
-        ];
-        if !relp.iter().any(|p| Path::new(p).exists()) {
+        if !have_module("imrelp.so") {
             return Err("rsyslog's imrelp module not found: run scripts/setup.sh (installs the Debian package rsyslog-relp)".into());
+        }
+        Ok(())
+    }
+
+    /// Whether rsyslog's GnuTLS stream driver is installed too.
+    pub fn tls_available() -> Result<(), String> {
+        Rsyslog::available()?;
+        if !have_module("lmnsd_gtls.so") {
+            return Err("rsyslog's GnuTLS stream driver (lmnsd_gtls.so) not found: run scripts/setup.sh (installs the Debian package rsyslog-gnutls)".into());
         }
         Ok(())
     }
@@ -73,6 +109,13 @@ impl Rsyslog {
         r
     }
 
+    /// [`start`](Self::start) with the TLS listeners too; panics on failure.
+    pub fn start_tls(dir: &Path, tls: &SinkTls) -> Rsyslog {
+        let mut r = Rsyslog::try_configure_with(dir, Some(tls)).unwrap_or_else(|e| panic!("{e}"));
+        r.spawn();
+        r
+    }
+
     /// Writes the configuration into `dir` (ports chosen now) without starting rsyslogd;
     /// panics on failure.
     pub fn configure(dir: &Path) -> Rsyslog {
@@ -81,24 +124,51 @@ impl Rsyslog {
 
     /// [`configure`](Self::configure) returning errors (for the benchmark, which must not panic).
     pub fn try_configure(dir: &Path) -> Result<Rsyslog, String> {
-        Rsyslog::available()?;
+        Rsyslog::try_configure_with(dir, None)
+    }
+
+    /// [`try_configure`](Self::try_configure), with TLS listeners when `tls` is given.
+    pub fn try_configure_with(dir: &Path, tls: Option<&SinkTls>) -> Result<Rsyslog, String> {
+        match tls {
+            Some(_) => Rsyslog::tls_available()?,
+            None => Rsyslog::available()?,
+        }
         let work = dir.join("rsyslog-work");
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let (tcp_port, relp_port) = (free_port()?, free_port()?);
         let out = dir.join("received.log");
         let conf = dir.join("rsyslog.conf");
+        let (mut global_tls, mut inputs_tls, mut tls_port, mut relp_tls_port) =
+            (String::new(), String::new(), 0, 0);
+        if let Some(t) = tls {
+            (tls_port, relp_tls_port) = (free_port()?, free_port()?);
+            let (ca, cert, key) = (t.ca.display(), t.cert.display(), t.key.display());
+            global_tls = format!(
+                r#" DefaultNetstreamDriverCAFile="{ca}" DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}""#
+            );
+            let auth = if t.require_client_cert {
+                "x509/certvalid"
+            } else {
+                "anon"
+            };
+            inputs_tls = format!(
+                r#"input(type="imtcp" port="{tls_port}" address="127.0.0.1" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="{auth}")
+input(type="imrelp" port="{relp_tls_port}" address="127.0.0.1" tls="on" tls.cacert="{ca}" tls.mycert="{cert}" tls.myprivkey="{key}" tls.authmode="certvalid")
+"#
+            );
+        }
         // A direct main queue: a message is written to the file before imrelp acknowledges
         // it, so a `kill -9` loses nothing rsyslog acknowledged.
         std::fs::write(
             &conf,
             format!(
-                r#"global(workDirectory="{work}" maxMessageSize="64k")
+                r#"global(workDirectory="{work}" maxMessageSize="64k"{global_tls})
 main_queue(queue.type="Direct")
 module(load="imtcp")
 module(load="imrelp")
 input(type="imtcp" port="{tcp_port}" address="127.0.0.1")
 input(type="imrelp" port="{relp_port}" address="127.0.0.1")
-template(name="audit" type="string" string="%msgid%|%structured-data%|%msg%\n")
+{inputs_tls}template(name="audit" type="string" string="%msgid%|%structured-data%|%msg%\n")
 action(type="omfile" file="{out}" template="audit")
 "#,
                 work = work.display(),
@@ -110,6 +180,8 @@ action(type="omfile" file="{out}" template="audit")
             dir: dir.to_path_buf(),
             tcp_port,
             relp_port,
+            tls_port,
+            relp_tls_port,
             out,
             conf,
             child: None,
@@ -141,10 +213,16 @@ action(type="omfile" file="{out}" template="audit")
             .spawn()
             .map_err(|e| format!("cannot start {RSYSLOGD}: {e}"))?;
         self.child = Some(child);
-        let ports = [self.tcp_port, self.relp_port];
+        let ports = [
+            self.tcp_port,
+            self.relp_port,
+            self.tls_port,
+            self.relp_tls_port,
+        ];
         let up = wait_until(Duration::from_secs(20), || {
             ports
                 .iter()
+                .filter(|p| **p != 0)
                 .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
         });
         if up {
@@ -164,6 +242,18 @@ action(type="omfile" file="{out}" template="audit")
 
     pub fn tcp_addr(&self) -> String {
         format!("127.0.0.1:{}", self.tcp_port)
+    }
+
+    /// imtcp over TLS (RFC 5425); panics without [`SinkTls`].
+    pub fn tls_addr(&self) -> String {
+        assert_ne!(self.tls_port, 0, "rsyslog was started without TLS");
+        format!("127.0.0.1:{}", self.tls_port)
+    }
+
+    /// imrelp over TLS; panics without [`SinkTls`].
+    pub fn relp_tls_addr(&self) -> String {
+        assert_ne!(self.relp_tls_port, 0, "rsyslog was started without TLS");
+        format!("127.0.0.1:{}", self.relp_tls_port)
     }
 
     /// SIGKILL, no shutdown of any kind.

@@ -29,6 +29,7 @@ pub mod log;
 pub mod reader;
 pub mod relp;
 pub mod syslog;
+pub mod tls;
 pub mod verify;
 
 pub use checkpoint::{load_or_create_key, load_public_key, public_key_path, Checkpoint, KeyError};
@@ -39,4 +40,5 @@ pub use forwarder::{ForwardError, Forwarder, ForwarderConfig, Health, Transport}
 pub use log::{Appended, AuditLog, LogConfig, LogError, OpenReport, Repair};
 pub use reader::{query, Filter, ReadError};
 pub use syslog::{MsgFormat, SyslogFormat};
+pub use tls::{TlsConfig, TlsError};
 pub use verify::{verify, verify_with, Problem, VerifyError, VerifyOptions, VerifyReport};

@@ -9,12 +9,13 @@
 //! `serverclose` (txnr 0) at any time, after which nothing outstanding will be answered.
 //!
 //! Reading runs in a task of its own that hands complete frames over a channel, so the
-//! caller can `select!` on responses while it writes.
+//! caller can `select!` on responses while it writes. The session runs over any byte
+//! stream: plain TCP ([`RelpClient::connect`]) or TLS ([`RelpClient::open`] on a stream
+//! from [`crate::tls::TlsClient::connect`]).
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -164,7 +165,7 @@ pub fn encode_frame(out: &mut Vec<u8>, txnr: u64, command: &str, data: &[u8]) {
 /// An open RELP session.
 pub struct RelpClient {
     addr: String,
-    writer: OwnedWriteHalf,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     frames: mpsc::Receiver<Result<Frame, RelpError>>,
     reader: JoinHandle<()>,
     next_txnr: u64,
@@ -177,7 +178,7 @@ impl Drop for RelpClient {
     }
 }
 
-async fn read_loop(half: OwnedReadHalf, tx: mpsc::Sender<Result<Frame, RelpError>>) {
+async fn read_loop<R: AsyncRead + Unpin>(half: R, tx: mpsc::Sender<Result<Frame, RelpError>>) {
     let mut r = BufReader::with_capacity(64 * 1024, half);
     loop {
         let f = read_frame(&mut r).await;
@@ -199,12 +200,20 @@ impl RelpClient {
                 source,
             })?;
         stream.set_nodelay(true)?;
-        let (rh, writer) = stream.into_split();
+        RelpClient::open(stream, addr, timeout).await
+    }
+
+    /// Opens a session over an established stream (TLS, for one) to `addr`.
+    pub async fn open<S>(stream: S, addr: &str, timeout: Duration) -> Result<RelpClient, RelpError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rh, writer) = tokio::io::split(stream);
         let (tx, frames) = mpsc::channel(4096);
         let reader = tokio::spawn(read_loop(rh, tx));
         let mut c = RelpClient {
             addr: addr.to_string(),
-            writer,
+            writer: Box::new(writer),
             frames,
             reader,
             next_txnr: 1,
@@ -245,6 +254,8 @@ impl RelpClient {
     pub async fn flush(&mut self) -> Result<(), RelpError> {
         if !self.out.is_empty() {
             self.writer.write_all(&self.out).await?;
+            // TLS holds what it encrypted until flushed.
+            self.writer.flush().await?;
             self.out.clear();
         }
         Ok(())

@@ -2,89 +2,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{event, wait_until, Rsyslog, TempDir};
+use common::{
+    check_received, event, fwd_config, msgids, open_log, wait, Rsyslog, TempDir, HANG_GUARD,
+};
 use tartarus_audit::*;
-
-const HANG_GUARD: Duration = Duration::from_secs(180);
-
-fn open_log(dir: &TempDir) -> AuditLog {
-    let (log, _) = AuditLog::open(LogConfig::new(
-        dir.path().join("audit.log"),
-        dir.path().join("audit.key"),
-    ))
-    .unwrap();
-    log
-}
-
-fn fwd_config(dir: &TempDir, transport: Transport) -> ForwarderConfig {
-    let mut c = ForwarderConfig::new(
-        dir.path().join("audit.log"),
-        dir.path().join("audit.cursor"),
-        transport,
-    );
-    c.backoff_min = Duration::from_millis(50);
-    c.backoff_max = Duration::from_millis(500);
-    c.timeout = Duration::from_secs(10);
-    c.syslog.hostname = "testhost".into();
-    c
-}
-
-/// Waits (off the runtime's worker) until `f` holds.
-async fn wait(f: impl FnMut() -> bool + Send + 'static) -> bool {
-    tokio::task::spawn_blocking(move || wait_until(HANG_GUARD, f))
-        .await
-        .unwrap()
-}
-
-/// Every record of the log: seq → its MSGID.
-fn msgids(dir: &TempDir) -> BTreeMap<u64, String> {
-    query(&dir.path().join("audit.log"), Filter::default())
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            (r.seq, format!("{}-{}", r.seq, &r.hash[..10]))
-        })
-        .collect()
-}
-
-/// Checks that rsyslog's file holds every record, first copies in order, every copy with
-/// the record's own MSGID; returns the number of duplicates.
-fn check_received(rs: &Rsyslog, dir: &TempDir, n: u64) -> u64 {
-    let ids = msgids(dir);
-    assert_eq!(ids.len() as u64, n);
-    let mut seen = BTreeMap::new();
-    let mut last_first = 0;
-    for line in rs.lines() {
-        let msgid = line.split('|').next().unwrap();
-        let seq: u64 = msgid.split('-').next().unwrap().parse().unwrap();
-        assert_eq!(
-            Some(&msgid.to_string()),
-            ids.get(&seq),
-            "a copy of {seq} with another MSGID"
-        );
-        let count = seen.entry(seq).or_insert(0u64);
-        if *count == 0 {
-            assert!(
-                seq > last_first,
-                "record {seq} first arrived after {last_first}"
-            );
-            last_first = seq;
-        }
-        *count += 1;
-    }
-    let missing: Vec<u64> = (1..=n).filter(|s| !seen.contains_key(s)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} records never arrived, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    seen.values().map(|c| c - 1).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relp_10000_events_survive_kill_9_of_rsyslog_and_a_forwarder_crash() {

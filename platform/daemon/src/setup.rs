@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tartarus_audit::{AuditLog, Forwarder, ForwarderConfig, LogConfig};
+use tartarus_audit::{
+    AuditLog, ForwardError, Forwarder, ForwarderConfig, LogConfig, TlsConfig, Transport,
+};
 use tartarus_auth::keystore::KeyStore;
 use tartarus_auth::layer::Authenticator;
 use tartarus_auth::oidc::{OidcConfig, OidcVerifier};
@@ -45,8 +47,16 @@ pub enum SetupError {
         #[source]
         source: tartarus_audit::LogError,
     },
-    #[error("--audit-syslog '{0}': use relp://HOST:PORT or tcp://HOST:PORT")]
+    #[error(
+        "--audit-syslog '{0}': use relp://, tcp://, relp+tls:// or tls:// followed by HOST:PORT"
+    )]
     SyslogUrl(String),
+    #[error("--audit-syslog '{0}' uses TLS: --audit-syslog-ca (the PEM CA that signed the sink's certificate) is required")]
+    SyslogNoCa(String),
+    #[error("--audit-syslog-ca, --audit-syslog-cert, --audit-syslog-key and --audit-syslog-server-name need a relp+tls:// or tls:// --audit-syslog")]
+    SyslogTlsUnused,
+    #[error("--audit-syslog-cert and --audit-syslog-key go together")]
+    SyslogCertHalf,
     #[error("audit forwarder: {0}")]
     Forwarder(#[from] tartarus_audit::ForwardError),
 }
@@ -92,9 +102,23 @@ pub struct SecurityArgs {
     #[arg(long)]
     pub audit_key: Option<PathBuf>,
     /// Forward the audit log to syslog: relp://HOST:PORT (acknowledged) or tcp://HOST:PORT
-    /// (RFC 6587 octet counting).
+    /// (RFC 6587 octet counting); relp+tls://HOST:PORT and tls://HOST:PORT (RFC 5425) are
+    /// the same over TLS.
     #[arg(long, value_name = "URL")]
     pub audit_syslog: Option<String>,
+    /// The CA (PEM) the TLS sink's certificate must chain to (required with relp+tls:// and
+    /// tls://; the system's CAs are not used).
+    #[arg(long, value_name = "PEM")]
+    pub audit_syslog_ca: Option<PathBuf>,
+    /// Client certificate (PEM chain) for sinks that require mutual TLS.
+    #[arg(long, value_name = "PEM")]
+    pub audit_syslog_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub audit_syslog_key: Option<PathBuf>,
+    /// The name the sink's certificate must carry (default: the host of --audit-syslog).
+    #[arg(long, value_name = "NAME")]
+    pub audit_syslog_server_name: Option<String>,
     /// Most audit records forwarded per second (default: unlimited).
     #[arg(long)]
     pub audit_rate: Option<u32>,
@@ -216,15 +240,16 @@ impl SecurityArgs {
     /// Starts the syslog forwarder when configured; its cursor is `<audit log>.cursor`.
     pub fn forwarder(&self, state: &Path, log: &AuditLog) -> Result<Option<Forwarder>, SetupError> {
         let Some(url) = &self.audit_syslog else {
-            return Ok(None);
+            return match self.syslog_tls()? {
+                Some(_) => Err(SetupError::SyslogTlsUnused),
+                None => Ok(None),
+            };
         };
-        let transport = if let Some(a) = url.strip_prefix("relp://") {
-            tartarus_audit::Transport::Relp(a.trim_end_matches('/').to_string())
-        } else if let Some(a) = url.strip_prefix("tcp://") {
-            tartarus_audit::Transport::Tcp(a.trim_end_matches('/').to_string())
-        } else {
-            return Err(SetupError::SyslogUrl(url.clone()));
-        };
+        let transport = Transport::from_url(url, self.syslog_tls()?).map_err(|e| match e {
+            ForwardError::NoCa(u) => SetupError::SyslogNoCa(u),
+            ForwardError::TlsUnused(_) => SetupError::SyslogTlsUnused,
+            _ => SetupError::SyslogUrl(url.clone()),
+        })?;
         let p = self.paths(state);
         let mut cursor = p.audit_log.clone().into_os_string();
         cursor.push(".cursor");
@@ -235,5 +260,101 @@ impl SecurityArgs {
         let f = Forwarder::start(cfg, Some(log.subscribe()))?;
         tracing::info!("forwarding the audit log to {url}");
         Ok(Some(f))
+    }
+
+    /// The TLS settings of the forwarder, when any flag gives one (the CA is checked against
+    /// the URL's scheme by [`Transport::from_url`]).
+    fn syslog_tls(&self) -> Result<Option<TlsConfig>, SetupError> {
+        let (ca, cert, key, name) = (
+            &self.audit_syslog_ca,
+            &self.audit_syslog_cert,
+            &self.audit_syslog_key,
+            &self.audit_syslog_server_name,
+        );
+        if cert.is_some() != key.is_some() {
+            return Err(SetupError::SyslogCertHalf);
+        }
+        let Some(ca) = ca else {
+            return match (cert, name) {
+                (None, None) => Ok(None),
+                // A certificate or a name without a CA: not a plain URL's business either.
+                _ if self.syslog_url_is_tls() => Err(SetupError::SyslogNoCa(
+                    self.audit_syslog.clone().unwrap_or_default(),
+                )),
+                _ => Err(SetupError::SyslogTlsUnused),
+            };
+        };
+        Ok(Some(TlsConfig {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            server_name: name.clone(),
+        }))
+    }
+
+    fn syslog_url_is_tls(&self) -> bool {
+        self.audit_syslog
+            .as_deref()
+            .is_some_and(|u| u.starts_with("tls://") || u.starts_with("relp+tls://"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sec: SecurityArgs,
+    }
+
+    fn forwarder_of(args: &[&str]) -> Result<Option<Forwarder>, SetupError> {
+        let sec = Cli::try_parse_from(std::iter::once("tartarusd").chain(args.iter().copied()))
+            .unwrap()
+            .sec;
+        let dir = std::env::temp_dir().join(format!(
+            "tartarusd-setup-{}-{}",
+            std::process::id(),
+            args.join("_").replace('/', "_")
+        ));
+        let log = sec.audit(&dir).unwrap();
+        let r = sec.forwarder(&dir, &log);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    #[tokio::test]
+    async fn syslog_tls_flags_are_checked_against_the_url() {
+        let err = |args: &[&str]| forwarder_of(args).err().expect("refused").to_string();
+        let e = err(&["--audit-syslog", "relp+tls://127.0.0.1:1"]);
+        assert!(e.contains("--audit-syslog-ca"), "{e}");
+        let e = err(&[
+            "--audit-syslog",
+            "tls://127.0.0.1:1",
+            "--audit-syslog-cert",
+            "c.pem",
+        ]);
+        assert!(e.contains("go together"), "{e}");
+        let e = err(&[
+            "--audit-syslog",
+            "relp://127.0.0.1:1",
+            "--audit-syslog-ca",
+            "ca.pem",
+        ]);
+        assert!(e.contains("need a relp+tls:// or tls://"), "{e}");
+        let e = err(&["--audit-syslog-ca", "ca.pem"]);
+        assert!(e.contains("need a relp+tls:// or tls://"), "{e}");
+        let e = err(&["--audit-syslog", "udp://127.0.0.1:1"]);
+        assert!(e.contains("use relp://"), "{e}");
+        let e = err(&[
+            "--audit-syslog",
+            "tls://127.0.0.1:1",
+            "--audit-syslog-ca",
+            "/nonexistent/ca.pem",
+        ]);
+        assert!(e.contains("CA file /nonexistent/ca.pem"), "{e}");
+        assert!(forwarder_of(&[]).unwrap().is_none());
     }
 }
