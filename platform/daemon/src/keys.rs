@@ -168,13 +168,11 @@ fn parse_since(s: &str) -> Result<Timestamp, ApiError> {
     if let Ok(secs) = s.parse::<i64>() {
         return Ok(Timestamp(secs.saturating_mul(1000)));
     }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| Timestamp(t.timestamp_millis()))
-        .map_err(|e| {
-            ApiError::BadRequest(format!(
-                "since: '{s}' is neither RFC 3339 nor Unix seconds ({e})"
-            ))
-        })
+    s.parse::<Timestamp>().map_err(|e| {
+        ApiError::BadRequest(format!(
+            "since: '{s}' is neither RFC 3339 nor Unix seconds ({e})"
+        ))
+    })
 }
 
 pub async fn audit(
@@ -212,7 +210,7 @@ pub async fn audit(
         .into_iter()
         .map(|r| AuditEntry {
             seq: r.seq,
-            time: crate::store::rfc3339(r.time.millis()),
+            time: r.time.to_string(),
             request_id: r.request_id,
             tenant: r.tenant,
             principal: r.principal,

@@ -826,12 +826,10 @@ pub fn tenant_may_build(scope: &TenantScope, spec: &TemplateSpec) -> Result<(), 
 
 /// A tenant pulls from registries only (a local layout or archive is a host path).
 pub fn tenant_may_use_image(scope: &TenantScope, reference: &str) -> Result<(), ApiError> {
-    let local = matches!(
-        tartarus_images::source::Source::parse(reference),
-        Ok(tartarus_images::source::Source::OciLayout { .. }
-            | tartarus_images::source::Source::DockerArchive { .. })
-    ) || reference.trim_start().starts_with("oci:")
-        || reference.trim_start().starts_with("docker-archive:");
+    // The prefixes Source::parse reads as local (it also fails on a missing path, which
+    // must be refused just the same).
+    let r = reference.trim_start();
+    let local = r.starts_with("oci:") || r.starts_with("docker-archive:");
     if !scope.is_host() && local {
         return Err(ApiError::Forbidden(format!(
             "image '{reference}': local images are the host's; a tenant pulls from a registry"
