@@ -50,6 +50,8 @@ where
     }
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..]);
+    // SAFETY: the closure only calls async-signal-safe functions between fork and exec.
+    unsafe { cmd.pre_exec(crate::init::unblock_signals) };
     if spec.clear_env {
         cmd.env_clear();
     }

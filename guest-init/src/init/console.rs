@@ -34,6 +34,7 @@ pub fn spawn_shell(reaper: Reaper, on_exit: fn() -> !) -> io::Result<()> {
     // and exec.
     unsafe {
         cmd.pre_exec(|| {
+            super::unblock_signals()?;
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -198,6 +198,21 @@ fn block_signals() -> libc::sigset_t {
     set
 }
 
+/// For `pre_exec`: a child starts with no signal blocked. PID 1's threads block the signals
+/// it waits for, and a blocked mask survives exec: without this every process the agent
+/// started ignored SIGTERM, SIGINT and SIGHUP (a graceful stop, Ctrl-C and `kill` did nothing).
+pub fn unblock_signals() -> std::io::Result<()> {
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe; the set is on this stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// SIGTERM to every other process, a grace period, SIGKILL to the rest.
 fn stop_everything(grace: Duration) {
     // SAFETY: kill(-1, ...) signals every process but init; no memory effects.
@@ -371,5 +386,39 @@ pub fn run() -> ! {
             continue;
         }
         stop_and_power_off(Duration::from_secs(3), &format!("signal {sig}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    /// A thread that blocks SIGTERM (as PID 1's do) starts a child: the child blocks nothing.
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        let out = std::thread::spawn(|| {
+            // SAFETY: a zeroed sigset_t initialised by sigemptyset; only this thread's mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            let blocked = |fix: bool| {
+                let mut cmd = std::process::Command::new("grep");
+                cmd.args(["SigBlk", "/proc/self/status"]);
+                if fix {
+                    // SAFETY: unblock_signals is async-signal-safe.
+                    unsafe { cmd.pre_exec(super::unblock_signals) };
+                }
+                String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+            };
+            (blocked(false), blocked(true))
+        })
+        .join()
+        .unwrap();
+        // SIGTERM is signal 15: bit 14 of the mask.
+        assert!(out.0.trim().ends_with("4000"), "without: {}", out.0);
+        assert_eq!(out.1.trim(), "SigBlk:\t0000000000000000");
     }
 }

@@ -169,7 +169,8 @@ impl Role {
             | TemplateGet | ImageList | ImageGet | EventsRead => Role::Viewer,
             SandboxCreate | SandboxDelete | SandboxExec | SandboxFilesRead | SandboxFilesWrite
             | SandboxLogs | SandboxPorts | SandboxAgent | SandboxPause | SandboxResume
-            | SnapshotCreate | SnapshotDelete | TemplateBuild | ImagePull => Role::Developer,
+            | SandboxHibernate | SandboxWake | SnapshotCreate | SnapshotDelete | TemplateBuild
+            | ImagePull => Role::Developer,
             TemplateDelete | ImageDelete | ImagePrune | MetricsRead | KeyList => Role::Operator,
             KeyCreate | KeyRotate | KeyRevoke | AuditRead => Role::Admin,
         };
@@ -223,6 +224,10 @@ pub enum Action {
     SandboxPause,
     /// `POST /sandboxes/{id}/resume`
     SandboxResume,
+    /// `POST /sandboxes/{id}/hibernate`
+    SandboxHibernate,
+    /// `POST /sandboxes/{id}/wake`
+    SandboxWake,
     /// `POST /sandboxes/{id}/snapshots`
     SnapshotCreate,
     /// `GET /snapshots`, `GET /sandboxes/{id}/snapshots`
@@ -266,7 +271,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 33] = [
+    pub const ALL: [Action; 35] = [
         Action::Health,
         Action::SandboxCreate,
         Action::SandboxList,
@@ -280,6 +285,8 @@ impl Action {
         Action::SandboxAgent,
         Action::SandboxPause,
         Action::SandboxResume,
+        Action::SandboxHibernate,
+        Action::SandboxWake,
         Action::SnapshotCreate,
         Action::SnapshotList,
         Action::SnapshotGet,
@@ -327,6 +334,8 @@ impl Action {
             Action::SandboxAgent => "sandbox_agent",
             Action::SandboxPause => "sandbox_pause",
             Action::SandboxResume => "sandbox_resume",
+            Action::SandboxHibernate => "sandbox_hibernate",
+            Action::SandboxWake => "sandbox_wake",
             Action::SnapshotCreate => "snapshot_create",
             Action::SnapshotList => "snapshot_list",
             Action::SnapshotGet => "snapshot_get",

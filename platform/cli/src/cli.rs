@@ -191,6 +191,9 @@ pub struct RunArgs {
     /// Kill the sandbox after this many seconds
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
+    /// Hibernate the sandbox after this many seconds without an exec, file transfer or stream
+    #[arg(long, value_name = "S")]
+    pub idle_timeout: Option<u64>,
     #[arg(long, value_enum, default_value = "none")]
     pub network: Network,
     #[command(flatten)]
@@ -225,8 +228,12 @@ pub enum SandboxCmd {
     Rm(SandboxRmArgs),
     /// Pause a sandbox's vCPUs
     Pause { id: String },
-    /// Resume a paused sandbox
+    /// Resume a paused sandbox (a hibernated one is woken)
     Resume { id: String },
+    /// Snapshot a sandbox to disk and stop its VMM, giving its memory back; any request wakes it
+    Hibernate { id: String },
+    /// Wake a hibernated sandbox
+    Wake { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +247,9 @@ pub struct SandboxCreateArgs {
     /// Kill the sandbox after this many seconds
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
+    /// Hibernate the sandbox after this many seconds without an exec, file transfer or stream
+    #[arg(long, value_name = "S")]
+    pub idle_timeout: Option<u64>,
     #[arg(long, value_enum, default_value = "none")]
     pub network: Network,
     /// Label (repeatable)
@@ -249,7 +259,7 @@ pub struct SandboxCreateArgs {
 
 #[derive(Debug, Args)]
 pub struct SandboxLsArgs {
-    /// Only sandboxes in this state (creating, running, paused, stopped, failed)
+    /// Only sandboxes in this state (creating, running, paused, hibernated, stopped, failed)
     #[arg(long, value_name = "STATE", value_parser = parse_state)]
     pub state: Option<String>,
 }
@@ -262,6 +272,10 @@ pub struct SandboxRmArgs {
     /// Seconds between SIGTERM to the guest and the kill (default 0: kill at once)
     #[arg(long, value_name = "S")]
     pub grace: Option<u64>,
+    /// Keep a snapshot of each sandbox first (prints `ID SNAPSHOT`; start again with
+    /// `sandbox create --snapshot SNAPSHOT`)
+    #[arg(long)]
+    pub checkpoint: bool,
 }
 
 #[derive(Debug, Args)]
@@ -530,7 +544,7 @@ fn parse_state(s: &str) -> Result<String, String> {
     match tartarus_types::SandboxState::parse(s) {
         Some(st) => Ok(st.as_str().to_string()),
         None => Err(format!(
-            "unknown state '{s}' (one of creating, running, paused, stopped, failed)"
+            "unknown state '{s}' (one of creating, running, paused, hibernated, stopped, failed)"
         )),
     }
 }

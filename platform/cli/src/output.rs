@@ -172,6 +172,19 @@ pub fn sandbox_details(s: &Sandbox) -> String {
         ),
         ("Create time:", ms(s.create_ms)),
         ("Restore time:", ms(s.restore_ms)),
+        (
+            "Idle timeout:",
+            opt(s.idle_timeout_s.map(|t| format!("{t}s"))),
+        ),
+        ("Hibernated:", opt(s.hibernated_at.clone())),
+        (
+            "Hibernation size:",
+            opt(s
+                .hibernated_bytes
+                .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))),
+        ),
+        ("Memory freed:", mib_from_kib(s.memory_freed_kib)),
+        ("Wakes:", format!("{} (last {})", s.wakes, ms(s.wake_ms))),
         ("Reason:", opt(s.reason.clone())),
     ];
     for (k, v) in rows {

@@ -101,6 +101,12 @@ fn world() -> World {
             reason: None,
             template_dir: tdir.display().to_string(),
             net_index: None,
+            idle_timeout_s: None,
+            hibernated_ms: None,
+            hibernated_bytes: None,
+            memory_freed_kib: None,
+            wake_ms: None,
+            wakes: 0,
         })
         .unwrap();
     d.store

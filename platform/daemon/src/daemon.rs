@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use guest_init::client::{Client, ClientError};
 use guest_init::protocol::ErrorCode;
@@ -52,13 +52,58 @@ impl Config {
 }
 
 /// What the daemon holds for a sandbox whose VMM it started or adopted.
-#[derive(Default)]
 pub struct Live {
     /// Set before the daemon itself stops the VMM, so the exit watcher does not call it a
     /// failure.
     pub stopping: AtomicBool,
     /// Tasks to abort when the sandbox goes (exit watcher, timeout).
     pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Requests in progress that use the guest (execs, streams, file transfers, background
+    /// processes, port forwards): a sandbox with any does not hibernate.
+    pub active: AtomicUsize,
+    /// When the last of them ended (or the VMM started): the idle clock.
+    pub last_active: Mutex<Instant>,
+}
+
+impl Default for Live {
+    fn default() -> Live {
+        Live {
+            stopping: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Live {
+    /// How long the sandbox has had nothing in progress (zero while something is).
+    pub fn idle_for(&self) -> Duration {
+        if self.active.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
+/// One request in progress on a sandbox's guest; dropping it restarts the idle clock.
+pub struct Activity(Arc<Live>);
+
+impl Activity {
+    pub fn new(live: Arc<Live>) -> Activity {
+        live.active.fetch_add(1, Ordering::SeqCst);
+        Activity(live)
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        *self.0.last_active.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Live {

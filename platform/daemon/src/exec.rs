@@ -15,8 +15,9 @@ use tartarus_types::{ExecEvent, ExecRequest, ExecResult, ExecStarted};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::daemon::{agent_error, Daemon, Shared};
+use crate::daemon::{agent_error, Activity, Daemon, Shared};
 use crate::error::{chain, ApiError};
+use crate::hibernate::awake;
 use crate::store::SandboxRow;
 use crate::vmm;
 
@@ -79,12 +80,13 @@ pub async fn exec(
     id: &str,
     req: ExecRequest,
 ) -> Result<ExecResult, ApiError> {
-    let row = d.running_row(scope, id)?;
+    let (row, activity) = awake(d, scope, id).await?;
     let (spec, stdin) = spec_of(d, &row, &req)?;
     let uds = d.vsock_of(id);
     let timeout = timeout_of(&req);
     let t0 = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
+        let _activity = activity;
         let mut c = Daemon::agent_blocking(&uds, timeout)?;
         c.start_exec(&spec, &stdin)
             .and_then(|s| s.collect())
@@ -127,7 +129,7 @@ pub async fn exec_stream(
     id: &str,
     req: ExecRequest,
 ) -> Result<Body, ApiError> {
-    let row = d.running_row(scope, id)?;
+    let (row, activity) = awake(d, scope, id).await?;
     let (spec, stdin) = spec_of(d, &row, &req)?;
     let uds = d.vsock_of(id);
     let timeout = timeout_of(&req);
@@ -136,6 +138,7 @@ pub async fn exec_stream(
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let d2 = d.clone();
     std::thread::spawn(move || {
+        let _activity = activity;
         let t0 = Instant::now();
         let line = |e: &ExecEvent| {
             let mut s = serde_json::to_vec(e).unwrap_or_default();
@@ -271,7 +274,7 @@ pub async fn exec_background(
     id: &str,
     req: ExecRequest,
 ) -> Result<ExecStarted, ApiError> {
-    let row = d.running_row(scope, id)?;
+    let (row, activity) = awake(d, scope, id).await?;
     let (spec, stdin) = spec_of(d, &row, &req)?;
     let uds = d.vsock_of(id);
     let log = exec_log(d, id);
@@ -279,6 +282,8 @@ pub async fn exec_background(
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let argv0 = req.argv.join(" ");
     std::thread::spawn(move || {
+        // A background process keeps the sandbox from hibernating while it runs.
+        let _activity = activity;
         let mut c = None;
         let Some(mut s) = start_exec(&mut c, &uds, timeout, &spec, &stdin, started_tx, |s| {
             s.pid()
@@ -333,10 +338,11 @@ pub async fn put_file(
     mode: Option<u32>,
     data: Bytes,
 ) -> Result<(), ApiError> {
-    d.running_row(scope, id)?;
     check_path(&path)?;
+    let (_, activity) = awake(d, scope, id).await?;
     let uds = d.vsock_of(id);
     tokio::task::spawn_blocking(move || {
+        let _activity = activity;
         let mut c = Daemon::agent_blocking(&uds, Duration::from_secs(300))?;
         c.write_file(&path, &data, mode).map_err(agent_error)
     })
@@ -351,10 +357,11 @@ pub async fn get_file(
     id: &str,
     path: String,
 ) -> Result<Vec<u8>, ApiError> {
-    d.running_row(scope, id)?;
     check_path(&path)?;
+    let (_, activity) = awake(d, scope, id).await?;
     let uds = d.vsock_of(id);
     tokio::task::spawn_blocking(move || {
+        let _activity = activity;
         let mut c = Daemon::agent_blocking(&uds, Duration::from_secs(300))?;
         c.read_file(&path).map_err(|e| match agent_error(e) {
             ApiError::Agent(m) if m.contains("No such file") || m.contains("not found") => {
@@ -376,15 +383,14 @@ fn check_path(path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The files `logs` reads: the console, then background processes' output.
-fn log_files(d: &Daemon, id: &str) -> Vec<PathBuf> {
-    let jail_serial = d.cfg.jail(id).serial();
-    let serial = if jail_serial.exists() {
-        jail_serial
-    } else {
-        d.cfg.sandbox_dir(id).join("serial.log")
-    };
-    vec![serial, exec_log(d, id)]
+/// The files `logs` reads: the console of earlier VMMs (a hibernated sandbox's are kept), the
+/// console of the running one, then background processes' output.
+fn log_files(d: &Daemon, id: &str) -> [PathBuf; 3] {
+    [
+        d.cfg.sandbox_dir(id).join("serial.log"),
+        d.cfg.jail(id).serial(),
+        exec_log(d, id),
+    ]
 }
 
 /// `GET /sandboxes/{id}/logs`.
@@ -426,8 +432,13 @@ pub async fn logs(
         }
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            // The console file moves out of the jail when the VMM goes.
+            // The console file moves out of the jail when the VMM goes (appended to the
+            // kept console): what was already sent from it is not sent again.
             let files = log_files(&d2, &id2);
+            if offsets[1] > 0 && !files[1].exists() {
+                offsets[0] += offsets[1];
+                offsets[1] = 0;
+            }
             for (i, f) in files.iter().enumerate() {
                 let Ok(data) = tokio::fs::read(f).await else {
                     continue;
@@ -447,6 +458,7 @@ pub async fn logs(
                         r.state,
                         tartarus_types::SandboxState::Running
                             | tartarus_types::SandboxState::Paused
+                            | tartarus_types::SandboxState::Hibernated
                             | tartarus_types::SandboxState::Creating
                     ) => {}
                 _ => return,
@@ -494,7 +506,12 @@ async fn connect_vsock(
 }
 
 /// Pipes an upgraded client connection to the guest agent, byte for byte.
-pub async fn pipe_agent(d: Shared, id: String, upgraded: hyper::upgrade::Upgraded) {
+pub async fn pipe_agent(
+    d: Shared,
+    id: String,
+    upgraded: hyper::upgrade::Upgraded,
+    _activity: Activity,
+) {
     let uds = d.vsock_of(&id);
     let mut client = hyper_util::rt::TokioIo::new(upgraded);
     match connect_vsock(&uds, vmm::AGENT_PORT).await {
@@ -510,7 +527,13 @@ pub async fn pipe_agent(d: Shared, id: String, upgraded: hyper::upgrade::Upgrade
 
 /// Pipes an upgraded client connection to a TCP port on the guest's loopback, through the
 /// agent's `connect` request.
-pub async fn pipe_port(d: Shared, id: String, port: u16, upgraded: hyper::upgrade::Upgraded) {
+pub async fn pipe_port(
+    d: Shared,
+    id: String,
+    port: u16,
+    upgraded: hyper::upgrade::Upgraded,
+    _activity: Activity,
+) {
     let uds = d.vsock_of(&id);
     let mut client = hyper_util::rt::TokioIo::new(upgraded);
     let opened = tokio::task::spawn_blocking(

@@ -7,6 +7,7 @@ mod daemon;
 mod error;
 mod exec;
 mod fsutil;
+mod hibernate;
 mod images;
 mod keys;
 mod listen;
@@ -275,6 +276,7 @@ async fn run(
     *d.forwarder.lock().unwrap_or_else(|p| p.into_inner()) = fwd;
     template::recover(&d);
     sandbox::recover(&d).await;
+    let _reaper = hibernate::spawn_reaper(&d);
     let gate = Arc::new(access::Gate {
         auth,
         audit,

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub create_seconds: Histogram,
     pub restore_seconds: Histogram,
     pub exec_seconds: Histogram,
+    pub wake_seconds: Histogram,
+    pub hibernations: Family<ReasonLabel, Counter>,
+    pub hibernated_freed_bytes: Counter,
     pub failures: Family<ReasonLabel, Counter>,
     pub vmm_unexpected_exits: Counter,
     pub readopted: Counter,
@@ -86,6 +89,24 @@ impl Metrics {
             "exec_seconds",
             "Exec request to the process's exit",
             exec_seconds.clone(),
+        );
+        let wake_seconds = Histogram::new(latency_buckets());
+        registry.register(
+            "sandbox_wake_seconds",
+            "Wake of a hibernated sandbox: request to the agent's first answer",
+            wake_seconds.clone(),
+        );
+        let hibernations = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sandbox_hibernations",
+            "Hibernations by reason (request, idle)",
+            hibernations.clone(),
+        );
+        let hibernated_freed_bytes = Counter::default();
+        registry.register(
+            "sandbox_hibernation_freed_bytes",
+            "Resident memory of VMMs that hibernation gave back",
+            hibernated_freed_bytes.clone(),
         );
         let failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -217,6 +238,9 @@ impl Metrics {
             create_seconds,
             restore_seconds,
             exec_seconds,
+            wake_seconds,
+            hibernations,
+            hibernated_freed_bytes,
             failures,
             vmm_unexpected_exits,
             readopted,

@@ -383,6 +383,23 @@ fn host_rules() -> Result<(), NetError> {
 }
 
 /// Removes a sandbox's namespace (its tap and veth go with it). Idempotent.
+/// The sandbox's namespace: the one it kept while it hibernated, or a new one (after a daemon
+/// restart or a host reboot, which leave no mounted namespace behind).
+pub fn ensure(id: &str, uid: u32, nat: Option<u16>) -> Result<PathBuf, NetError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = ns_path(id);
+    // A namespace file is an nsfs mount: its device differs from its directory's.
+    let mounted = match (std::fs::metadata(&path), std::fs::metadata(NETNS_DIR)) {
+        (Ok(f), Ok(dir)) => f.dev() != dir.dev(),
+        _ => false,
+    };
+    if mounted {
+        return Ok(path);
+    }
+    remove(id);
+    create(id, uid, nat)
+}
+
 pub fn remove(id: &str) {
     let path = ns_path(id);
     if let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) {

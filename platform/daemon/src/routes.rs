@@ -18,7 +18,7 @@ use tartarus_auth::{Action, TenantScope};
 use crate::access::Caller;
 use crate::daemon::Shared;
 use crate::error::ApiError;
-use crate::{exec, images, keys, sandbox, template};
+use crate::{exec, hibernate, images, keys, sandbox, template};
 
 /// Largest body `PUT /files` takes.
 pub const MAX_FILE: usize = 512 << 20;
@@ -43,6 +43,8 @@ fn routes(d: Shared) -> Router {
         .route("/sandboxes/{id}", get(get_sandbox).delete(delete_sandbox))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/hibernate", post(hibernate_sandbox))
+        .route("/sandboxes/{id}/wake", post(wake_sandbox))
         .route("/sandboxes/{id}/exec", post(exec_handler))
         .route(
             "/sandboxes/{id}/files",
@@ -367,6 +369,9 @@ async fn get_sandbox(
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     grace_s: Option<u64>,
+    /// Keep a snapshot of the sandbox before it goes; answered with 200 and the snapshot.
+    #[serde(default)]
+    checkpoint: bool,
 }
 
 async fn delete_sandbox(
@@ -374,10 +379,36 @@ async fn delete_sandbox(
     c: Caller,
     Path(id): Path<String>,
     Q(q): Q<DeleteQuery>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let scope = c.allow(Action::SandboxDelete)?;
-    sandbox::delete(&d, scope, &id, q.grace_s.unwrap_or(0).min(600)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let grace = q.grace_s.unwrap_or(0).min(600);
+    match sandbox::delete(&d, scope, &id, grace, q.checkpoint).await? {
+        Some(snap) => {
+            c.resource(format!("snapshot/{}", snap.id));
+            Ok(Json(serde_json::json!({ "snapshot": snap })).into_response())
+        }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn hibernate_sandbox(
+    State(d): State<Shared>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let scope = c.allow(Action::SandboxHibernate)?;
+    Ok(Json(
+        hibernate::hibernate(&d, scope, &id, hibernate::Why::Request).await?,
+    ))
+}
+
+async fn wake_sandbox(
+    State(d): State<Shared>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let scope = c.allow(Action::SandboxWake)?;
+    Ok(Json(hibernate::wake(&d, scope, &id).await?))
 }
 
 async fn pause(
@@ -669,8 +700,8 @@ async fn agent_upgrade(
 ) -> Result<Response, ApiError> {
     let scope = c.allow(Action::SandboxAgent)?;
     c.audit_read();
-    d.running_row(scope, &id)?;
-    upgrade(req, move |up| exec::pipe_agent(d, id, up))
+    let (_, activity) = hibernate::awake(&d, scope, &id).await?;
+    upgrade(req, move |up| exec::pipe_agent(d, id, up, activity))
 }
 
 async fn port_upgrade(
@@ -686,6 +717,6 @@ async fn port_upgrade(
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("port: '{port}' is not a TCP port")))?;
-    d.running_row(scope, &id)?;
-    upgrade(req, move |up| exec::pipe_port(d, id, port, up))
+    let (_, activity) = hibernate::awake(&d, scope, &id).await?;
+    upgrade(req, move |up| exec::pipe_port(d, id, port, up, activity))
 }

@@ -44,14 +44,32 @@ pub fn view(row: &SandboxRow) -> Sandbox {
         restore_ms: row.restore_ms,
         rss_kib: row.pid.and_then(vmm::rss_kib),
         reason: row.reason.clone(),
+        idle_timeout_s: row.idle_timeout_s,
+        hibernated_at: row
+            .hibernated_ms
+            .filter(|_| row.state == SandboxState::Hibernated)
+            .map(rfc3339),
+        hibernated_bytes: row
+            .hibernated_bytes
+            .filter(|_| row.state == SandboxState::Hibernated),
+        memory_freed_kib: row.memory_freed_kib,
+        wake_ms: row.wake_ms,
+        wakes: row.wakes,
     }
 }
 
-fn is_live(s: SandboxState) -> bool {
+/// A sandbox with a VMM (or about to have one): it counts against the memory limit.
+pub fn is_live(s: SandboxState) -> bool {
     matches!(
         s,
         SandboxState::Creating | SandboxState::Running | SandboxState::Paused
     )
+}
+
+/// A sandbox that holds a uid, a network namespace and a place under `--max-sandboxes`:
+/// the live ones and the hibernated ones.
+pub fn holds_resources(s: SandboxState) -> bool {
+    is_live(s) || s == SandboxState::Hibernated
 }
 
 /// Where a new sandbox's files come from.
@@ -133,6 +151,11 @@ pub async fn create(
     if req.timeout_s == Some(0) {
         return Err(ApiError::BadRequest("timeout_s: must be at least 1".into()));
     }
+    if req.idle_timeout_s == Some(0) {
+        return Err(ApiError::BadRequest(
+            "idle_timeout_s: must be at least 1".into(),
+        ));
+    }
     let src = source(d, scope, &req)?;
     let tenant = scope.as_str().to_string();
     let id = format!("sb-{}", fsutil::random_hex(6));
@@ -140,15 +163,18 @@ pub async fn create(
         let _adm = d.admission.lock().await;
         // The limits are the host's: every tenant's sandboxes count.
         let rows = d.store.sandboxes(&TenantScope::All)?;
-        let live: Vec<&SandboxRow> = rows.iter().filter(|r| is_live(r.state)).collect();
-        if live.len() >= d.cfg.max_sandboxes {
+        let held = rows.iter().filter(|r| holds_resources(r.state)).count();
+        if held >= d.cfg.max_sandboxes {
             return Err(ApiError::Limit(format!(
-                "{} sandboxes are alive, the limit (--max-sandboxes) is {}",
-                live.len(),
+                "{held} sandboxes are alive or hibernated, the limit (--max-sandboxes) is {}",
                 d.cfg.max_sandboxes
             )));
         }
-        let used: u64 = live.iter().map(|r| r.memory_mib as u64).sum();
+        let used: u64 = rows
+            .iter()
+            .filter(|r| is_live(r.state))
+            .map(|r| r.memory_mib as u64)
+            .sum();
         if used + src.memory_mib as u64 > d.cfg.max_memory_mib {
             return Err(ApiError::Limit(format!(
                 "memory: {used} MiB of guest memory in use + {} MiB asked exceeds the limit \
@@ -156,7 +182,10 @@ pub async fn create(
                 src.memory_mib, d.cfg.max_memory_mib
             )));
         }
-        let live_rows: Vec<SandboxRow> = rows.into_iter().filter(|r| is_live(r.state)).collect();
+        let live_rows: Vec<SandboxRow> = rows
+            .into_iter()
+            .filter(|r| holds_resources(r.state))
+            .collect();
         let net_index =
             match req.network {
                 NetworkMode::None => None,
@@ -187,6 +216,12 @@ pub async fn create(
             reason: None,
             template_dir: src.template_dir.clone(),
             net_index,
+            idle_timeout_s: req.idle_timeout_s,
+            hibernated_ms: None,
+            hibernated_bytes: None,
+            memory_freed_kib: None,
+            wake_ms: None,
+            wakes: 0,
         };
         // The row exists before any resource does, so recovery can always clean up.
         d.store.insert_sandbox(&row)?;
@@ -370,9 +405,24 @@ pub fn watch(d: &Shared, id: &str, live: Arc<Live>) {
         .extend(tasks);
 }
 
-/// Kills the VMM (if any) and removes the jail and cgroups; keeps the sandbox's log directory
-/// with the console output.
-async fn teardown(d: &Shared, id: &str) {
+/// Appends the jail's console output to the sandbox's kept console log.
+pub fn keep_serial_log(jail: &vmm::JailPaths, sdir: &Path) {
+    let Ok(mut from) = std::fs::File::open(jail.serial()) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(sdir);
+    let to = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(sdir.join("serial.log"));
+    if let Ok(mut to) = to {
+        let _ = std::io::copy(&mut from, &mut to);
+    }
+}
+
+/// Kills the VMM (if any) and removes the jail, cgroups and network namespace; keeps the
+/// sandbox's log directory with the console output (and a hibernation's files).
+pub async fn teardown(d: &Shared, id: &str) {
     let jail = d.cfg.jail(id);
     if let Ok(Some(row)) = d.store.sandbox(&TenantScope::All, id) {
         if let Some(pid) = row.pid {
@@ -389,10 +439,7 @@ async fn teardown(d: &Shared, id: &str) {
     let nid = id.to_string();
     let _ = tokio::task::spawn_blocking(move || {
         crate::netns::remove(&nid);
-        if jail.serial().exists() {
-            let _ = std::fs::create_dir_all(&sdir);
-            let _ = std::fs::copy(jail.serial(), sdir.join("serial.log"));
-        }
+        keep_serial_log(&jail, &sdir);
         if let Err(e) = vmm::cleanup_jail(&jail, version) {
             tracing::warn!("cannot remove the jail {}: {e}", jail.base.display());
         }
@@ -438,6 +485,13 @@ pub async fn stop(
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
     let row = d.sandbox_row(scope, id)?;
+    if row.state == SandboxState::Hibernated {
+        // No VMM: its network namespace and the hibernation's files go.
+        teardown(d, id).await;
+        let _ = fsutil::remove_tree(&crate::hibernate::hib_dir(d, id));
+        d.set_state(id, SandboxState::Stopped, Some(reason));
+        return Ok(());
+    }
     if !is_live(row.state) {
         return Ok(());
     }
@@ -478,14 +532,29 @@ async fn graceful(d: &Shared, row: &SandboxRow, grace: Duration) {
     }
 }
 
-/// `DELETE /sandboxes/{id}`: stop it if it runs, then forget it.
+/// `DELETE /sandboxes/{id}`: stop it if it runs (asking the guest to shut down within
+/// `grace_s`), then forget it. With `checkpoint`, a snapshot of it is kept first (a new sandbox
+/// can start from it later) and returned.
 pub async fn delete(
     d: &Shared,
     scope: &TenantScope,
     id: &str,
     grace_s: u64,
-) -> Result<(), ApiError> {
-    d.sandbox_row(scope, id)?;
+    checkpoint: bool,
+) -> Result<Option<Snapshot>, ApiError> {
+    let row = d.sandbox_row(scope, id)?;
+    let kept = if !checkpoint {
+        None
+    } else if row.state == SandboxState::Hibernated {
+        Some(crate::hibernate::checkpoint(d, scope, id).await?)
+    } else if matches!(row.state, SandboxState::Running | SandboxState::Paused) {
+        Some(snapshot(d, scope, id, false).await?)
+    } else {
+        return Err(ApiError::Conflict(format!(
+            "Sandbox '{id}' is {}; there is nothing to checkpoint",
+            row.state.as_str()
+        )));
+    };
     stop(d, scope, id, grace_s, "Deleted").await?;
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
@@ -502,7 +571,7 @@ pub async fn delete(
     d.refresh_gauges();
     drop(_g);
     d.forget_lock(id);
-    Ok(())
+    Ok(kept)
 }
 
 /// `POST /sandboxes/{id}/pause` and `/resume`.
@@ -512,6 +581,10 @@ pub async fn set_paused(
     id: &str,
     paused: bool,
 ) -> Result<Sandbox, ApiError> {
+    if !paused && d.sandbox_row(scope, id)?.state == SandboxState::Hibernated {
+        // Resuming a hibernated sandbox wakes it.
+        return crate::hibernate::wake(d, scope, id).await;
+    }
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
     let row = d.sandbox_row(scope, id)?;
@@ -546,6 +619,9 @@ pub async fn snapshot(
     id: &str,
     leave_paused: bool,
 ) -> Result<Snapshot, ApiError> {
+    if d.sandbox_row(scope, id)?.state == SandboxState::Hibernated {
+        crate::hibernate::wake(d, scope, id).await?;
+    }
     let lock = d.lock_of(id);
     let _g = lock.lock().await;
     let row = d.sandbox_row(scope, id)?;
@@ -695,6 +771,14 @@ pub async fn recover(d: &Shared) {
                     row.pid
                 );
             }
+            (_, None) if crate::hibernate::complete(&crate::hibernate::hib_dir(d, id)) => {
+                // A hibernation (or the start of a wake) cut short: the snapshot is whole
+                // and the guest has not run since.
+                teardown(d, id).await;
+                let bytes = fsutil::allocated_bytes(&crate::hibernate::hib_dir(d, id));
+                let _ = d.store.set_sandbox_hibernated(id, bytes, 0);
+                tracing::info!("sandbox {id}: hibernated (finished after a daemon restart)");
+            }
             (state, _) => {
                 let reason = if state == SandboxState::Creating {
                     "The daemon stopped while the sandbox was being created".to_string()
@@ -706,6 +790,7 @@ pub async fn recover(d: &Shared) {
                 tracing::info!("sandbox {id}: {reason}");
                 d.metrics.fail("lost");
                 teardown(d, id).await;
+                let _ = fsutil::remove_tree(&crate::hibernate::hib_dir(d, id));
                 d.set_state(id, SandboxState::Failed, Some(&reason));
             }
         }
@@ -736,8 +821,17 @@ pub async fn recover(d: &Shared) {
         .map(|r| r.id)
         .chain(orphan_jails)
         .collect();
+    // Hibernated sandboxes keep theirs for their wake.
+    let hibernated: HashSet<String> = d
+        .store
+        .sandboxes(&TenantScope::All)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.state == SandboxState::Hibernated)
+        .map(|r| r.id)
+        .collect();
     for id in crate::netns::existing() {
-        if ours.contains(&id) && !keep.contains(&id) {
+        if ours.contains(&id) && !keep.contains(&id) && !hibernated.contains(&id) {
             tracing::info!("removing the orphaned network namespace of {id}");
             crate::netns::remove(&id);
         }

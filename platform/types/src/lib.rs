@@ -309,6 +309,10 @@ pub struct CreateSandbox {
     /// Kill the sandbox this many seconds after it was created (0 or absent: never).
     #[serde(default)]
     pub timeout_s: Option<u64>,
+    /// Hibernate the sandbox after this many seconds without an exec, file transfer, code run
+    /// or open stream (absent: never); any later request wakes it.
+    #[serde(default)]
+    pub idle_timeout_s: Option<u64>,
     #[serde(default)]
     pub network: NetworkMode,
     /// Free-form labels, shown by inspect and list.
@@ -322,6 +326,8 @@ pub enum SandboxState {
     Creating,
     Running,
     Paused,
+    /// Snapshotted to disk with its VMM gone; any request wakes it.
+    Hibernated,
     Stopped,
     Failed,
 }
@@ -332,6 +338,7 @@ impl SandboxState {
             SandboxState::Creating => "creating",
             SandboxState::Running => "running",
             SandboxState::Paused => "paused",
+            SandboxState::Hibernated => "hibernated",
             SandboxState::Stopped => "stopped",
             SandboxState::Failed => "failed",
         }
@@ -342,16 +349,18 @@ impl SandboxState {
             "creating" => SandboxState::Creating,
             "running" => SandboxState::Running,
             "paused" => SandboxState::Paused,
+            "hibernated" => SandboxState::Hibernated,
             "stopped" => SandboxState::Stopped,
             "failed" => SandboxState::Failed,
             _ => return None,
         })
     }
 
-    pub const ALL: [SandboxState; 5] = [
+    pub const ALL: [SandboxState; 6] = [
         SandboxState::Creating,
         SandboxState::Running,
         SandboxState::Paused,
+        SandboxState::Hibernated,
         SandboxState::Stopped,
         SandboxState::Failed,
     ];
@@ -389,6 +398,24 @@ pub struct Sandbox {
     pub rss_kib: Option<u64>,
     /// Why the sandbox failed or stopped.
     pub reason: Option<String>,
+    /// Seconds without activity after which the sandbox hibernates.
+    #[serde(default)]
+    pub idle_timeout_s: Option<u64>,
+    /// When it last hibernated (RFC 3339, UTC), while it is hibernated.
+    #[serde(default)]
+    pub hibernated_at: Option<String>,
+    /// Disk its hibernation snapshot takes (memory + state + writable layer), bytes.
+    #[serde(default)]
+    pub hibernated_bytes: Option<u64>,
+    /// Resident memory its VMM gave back at the last hibernation, KiB.
+    #[serde(default)]
+    pub memory_freed_kib: Option<u64>,
+    /// Milliseconds from the last wake request to the agent's first answer.
+    #[serde(default)]
+    pub wake_ms: Option<f64>,
+    /// How many times it was woken.
+    #[serde(default)]
+    pub wakes: u64,
 }
 
 /// `POST /sandboxes/{id}/exec`.

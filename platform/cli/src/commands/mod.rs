@@ -236,6 +236,10 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, CmdError> {
         Command::Sandbox(SandboxCmd::Rm(a)) | Command::Rm(a) => sandbox::rm(ctx, a).await,
         Command::Sandbox(SandboxCmd::Pause { id }) => sandbox::pause(ctx, &id, "pause").await,
         Command::Sandbox(SandboxCmd::Resume { id }) => sandbox::pause(ctx, &id, "resume").await,
+        Command::Sandbox(SandboxCmd::Hibernate { id }) => {
+            sandbox::pause(ctx, &id, "hibernate").await
+        }
+        Command::Sandbox(SandboxCmd::Wake { id }) => sandbox::pause(ctx, &id, "wake").await,
         Command::Logs(a) => files::logs(ctx, a).await,
         Command::Cp(a) => files::cp(ctx, a).await,
         Command::PortForward(a) => port_forward::run(ctx, a).await,

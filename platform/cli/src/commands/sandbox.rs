@@ -1,4 +1,4 @@
-//! `sandbox create|ls|inspect|rm|pause|resume` (and the `ps`, `rm` aliases).
+//! `sandbox create|ls|inspect|rm|pause|resume|hibernate|wake` (and the `ps`, `rm` aliases).
 
 use hyper::Method;
 use tartarus_types::{CreateSandbox, List, Sandbox};
@@ -13,6 +13,7 @@ pub async fn create(ctx: &Ctx, a: SandboxCreateArgs) -> Result<i32, CmdError> {
         template: a.template,
         snapshot: a.snapshot,
         timeout_s: a.timeout,
+        idle_timeout_s: a.idle_timeout,
         network: a.network.into(),
         labels: a.labels.into_iter().collect(),
     };
@@ -50,6 +51,23 @@ pub async fn delete_sandbox(
     client.call(Method::DELETE, &path, Body::Empty).await
 }
 
+/// `DELETE /sandboxes/{id}?checkpoint=true`: the kept snapshot's id.
+pub async fn delete_with_checkpoint(
+    client: &ApiClient,
+    id: &str,
+    grace: Option<u64>,
+) -> Result<String, ClientError> {
+    let mut path = format!("/sandboxes/{}?checkpoint=true", encode_segment(id));
+    if let Some(g) = grace {
+        path.push_str(&format!("&grace_s={g}"));
+    }
+    let body: serde_json::Value = client.json(Method::DELETE, &path, None::<&()>).await?;
+    body.pointer("/snapshot/id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Decode(format!("no snapshot id in {body}")))
+}
+
 pub async fn ls(ctx: &Ctx, a: SandboxLsArgs) -> Result<i32, CmdError> {
     let path = match &a.state {
         Some(s) => format!("/sandboxes?state={}", encode_query(s)),
@@ -84,6 +102,16 @@ pub async fn inspect(ctx: &Ctx, id: &str) -> Result<i32, CmdError> {
 pub async fn rm(ctx: &Ctx, a: SandboxRmArgs) -> Result<i32, CmdError> {
     let mut code = 0;
     for id in &a.ids {
+        if a.checkpoint {
+            match delete_with_checkpoint(&ctx.client, id, a.grace).await {
+                Ok(snap) => print(&format!("{id} {snap}\n"))?,
+                Err(e) => {
+                    eprintln!("tartarus: {id}: {e}");
+                    code = 1;
+                }
+            }
+            continue;
+        }
         match delete_sandbox(&ctx.client, id, a.grace).await {
             Ok(()) => print(&format!("{id}\n"))?,
             Err(e) => {

@@ -64,6 +64,15 @@ pub struct SandboxRow {
     pub template_dir: String,
     /// The uplink subnet of a `nat` sandbox.
     pub net_index: Option<u16>,
+    /// Hibernate after this many idle seconds.
+    pub idle_timeout_s: Option<u64>,
+    /// Set while hibernated: when, how many bytes its files take, how much RSS went.
+    pub hibernated_ms: Option<i64>,
+    pub hibernated_bytes: Option<u64>,
+    pub memory_freed_kib: Option<u64>,
+    /// The last wake's duration and the number of wakes.
+    pub wake_ms: Option<f64>,
+    pub wakes: u64,
 }
 
 /// A templates row as read: tenant, name, state, spec JSON, dir, created, build ms, bytes, error.
@@ -325,7 +334,8 @@ impl Store {
 
     const SANDBOX_COLS: &'static str = "id, state, template, template_dir, snapshot, pid, \
         pid_start, uid, vcpus, memory_mib, network, timeout_s, labels, created_ms, create_ms, \
-        restore_ms, reason, net_index, tenant";
+        restore_ms, reason, net_index, tenant, idle_timeout_s, hibernated_ms, hibernated_bytes, \
+        memory_freed_kib, wake_ms, wakes";
 
     fn sandbox_from_row(row: &Row<'_>) -> rusqlite::Result<SandboxRow> {
         let state: String = row.get(1)?;
@@ -355,6 +365,12 @@ impl Store {
             reason: row.get(16)?,
             net_index: row.get::<_, Option<i64>>(17)?.map(|v| v as u16),
             tenant: row.get(18)?,
+            idle_timeout_s: row.get::<_, Option<i64>>(19)?.map(|v| v as u64),
+            hibernated_ms: row.get(20)?,
+            hibernated_bytes: row.get::<_, Option<i64>>(21)?.map(|v| v as u64),
+            memory_freed_kib: row.get::<_, Option<i64>>(22)?.map(|v| v as u64),
+            wake_ms: row.get(23)?,
+            wakes: row.get::<_, i64>(24)? as u64,
         })
     }
 
@@ -364,7 +380,8 @@ impl Store {
             c.execute(
                 &format!(
                     "INSERT INTO sandboxes ({}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+                     ?20, ?21, ?22, ?23, ?24, ?25)",
                     Self::SANDBOX_COLS
                 ),
                 params![
@@ -386,7 +403,13 @@ impl Store {
                     s.restore_ms,
                     s.reason,
                     s.net_index.map(|v| v as i64),
-                    s.tenant
+                    s.tenant,
+                    s.idle_timeout_s.map(|v| v as i64),
+                    s.hibernated_ms,
+                    s.hibernated_bytes.map(|v| v as i64),
+                    s.memory_freed_kib.map(|v| v as i64),
+                    s.wake_ms,
+                    s.wakes as i64
                 ],
             )?;
             Ok(())
@@ -435,6 +458,36 @@ impl Store {
                 "UPDATE sandboxes SET state = 'running', pid = ?2, pid_start = ?3, create_ms = ?4, \
                  restore_ms = ?5 WHERE id = ?1",
                 params![id, pid, pid_start as i64, create_ms, restore_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The VMM is gone and its snapshot is on disk.
+    pub fn set_sandbox_hibernated(&self, id: &str, bytes: u64, freed_kib: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'hibernated', pid = NULL, pid_start = NULL, \
+                 hibernated_ms = ?2, hibernated_bytes = ?3, memory_freed_kib = ?4 WHERE id = ?1",
+                params![id, now_ms(), bytes as i64, freed_kib as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A hibernated sandbox runs again in the VMM `pid`.
+    pub fn set_sandbox_woken(
+        &self,
+        id: &str,
+        pid: i32,
+        pid_start: u64,
+        wake_ms: f64,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET state = 'running', pid = ?2, pid_start = ?3, wake_ms = ?4, \
+                 wakes = wakes + 1, hibernated_ms = NULL, hibernated_bytes = NULL WHERE id = ?1",
+                params![id, pid, pid_start as i64, wake_ms],
             )?;
             Ok(())
         })

@@ -4,12 +4,14 @@
 //! - version 1: every template, sandbox, snapshot and event belongs to a tenant (`*` = the
 //!   host); templates are keyed by (tenant, name). Rows of a version-0 database become the
 //!   host's.
+//! - version 2: hibernation (a sandbox's idle timeout, its hibernation's size and the memory
+//!   it gave back, wake times).
 
 use rusqlite::Connection;
 
 use super::{Result, StoreError};
 
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS templates (
@@ -43,7 +45,13 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     create_ms REAL,
     restore_ms REAL,
     reason TEXT,
-    net_index INTEGER
+    net_index INTEGER,
+    idle_timeout_s INTEGER,
+    hibernated_ms INTEGER,
+    hibernated_bytes INTEGER,
+    memory_freed_kib INTEGER,
+    wake_ms REAL,
+    wakes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
@@ -96,6 +104,16 @@ ALTER TABLE snapshots ADD COLUMN tenant TEXT NOT NULL DEFAULT '*';
 ALTER TABLE events ADD COLUMN tenant TEXT NOT NULL DEFAULT '*';
 ";
 
+/// Version 1 → 2: hibernation columns.
+const V1_TO_V2: &str = "
+ALTER TABLE sandboxes ADD COLUMN idle_timeout_s INTEGER;
+ALTER TABLE sandboxes ADD COLUMN hibernated_ms INTEGER;
+ALTER TABLE sandboxes ADD COLUMN hibernated_bytes INTEGER;
+ALTER TABLE sandboxes ADD COLUMN memory_freed_kib INTEGER;
+ALTER TABLE sandboxes ADD COLUMN wake_ms REAL;
+ALTER TABLE sandboxes ADD COLUMN wakes INTEGER NOT NULL DEFAULT 0;
+";
+
 fn has_table(c: &Connection, name: &str) -> Result<bool> {
     let n: i64 = c.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
@@ -118,6 +136,10 @@ pub fn migrate(c: &mut Connection) -> Result<()> {
     if version == 0 && has_table(&tx, "templates")? {
         tracing::info!("state database: migrating to schema {VERSION} (tenants)");
         tx.execute_batch(V0_TO_V1)?;
+    }
+    if version <= 1 && has_table(&tx, "sandboxes")? {
+        tracing::info!("state database: migrating to schema {VERSION} (hibernation)");
+        tx.execute_batch(V1_TO_V2)?;
     }
     tx.execute_batch(TABLES)?;
     tx.pragma_update(None, "user_version", VERSION)?;

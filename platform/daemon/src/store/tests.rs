@@ -28,6 +28,12 @@ fn row(id: &str) -> SandboxRow {
         reason: None,
         template_dir: "/t".into(),
         net_index: None,
+        idle_timeout_s: Some(30),
+        hibernated_ms: None,
+        hibernated_bytes: None,
+        memory_freed_kib: None,
+        wake_ms: None,
+        wakes: 0,
     }
 }
 
@@ -50,6 +56,26 @@ fn sandbox_rows_round_trip_and_survive_reopen() {
         (SandboxState::Paused, Some(42), Some(7))
     );
     assert_eq!(r.labels.get("a").map(String::as_str), Some("b"));
+    assert_eq!(r.idle_timeout_s, Some(30));
+    s.set_sandbox_hibernated("sb-1", 4096, 100).unwrap();
+    let r = s.sandbox(&TenantScope::All, "sb-1").unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.pid, r.hibernated_bytes, r.memory_freed_kib),
+        (SandboxState::Hibernated, None, Some(4096), Some(100))
+    );
+    assert!(r.hibernated_ms.is_some());
+    s.set_sandbox_woken("sb-1", 43, 8, 2.5).unwrap();
+    let r = s.sandbox(&TenantScope::All, "sb-1").unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.pid, r.wake_ms, r.wakes, r.hibernated_ms),
+        (SandboxState::Running, Some(43), Some(2.5), 1, None)
+    );
+    // The memory given back stays readable after the wake.
+    assert_eq!(r.memory_freed_kib, Some(100));
+    s.set_sandbox_state("sb-1", SandboxState::Paused, None)
+        .unwrap();
+    let r = s.sandbox(&TenantScope::All, "sb-1").unwrap().unwrap();
+    assert_eq!((r.pid, r.pid_start), (Some(43), Some(8)));
     s.set_sandbox_state("sb-1", SandboxState::Failed, Some("gone"))
         .unwrap();
     let r = s.sandbox(&TenantScope::All, "sb-1").unwrap().unwrap();
@@ -159,6 +185,7 @@ fn a_database_of_the_first_schema_is_migrated_and_its_rows_become_the_hosts() {
     assert_eq!((t.api.tenant.as_str(), t.api.build_ms), ("*", Some(5)));
     let r = s.sandbox(&TenantScope::All, "sb-old").unwrap().unwrap();
     assert_eq!((r.tenant.as_str(), r.pid), ("*", Some(7)));
+    assert_eq!((r.idle_timeout_s, r.wakes), (None, 0));
     // A tenant does not see the host's sandboxes or events.
     let acme = TenantScope::parse("acme").unwrap();
     assert!(s.sandbox(&acme, "sb-old").unwrap().is_none());
@@ -175,5 +202,39 @@ fn a_database_of_the_first_schema_is_migrated_and_its_rows_become_the_hosts() {
         Store::open(&db),
         Err(StoreError::TooNew { found: 99, .. })
     ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_schema_1_database_gains_the_hibernation_columns() {
+    let dir = std::env::temp_dir().join(format!("tartarusd-mig1-{}", crate::fsutil::random_hex(4)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("state.db");
+    {
+        // Schema 1 as the previous daemon made it: its sandboxes table, then version 1.
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE sandboxes (id TEXT PRIMARY KEY, tenant TEXT NOT NULL DEFAULT '*',
+                state TEXT NOT NULL, template TEXT NOT NULL, template_dir TEXT NOT NULL,
+                snapshot TEXT, pid INTEGER, pid_start INTEGER, uid INTEGER NOT NULL,
+                vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, network TEXT NOT NULL,
+                timeout_s INTEGER, labels TEXT NOT NULL, created_ms INTEGER NOT NULL,
+                create_ms REAL, restore_ms REAL, reason TEXT, net_index INTEGER);
+             INSERT INTO sandboxes VALUES ('sb-v1', 'acme', 'running', 'base', '/t', NULL, 7, 8,
+                900000, 1, 128, 'none', NULL, '{}', 1, 1.0, 1.0, NULL, NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let s = Store::open(&db).unwrap();
+    let r = s.sandbox(&TenantScope::All, "sb-v1").unwrap().unwrap();
+    assert_eq!((r.tenant.as_str(), r.pid, r.wakes), ("acme", Some(7), 0));
+    s.set_sandbox_hibernated("sb-v1", 1, 2).unwrap();
+    let r = s.sandbox(&TenantScope::All, "sb-v1").unwrap().unwrap();
+    assert_eq!(r.state, SandboxState::Hibernated);
+    let v: i64 = s
+        .with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(v, schema::VERSION);
     std::fs::remove_dir_all(&dir).unwrap();
 }
