@@ -166,12 +166,13 @@ impl Role {
         use Action::*;
         let lowest = match action {
             Health | SandboxList | SandboxGet | SnapshotList | SnapshotGet | TemplateList
-            | TemplateGet | ImageList | ImageGet | EventsRead => Role::Viewer,
+            | TemplateGet | ImageList | ImageGet | EventsRead | PoolList => Role::Viewer,
             SandboxCreate | SandboxDelete | SandboxExec | SandboxFilesRead | SandboxFilesWrite
             | SandboxLogs | SandboxPorts | SandboxAgent | SandboxPause | SandboxResume
             | SandboxHibernate | SandboxWake | SnapshotCreate | SnapshotDelete | TemplateBuild
             | ImagePull => Role::Developer,
-            TemplateDelete | ImageDelete | ImagePrune | MetricsRead | KeyList => Role::Operator,
+            TemplateDelete | ImageDelete | ImagePrune | MetricsRead | KeyList | PoolSet
+            | PoolDelete => Role::Operator,
             KeyCreate | KeyRotate | KeyRevoke | AuditRead => Role::Admin,
         };
         self <= lowest
@@ -228,6 +229,12 @@ pub enum Action {
     SandboxHibernate,
     /// `POST /sandboxes/{id}/wake`
     SandboxWake,
+    /// `GET /pools`, `GET /templates/{name}/pool`
+    PoolList,
+    /// `PUT /templates/{name}/pool`
+    PoolSet,
+    /// `DELETE /templates/{name}/pool`
+    PoolDelete,
     /// `POST /sandboxes/{id}/snapshots`
     SnapshotCreate,
     /// `GET /snapshots`, `GET /sandboxes/{id}/snapshots`
@@ -271,7 +278,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 35] = [
+    pub const ALL: [Action; 38] = [
         Action::Health,
         Action::SandboxCreate,
         Action::SandboxList,
@@ -287,6 +294,9 @@ impl Action {
         Action::SandboxResume,
         Action::SandboxHibernate,
         Action::SandboxWake,
+        Action::PoolList,
+        Action::PoolSet,
+        Action::PoolDelete,
         Action::SnapshotCreate,
         Action::SnapshotList,
         Action::SnapshotGet,
@@ -336,6 +346,9 @@ impl Action {
             Action::SandboxResume => "sandbox_resume",
             Action::SandboxHibernate => "sandbox_hibernate",
             Action::SandboxWake => "sandbox_wake",
+            Action::PoolList => "pool_list",
+            Action::PoolSet => "pool_set",
+            Action::PoolDelete => "pool_delete",
             Action::SnapshotCreate => "snapshot_create",
             Action::SnapshotList => "snapshot_list",
             Action::SnapshotGet => "snapshot_get",

@@ -114,6 +114,9 @@ pub enum Command {
     /// Manage templates (kernel + root file system + warm-up, snapshotted once booted)
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Manage warm pools: sandboxes of a template restored and paused ahead of creates
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Manage OCI images in the daemon's cache (pull, list, inspect, remove)
     #[command(subcommand)]
     Image(ImageCmd),
@@ -349,6 +352,29 @@ pub struct PortForwardArgs {
     /// Host address to listen on
     #[arg(long, default_value = "127.0.0.1")]
     pub address: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Keep between --min and --max sandboxes of TEMPLATE ready (sized by demand)
+    Set {
+        template: String,
+        #[arg(long, default_value_t = 0)]
+        min: u32,
+        #[arg(long)]
+        max: u32,
+        /// Most guest memory the pool's ready sandboxes hold together, MiB
+        #[arg(long, value_name = "MIB")]
+        max_memory: Option<u64>,
+    },
+    /// List warm pools
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a template's pool
+    Inspect { template: String },
+    /// Remove a template's pool (its ready sandboxes go)
+    #[command(visible_alias = "delete")]
+    Rm { template: String },
 }
 
 #[derive(Debug, Subcommand)]

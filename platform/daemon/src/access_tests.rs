@@ -107,6 +107,8 @@ fn world() -> World {
             memory_freed_kib: None,
             wake_ms: None,
             wakes: 0,
+            pool: None,
+            from_pool: false,
         })
         .unwrap();
     d.store
@@ -151,6 +153,7 @@ fn request(w: &World, method: &str, path: &str) -> (String, Body) {
         ("post", "/keys") => r#"{"name": "n", "role": "viewer"}"#,
         ("post", "/images/pull") => r#"{"reference": "127.0.0.1:1/none:latest"}"#,
         ("put", "/sandboxes/{id}/files") => "data",
+        ("put", "/templates/{name}/pool") => r#"{"max": 1}"#,
         _ => "",
     };
     if path.ends_with("/files") {

@@ -28,6 +28,9 @@ pub struct Config {
     pub uid_base: u32,
     pub max_sandboxes: usize,
     pub max_memory_mib: u64,
+    /// Warm pools fill only while the host has more memory available than this, MiB, and
+    /// drain below it.
+    pub pool_reserve_mib: u64,
     pub launcher: Launcher,
     /// The kernel of templates that name none (`--kernel`).
     pub default_kernel: Option<PathBuf>,
@@ -138,6 +141,8 @@ pub struct Daemon {
     pub audit: Arc<AuditLog>,
     /// Its forwarder to syslog, if configured (health for `/metrics`).
     pub forwarder: Mutex<Option<tartarus_audit::Forwarder>>,
+    /// Warm pools' live numbers.
+    pub pools: crate::pool::Pools,
 }
 
 pub type Shared = Arc<Daemon>;
@@ -164,6 +169,7 @@ impl Daemon {
             keys,
             audit,
             forwarder: Mutex::new(None),
+            pools: Default::default(),
         }
     }
 
@@ -289,9 +295,11 @@ impl Daemon {
     }
 
     /// The sandbox `id` as `scope` sees it: another tenant's is "No sandbox", as a missing one.
+    /// Sandboxes waiting in a warm pool are nobody's yet: "No sandbox" too.
     pub fn sandbox_row(&self, scope: &TenantScope, id: &str) -> Result<SandboxRow, ApiError> {
         self.store
             .sandbox(scope, id)?
+            .filter(|r| r.pool.is_none())
             .ok_or_else(|| ApiError::NotFound(format!("No sandbox '{id}'")))
     }
 

@@ -13,6 +13,7 @@ mod keys;
 mod listen;
 mod metrics;
 mod netns;
+mod pool;
 mod ports;
 mod routes;
 mod sandbox;
@@ -64,6 +65,10 @@ struct Args {
     /// Most guest memory of live sandboxes together, MiB.
     #[arg(long, default_value_t = 65_536)]
     max_memory_mib: u64,
+    /// Warm pools fill only while the host has more memory available than this (MiB) and
+    /// drain below it.
+    #[arg(long, default_value_t = 1024)]
+    pool_reserve_mib: u64,
     /// PVM guest work-arounds for booted kernels: auto (detect the host), on, off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pvm_workarounds: String,
@@ -201,6 +206,7 @@ fn main() {
         uid_base: args.uid_base,
         max_sandboxes: args.max_sandboxes,
         max_memory_mib: args.max_memory_mib,
+        pool_reserve_mib: args.pool_reserve_mib,
         launcher: vmm::Launcher {
             jailer,
             vmm: vmm_bin,
@@ -277,6 +283,7 @@ async fn run(
     template::recover(&d);
     sandbox::recover(&d).await;
     let _reaper = hibernate::spawn_reaper(&d);
+    let _pools = pool::spawn_manager(&d);
     let gate = Arc::new(access::Gate {
         auth,
         audit,

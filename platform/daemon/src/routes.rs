@@ -8,8 +8,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tartarus_types::{
-    CreateSandbox, CreateSnapshot, ExecRequest, Health, Image, ImagesFreed, List, PullImage,
-    Sandbox, SandboxState, Snapshot, Template, TemplateSpec, UPGRADE_PROTOCOL,
+    CreateSandbox, CreateSnapshot, ExecRequest, Health, Image, ImagesFreed, List, Pool, PoolSpec,
+    PullImage, Sandbox, SandboxState, Snapshot, Template, TemplateSpec, UPGRADE_PROTOCOL,
 };
 use tokio::sync::mpsc;
 
@@ -18,7 +18,7 @@ use tartarus_auth::{Action, TenantScope};
 use crate::access::Caller;
 use crate::daemon::Shared;
 use crate::error::ApiError;
-use crate::{exec, hibernate, images, keys, sandbox, template};
+use crate::{exec, hibernate, images, keys, pool, sandbox, template};
 
 /// Largest body `PUT /files` takes.
 pub const MAX_FILE: usize = 512 << 20;
@@ -39,6 +39,11 @@ fn routes(d: Shared) -> Router {
             "/templates/{name}",
             get(get_template).delete(delete_template),
         )
+        .route(
+            "/templates/{name}/pool",
+            get(get_pool).put(set_pool).delete(delete_pool),
+        )
+        .route("/pools", get(list_pools))
         .route("/sandboxes", get(list_sandboxes).post(create_sandbox))
         .route("/sandboxes/{id}", get(get_sandbox).delete(delete_sandbox))
         .route("/sandboxes/{id}/pause", post(pause))
@@ -195,6 +200,48 @@ fn owner_of<'a>(scope: &TenantScope, q: &'a OwnerQuery) -> Result<Option<&'a str
     }
 }
 
+async fn get_pool(
+    State(d): State<Shared>,
+    c: Caller,
+    Path(name): Path<String>,
+    Q(q): Q<OwnerQuery>,
+) -> Result<Json<Pool>, ApiError> {
+    let scope = c.allow(Action::PoolList)?;
+    let owner = owner_of(scope, &q)?;
+    Ok(Json(pool::get(&d, scope, &name, owner)?))
+}
+
+async fn set_pool(
+    State(d): State<Shared>,
+    c: Caller,
+    Path(name): Path<String>,
+    Q(q): Q<OwnerQuery>,
+    Body2(spec): Body2<PoolSpec>,
+) -> Result<Json<Pool>, ApiError> {
+    let scope = c.allow(Action::PoolSet)?;
+    let owner = owner_of(scope, &q)?;
+    Ok(Json(pool::set(&d, scope, &name, owner, spec)?))
+}
+
+async fn delete_pool(
+    State(d): State<Shared>,
+    c: Caller,
+    Path(name): Path<String>,
+    Q(q): Q<OwnerQuery>,
+) -> Result<StatusCode, ApiError> {
+    let scope = c.allow(Action::PoolDelete)?;
+    let owner = owner_of(scope, &q)?;
+    pool::delete(&d, scope, &name, owner)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_pools(State(d): State<Shared>, c: Caller) -> Result<Json<List<Pool>>, ApiError> {
+    let scope = c.allow(Action::PoolList)?;
+    Ok(Json(List {
+        items: pool::list(&d, scope)?,
+    }))
+}
+
 async fn get_template(
     State(d): State<Shared>,
     c: Caller,
@@ -331,7 +378,7 @@ async fn list_sandboxes(
         None => None,
         Some(s) => Some(SandboxState::parse(s).ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "state: '{s}' is not one of creating, running, paused, stopped, failed"
+                "state: '{s}' is not one of creating, running, paused, hibernated, stopped, failed"
             ))
         })?),
     };
@@ -339,7 +386,7 @@ async fn list_sandboxes(
         .store
         .sandboxes(scope)?
         .iter()
-        .filter(|r| want.is_none_or(|w| r.state == w))
+        .filter(|r| r.pool.is_none() && want.is_none_or(|w| r.state == w))
         .map(sandbox::view)
         .collect();
     Ok(Json(List { items }))

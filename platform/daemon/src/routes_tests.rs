@@ -51,6 +51,7 @@ pub fn daemon() -> (Arc<Daemon>, std::path::PathBuf) {
         uid_base: 900_000,
         max_sandboxes: 1,
         max_memory_mib: 1,
+        pool_reserve_mib: 0,
         launcher: Launcher {
             jailer: "/nonexistent".into(),
             vmm: "/nonexistent".into(),

@@ -55,6 +55,7 @@ pub fn view(row: &SandboxRow) -> Sandbox {
         memory_freed_kib: row.memory_freed_kib,
         wake_ms: row.wake_ms,
         wakes: row.wakes,
+        from_pool: row.from_pool,
     }
 }
 
@@ -73,7 +74,9 @@ pub fn holds_resources(s: SandboxState) -> bool {
 }
 
 /// Where a new sandbox's files come from.
-struct Source {
+pub struct Source {
+    /// The template's tenant, when the sandbox starts from a template.
+    template_tenant: Option<String>,
     template: String,
     template_dir: String,
     snapshot: Option<String>,
@@ -84,7 +87,7 @@ struct Source {
     memory_mib: u32,
 }
 
-fn source(d: &Daemon, scope: &TenantScope, req: &CreateSandbox) -> Result<Source, ApiError> {
+pub fn source(d: &Daemon, scope: &TenantScope, req: &CreateSandbox) -> Result<Source, ApiError> {
     match (&req.template, &req.snapshot) {
         (Some(_), Some(_)) => Err(ApiError::BadRequest(
             "template, snapshot: give one of them, not both".into(),
@@ -102,6 +105,7 @@ fn source(d: &Daemon, scope: &TenantScope, req: &CreateSandbox) -> Result<Source
             }
             let dir = Path::new(&t.dir);
             Ok(Source {
+                template_tenant: Some(t.api.tenant.clone()),
                 template: name.clone(),
                 template_dir: t.dir.clone(),
                 snapshot: None,
@@ -119,6 +123,7 @@ fn source(d: &Daemon, scope: &TenantScope, req: &CreateSandbox) -> Result<Source
                 .ok_or_else(|| ApiError::NotFound(format!("No snapshot '{id}'")))?;
             let dir = Path::new(&s.dir);
             Ok(Source {
+                template_tenant: None,
                 template: s.api.template.clone(),
                 template_dir: s.template_dir.clone(),
                 snapshot: Some(id.clone()),
@@ -157,13 +162,47 @@ pub async fn create(
         ));
     }
     let src = source(d, scope, &req)?;
-    let tenant = scope.as_str().to_string();
+    // A template's warm pool serves plain creates (no network, no snapshot).
+    if let (Some(tt), NetworkMode::None) = (&src.template_tenant, req.network) {
+        let key = crate::store::pool_key(tt, &src.template);
+        if let Some(s) = crate::pool::claim(d, scope, &key, &req, t0).await? {
+            return Ok(s);
+        }
+    }
+    let row = new_sandbox(d, scope.as_str(), &req, &src, None, t0).await?;
+    Ok(view(&row))
+}
+
+/// Creates a sandbox of `tenant` from `src` (restore, agent answering); with `pool`, it is
+/// one for that warm pool (hidden until claimed; the pool pauses it).
+pub async fn new_sandbox(
+    d: &Shared,
+    tenant: &str,
+    req: &CreateSandbox,
+    src: &Source,
+    pool: Option<String>,
+    t0: Instant,
+) -> Result<SandboxRow, ApiError> {
+    let tenant = tenant.to_string();
     let id = format!("sb-{}", fsutil::random_hex(6));
+    let mut evict = Vec::new();
     let row = {
         let _adm = d.admission.lock().await;
-        // The limits are the host's: every tenant's sandboxes count.
+        // The limits are the host's: every tenant's sandboxes count. Warm pools yield: a
+        // create counts without their ready sandboxes and evicts as many as it needs.
         let rows = d.store.sandboxes(&TenantScope::All)?;
-        let held = rows.iter().filter(|r| holds_resources(r.state)).count();
+        let pooled = |r: &&SandboxRow| r.pool.is_some() && r.state == SandboxState::Paused;
+        let mut spare: Vec<&SandboxRow> = if pool.is_none() {
+            rows.iter().filter(pooled).collect()
+        } else {
+            Vec::new()
+        };
+        let counted = |r: &&SandboxRow| pool.is_some() || !pooled(r);
+        let held = rows
+            .iter()
+            .filter(|r| holds_resources(r.state))
+            .filter(counted)
+            .count();
         if held >= d.cfg.max_sandboxes {
             return Err(ApiError::Limit(format!(
                 "{held} sandboxes are alive or hibernated, the limit (--max-sandboxes) is {}",
@@ -173,6 +212,7 @@ pub async fn create(
         let used: u64 = rows
             .iter()
             .filter(|r| is_live(r.state))
+            .filter(counted)
             .map(|r| r.memory_mib as u64)
             .sum();
         if used + src.memory_mib as u64 > d.cfg.max_memory_mib {
@@ -181,6 +221,21 @@ pub async fn create(
                  (--max-memory-mib) of {} MiB",
                 src.memory_mib, d.cfg.max_memory_mib
             )));
+        }
+        let (mut all_held, mut all_used) = (
+            held + spare.len(),
+            used + spare.iter().map(|r| r.memory_mib as u64).sum::<u64>(),
+        );
+        while all_held >= d.cfg.max_sandboxes
+            || all_used + src.memory_mib as u64 > d.cfg.max_memory_mib
+        {
+            let Some(r) = spare.pop() else { break };
+            all_held -= 1;
+            all_used -= r.memory_mib as u64;
+            // Out of the pool now, so no create claims it meanwhile.
+            d.store
+                .set_sandbox_state(&r.id, SandboxState::Stopped, Some("Evicted"))?;
+            evict.push(r.id.clone());
         }
         let live_rows: Vec<SandboxRow> = rows
             .into_iter()
@@ -222,11 +277,16 @@ pub async fn create(
             memory_freed_kib: None,
             wake_ms: None,
             wakes: 0,
+            pool,
+            from_pool: false,
         };
         // The row exists before any resource does, so recovery can always clean up.
         d.store.insert_sandbox(&row)?;
         row
     };
+    for e in evict {
+        crate::pool::destroy(d, &e).await;
+    }
     d.event(&tenant, "sandbox.created", |e| {
         e.sandbox = Some(id.clone());
         e.template = Some(row.template.clone());
@@ -237,11 +297,13 @@ pub async fn create(
     let _g = lock.lock().await;
     let live = Arc::new(Live::default());
     d.set_live(&id, live.clone());
-    match start_vm(d, &row, &src, t0).await {
+    match start_vm(d, &row, src, t0).await {
         Ok(()) => {
             watch(d, &id, live);
             d.refresh_gauges();
-            Ok(view(&d.sandbox_row(scope, &id)?))
+            d.store
+                .sandbox(&TenantScope::All, &id)?
+                .ok_or_else(|| ApiError::Internal(format!("Sandbox '{id}' left the store")))
         }
         Err(e) => {
             live.stopping.store(true, Ordering::SeqCst);
@@ -385,24 +447,30 @@ pub fn watch(d: &Shared, id: &str, live: Arc<Live>) {
         }
         Err(e) => tracing::warn!("sandbox {id}: cannot watch pid {pid}: {e}"),
     }
-    if let Some(t) = row.timeout_s {
-        let deadline = row.created_ms + (t as i64) * 1000;
-        let wait = Duration::from_millis((deadline - now_ms()).max(0) as u64);
-        let (d2, id2) = (d.clone(), id.to_string());
-        tasks.push(
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                tracing::info!("sandbox {id2}: timeout of {t} s reached");
-                let reason = format!("Timeout: {t} s after creation");
-                let _ = stop(&d2, &TenantScope::All, &id2, 0, &reason).await;
-            })
-            .abort_handle(),
-        );
-    }
     live.tasks
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .extend(tasks);
+    arm_timeout(d, &row, &live);
+}
+
+/// Stops the sandbox when `timeout_s` after its creation passes (a task of `live`).
+pub fn arm_timeout(d: &Shared, row: &SandboxRow, live: &Live) {
+    let Some(t) = row.timeout_s else { return };
+    let deadline = row.created_ms + (t as i64) * 1000;
+    let wait = Duration::from_millis((deadline - now_ms()).max(0) as u64);
+    let (d2, id2) = (d.clone(), row.id.clone());
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        tracing::info!("sandbox {id2}: timeout of {t} s reached");
+        let reason = format!("Timeout: {t} s after creation");
+        let _ = stop(&d2, &TenantScope::All, &id2, 0, &reason).await;
+    })
+    .abort_handle();
+    live.tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(task);
 }
 
 /// Appends the jail's console output to the sandbox's kept console log.

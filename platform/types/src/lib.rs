@@ -416,6 +416,9 @@ pub struct Sandbox {
     /// How many times it was woken.
     #[serde(default)]
     pub wakes: u64,
+    /// Whether the create took it, already restored, from the template's warm pool.
+    #[serde(default)]
+    pub from_pool: bool,
 }
 
 /// `POST /sandboxes/{id}/exec`.
@@ -540,6 +543,45 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct List<T> {
     pub items: Vec<T>,
+}
+
+/// `PUT /templates/{name}/pool`: keep between `min` and `max` sandboxes of the template
+/// restored and paused, ready for creates to take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    #[serde(default)]
+    pub min: u32,
+    pub max: u32,
+    /// Most guest memory the pool's ready sandboxes may hold together, MiB.
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
+}
+
+/// A warm pool as `GET /templates/{name}/pool` and `GET /pools` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub template: String,
+    /// The template's tenant (`*`: a shared template, whose pool serves every tenant).
+    pub tenant: String,
+    pub min: u32,
+    pub max: u32,
+    pub max_memory_mib: Option<u64>,
+    /// The size the pool is steered to now: `min`, plus the demand (creates per second,
+    /// moving average) times the time a refill takes, within `max`, the memory cap and the
+    /// host's free memory.
+    pub target: u32,
+    /// Restored, paused and ready.
+    pub ready: u32,
+    /// Being restored.
+    pub filling: u32,
+    /// Creates served from the pool, and creates that found it empty.
+    pub claims: u64,
+    pub misses: u64,
+    /// Creates of the template per minute (moving average).
+    pub demand_per_min: f64,
+    /// Set while the host is short of memory (`--pool-reserve-mib`): the pool is drained.
+    pub memory_pressure: bool,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod image;
 mod interactive;
 mod key;
 mod misc;
+mod pool;
 mod port_forward;
 mod sandbox;
 mod snapshot;
@@ -226,7 +227,7 @@ pub fn run(cli: Cli) -> Result<i32, CmdError> {
 }
 
 async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, CmdError> {
-    use crate::cli::{SandboxCmd, SnapshotCmd};
+    use crate::cli::{PoolCmd, SandboxCmd, SnapshotCmd};
     match cmd {
         Command::Run(a) => exec::run(ctx, a).await,
         Command::Exec(a) => exec::exec(ctx, a).await,
@@ -247,6 +248,15 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, CmdError> {
             snapshot::create(ctx, &id, leave_paused).await
         }
         Command::Snapshot(SnapshotCmd::Ls { sandbox }) => snapshot::ls(ctx, sandbox).await,
+        Command::Pool(PoolCmd::Set {
+            template,
+            min,
+            max,
+            max_memory,
+        }) => pool::set(ctx, &template, min, max, max_memory).await,
+        Command::Pool(PoolCmd::Ls) => pool::ls(ctx).await,
+        Command::Pool(PoolCmd::Inspect { template }) => pool::inspect(ctx, &template).await,
+        Command::Pool(PoolCmd::Rm { template }) => pool::rm(ctx, &template).await,
         Command::Snapshot(SnapshotCmd::Inspect { id }) => snapshot::inspect(ctx, &id).await,
         Command::Snapshot(SnapshotCmd::Rm { ids }) => snapshot::rm(ctx, ids).await,
         Command::Template(TemplateCmd::Ls) => template::ls(ctx).await,

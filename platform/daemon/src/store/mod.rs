@@ -25,7 +25,10 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+mod pools;
 mod schema;
+
+pub use pools::{pool_key, Claim, PoolRow};
 
 /// The tenant a host-scope caller owns things as, and the owner of shared templates.
 pub const HOST_TENANT: &str = "*";
@@ -73,6 +76,11 @@ pub struct SandboxRow {
     /// The last wake's duration and the number of wakes.
     pub wake_ms: Option<f64>,
     pub wakes: u64,
+    /// `tenant/template` while the sandbox waits, paused, in that template's warm pool
+    /// (hidden from the API until a create claims it).
+    pub pool: Option<String>,
+    /// Whether a create claimed it from a warm pool.
+    pub from_pool: bool,
 }
 
 /// A templates row as read: tenant, name, state, spec JSON, dir, created, build ms, bytes, error.
@@ -335,7 +343,7 @@ impl Store {
     const SANDBOX_COLS: &'static str = "id, state, template, template_dir, snapshot, pid, \
         pid_start, uid, vcpus, memory_mib, network, timeout_s, labels, created_ms, create_ms, \
         restore_ms, reason, net_index, tenant, idle_timeout_s, hibernated_ms, hibernated_bytes, \
-        memory_freed_kib, wake_ms, wakes";
+        memory_freed_kib, wake_ms, wakes, pool, from_pool";
 
     fn sandbox_from_row(row: &Row<'_>) -> rusqlite::Result<SandboxRow> {
         let state: String = row.get(1)?;
@@ -371,6 +379,8 @@ impl Store {
             memory_freed_kib: row.get::<_, Option<i64>>(22)?.map(|v| v as u64),
             wake_ms: row.get(23)?,
             wakes: row.get::<_, i64>(24)? as u64,
+            pool: row.get(25)?,
+            from_pool: row.get::<_, i64>(26)? != 0,
         })
     }
 
@@ -381,7 +391,7 @@ impl Store {
                 &format!(
                     "INSERT INTO sandboxes ({}) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-                     ?20, ?21, ?22, ?23, ?24, ?25)",
+                     ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
                     Self::SANDBOX_COLS
                 ),
                 params![
@@ -409,7 +419,9 @@ impl Store {
                     s.hibernated_bytes.map(|v| v as i64),
                     s.memory_freed_kib.map(|v| v as i64),
                     s.wake_ms,
-                    s.wakes as i64
+                    s.wakes as i64,
+                    s.pool,
+                    s.from_pool as i64
                 ],
             )?;
             Ok(())

@@ -5,7 +5,8 @@
 //!   host); templates are keyed by (tenant, name). Rows of a version-0 database become the
 //!   host's.
 //! - version 2: hibernation (a sandbox's idle timeout, its hibernation's size and the memory
-//!   it gave back, wake times).
+//!   it gave back, wake times) and warm pools (the `pools` table; a sandbox's pool while it
+//!   waits in one, and whether it came from one).
 
 use rusqlite::Connection;
 
@@ -51,7 +52,17 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     hibernated_bytes INTEGER,
     memory_freed_kib INTEGER,
     wake_ms REAL,
-    wakes INTEGER NOT NULL DEFAULT 0
+    wakes INTEGER NOT NULL DEFAULT 0,
+    pool TEXT,
+    from_pool INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS pools (
+    tenant TEXT NOT NULL,
+    template TEXT NOT NULL,
+    min INTEGER NOT NULL,
+    max INTEGER NOT NULL,
+    max_memory_mib INTEGER,
+    PRIMARY KEY (tenant, template)
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
@@ -104,7 +115,7 @@ ALTER TABLE snapshots ADD COLUMN tenant TEXT NOT NULL DEFAULT '*';
 ALTER TABLE events ADD COLUMN tenant TEXT NOT NULL DEFAULT '*';
 ";
 
-/// Version 1 → 2: hibernation columns.
+/// Version 1 → 2: hibernation and pool columns (the pools table comes with TABLES).
 const V1_TO_V2: &str = "
 ALTER TABLE sandboxes ADD COLUMN idle_timeout_s INTEGER;
 ALTER TABLE sandboxes ADD COLUMN hibernated_ms INTEGER;
@@ -112,6 +123,8 @@ ALTER TABLE sandboxes ADD COLUMN hibernated_bytes INTEGER;
 ALTER TABLE sandboxes ADD COLUMN memory_freed_kib INTEGER;
 ALTER TABLE sandboxes ADD COLUMN wake_ms REAL;
 ALTER TABLE sandboxes ADD COLUMN wakes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN pool TEXT;
+ALTER TABLE sandboxes ADD COLUMN from_pool INTEGER NOT NULL DEFAULT 0;
 ";
 
 fn has_table(c: &Connection, name: &str) -> Result<bool> {

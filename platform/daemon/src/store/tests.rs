@@ -34,6 +34,8 @@ fn row(id: &str) -> SandboxRow {
         memory_freed_kib: None,
         wake_ms: None,
         wakes: 0,
+        pool: None,
+        from_pool: false,
     }
 }
 
