@@ -47,10 +47,12 @@
 mod audit;
 mod auth;
 mod block;
+mod density;
 mod images;
 mod linux;
 mod net;
 mod sandbox;
+mod sandbox_wake;
 mod snapshot;
 mod vsock;
 
@@ -86,6 +88,8 @@ enum Suite {
     Auth,
     /// Audit log + syslog forwarder (needs rsyslog; not part of `all`).
     Audit,
+    /// Hibernated + running sandboxes held at once (needs root; heavy; not part of `all`).
+    Density,
     All,
 }
 
@@ -97,7 +101,8 @@ impl Suite {
                 && s != Suite::Sandbox
                 && s != Suite::Images
                 && s != Suite::Auth
-                && s != Suite::Audit)
+                && s != Suite::Audit
+                && s != Suite::Density)
     }
 }
 
@@ -112,13 +117,16 @@ struct Options {
     sandboxes: usize,
     /// Audit suite: seconds rsyslog stays down for the catch-up figure.
     outage_s: u64,
+    /// Density suite: running and hibernated sandboxes held at once.
+    running: usize,
+    hibernated: usize,
     vmm: PathBuf,
     guests: Guests,
     out: Option<PathBuf>,
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|density|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] [--running N] [--hibernated N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -134,6 +142,8 @@ fn parse_args() -> Result<Options, String> {
     let mut linux_boots = 1usize;
     let mut sandboxes = 20usize;
     let mut outage_s = 5u64;
+    let mut running = 50usize;
+    let mut hibernated = 200usize;
     let mut suite = Suite::All;
     let mut vmm: Option<PathBuf> = None;
     let mut guests_dir: Option<PathBuf> = None;
@@ -150,6 +160,8 @@ fn parse_args() -> Result<Options, String> {
             "--linux-boots" => linux_boots = positive("--linux-boots", &value("--linux-boots")?)?,
             "--sandboxes" => sandboxes = positive("--sandboxes", &value("--sandboxes")?)?,
             "--outage-s" => outage_s = positive("--outage-s", &value("--outage-s")?)? as u64,
+            "--running" => running = positive("--running", &value("--running")?)?,
+            "--hibernated" => hibernated = positive("--hibernated", &value("--hibernated")?)?,
             "--suite" => {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
@@ -162,6 +174,7 @@ fn parse_args() -> Result<Options, String> {
                     "images" => Suite::Images,
                     "auth" => Suite::Auth,
                     "audit" => Suite::Audit,
+                    "density" => Suite::Density,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -224,6 +237,8 @@ fn parse_args() -> Result<Options, String> {
         linux_boots,
         sandboxes,
         outage_s,
+        running,
+        hibernated,
         vmm,
         guests,
         out,
@@ -664,6 +679,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Sandbox) {
         let (report, m) = sandbox::run(opts)?;
         doc["sandbox"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Density) {
+        let (report, m) = density::run(opts.running, opts.hibernated)?;
+        doc["density"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Images) {

@@ -15,6 +15,7 @@
 //!   paused after its create: idle guests' emulated timer ticks would starve a 2-core PVM host),
 //!   `sandbox_vmm_rss_kib` and `sandbox_vmm_pss_kib` per VMM (PSS splits the pages clones share
 //!   through the snapshot file), and the daemon's RSS with them.
+//! - hibernation, wakes and warm pools: see `sandbox_wake`.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,7 +28,7 @@ use tartarus_tests::platform::Daemon;
 
 use crate::{ms, summary, Options};
 
-fn call(
+pub fn call(
     d: &Daemon,
     method: &str,
     path: &str,
@@ -39,7 +40,7 @@ fn call(
     Ok((r.status, r.body.unwrap_or(Value::Null)))
 }
 
-fn create(d: &Daemon) -> Result<String, String> {
+pub fn create(d: &Daemon) -> Result<String, String> {
     let (st, v) = call(d, "POST", "/sandboxes", Some(&json!({"template": "base"})))?;
     if st != 201 {
         return Err(format!("create: {st} {v}"));
@@ -50,7 +51,7 @@ fn create(d: &Daemon) -> Result<String, String> {
         .ok_or_else(|| format!("create: {v}"))
 }
 
-fn delete(d: &Daemon, id: &str) -> Result<(), String> {
+pub fn delete(d: &Daemon, id: &str) -> Result<(), String> {
     let (st, v) = call(d, "DELETE", &format!("/sandboxes/{id}"), None)?;
     if st != 204 {
         return Err(format!("delete {id}: {st} {v}"));
@@ -58,14 +59,14 @@ fn delete(d: &Daemon, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn status_kib(pid: i32, key: &str) -> Option<u64> {
+pub fn status_kib(pid: i32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-fn pss_kib(pid: i32) -> Option<u64> {
+pub fn pss_kib(pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("Pss:"))
@@ -337,6 +338,9 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
     for id in &ids {
         delete(&d, id)?;
     }
+    // Hibernation and warm pools (issue #13).
+    let (wake_report, wake_metrics) = crate::sandbox_wake::run(&d, opts)?;
+    metrics.extend(wake_metrics);
     metrics.push(summary("sandbox_vmm_rss_kib", "KiB", &rss));
     metrics.push(summary("sandbox_vmm_pss_kib", "KiB", &pss));
     metrics.push(summary("daemon_rss_kib_idle", "KiB", &[daemon_idle as f64]));
@@ -350,6 +354,7 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
                      "snapshot_bytes": tpl["snapshot_bytes"]},
         "daemon_added_ms_median": (added * 1000.0).round() / 1000.0,
         "creates_per_second": throughput,
+        "wake": wake_report,
         "density": {
             "sandboxes": m,
             "total_rss_mib": (rss.iter().sum::<f64>() / 1024.0).round(),
