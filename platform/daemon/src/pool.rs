@@ -257,8 +257,12 @@ fn spawn_fill(d: &Shared, p: PoolRow) {
                 };
             }
         });
-        if let Err(e) = filled {
-            tracing::warn!("pool {key}: a refill failed: {e}");
+        match filled {
+            Ok(()) => {}
+            // At the daemon's limits the pool waits (creates come first): not worth a warning
+            // twice a second.
+            Err(e @ ApiError::Limit(_)) => tracing::debug!("pool {key}: no refill: {e}"),
+            Err(e) => tracing::warn!("pool {key}: a refill failed: {e}"),
         }
     });
 }
