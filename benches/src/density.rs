@@ -6,7 +6,7 @@
 //! "Answering" is an agent round trip that starts no process (a read of /proc/uptime through
 //! `GET /files`): for a running sandbox that is its agent; for a hibernated one it is a
 //! transparent wake, after which it is hibernated again (so the count stays as stated).
-//! Reported: the host's memory used by all of it (MemTotal − MemAvailable, before and after),
+//! Requests go through curl (a few ms of process start in each latency). Reported: the host's memory used by all of it (MemTotal − MemAvailable, before and after),
 //! the VMMs' RSS and PSS, the hibernations' disk, and per-sandbox latencies of the round trips.
 
 use std::time::{Duration, Instant};
@@ -32,26 +32,27 @@ fn used_mib() -> f64 {
     (meminfo_kib("MemTotal:") - meminfo_kib("MemAvailable:")) as f64 / 1024.0
 }
 
+/// Through curl (up to 120 s a request: with dozens of idle guests' emulated timer ticks on a
+/// 2-core PVM host, a create can take longer than the in-process client's 30 s).
 fn post(d: &Daemon, path: &str, body: Option<&Value>, want: u16) -> Result<Value, String> {
-    let (st, v) = call(d, "POST", path, body)?;
+    let b = body.map(|v| v.to_string());
+    let (st, text) = d.curl("POST", path, b.as_deref());
     if st != want {
-        return Err(format!("POST {path}: {st} {v}"));
+        return Err(format!("POST {path}: {st} {text}"));
     }
-    Ok(v)
+    serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}: {text}"))
 }
 
 /// One agent round trip without a new process.
 fn answer(d: &Daemon, id: &str) -> Result<f64, String> {
     let t = Instant::now();
-    let r = tartarus_tests::http::request(
-        &d.socket,
+    let (st, text) = d.curl(
         "GET",
         &format!("/sandboxes/{id}/files?path=/proc/uptime"),
         None,
-    )
-    .map_err(|e| format!("files {id}: {e}"))?;
-    if r.status != 200 {
-        return Err(format!("files {id}: {}", r.status));
+    );
+    if st != 200 {
+        return Err(format!("files {id}: {st} {text}"));
     }
     Ok(ms(t.elapsed()))
 }
@@ -99,6 +100,9 @@ pub fn run(running: usize, hibernated: usize) -> Result<(Value, Vec<Value>), Str
         post(&d, &format!("/sandboxes/{id}/hibernate"), None, 200)?;
         hib.push(ms(t.elapsed()));
         hib_ids.push(id);
+        if hib_ids.len() % 25 == 0 {
+            eprintln!("density: {} hibernated", hib_ids.len());
+        }
     }
     let mut run_ids = Vec::new();
     for _ in 0..running {
@@ -106,6 +110,9 @@ pub fn run(running: usize, hibernated: usize) -> Result<(Value, Vec<Value>), Str
         let v = post(&d, "/sandboxes", Some(&body), 201)?;
         create.push(ms(t.elapsed()));
         run_ids.push(v["id"].as_str().unwrap_or_default().to_string());
+        if run_ids.len() % 10 == 0 {
+            eprintln!("density: {} running", run_ids.len());
+        }
     }
     let fill_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(5));
