@@ -50,8 +50,6 @@ where
     }
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..]);
-    // SAFETY: the closure only calls async-signal-safe functions between fork and exec.
-    unsafe { cmd.pre_exec(crate::init::unblock_signals) };
     if spec.clear_env {
         cmd.env_clear();
     }
@@ -137,7 +135,10 @@ where
             .process_group(0);
     }
 
-    let spawned = shared.reaper.spawn(|| cmd.spawn());
+    // The child starts with no signal blocked (PID 1's threads block the ones it waits for).
+    let spawned = shared
+        .reaper
+        .spawn(|| crate::init::with_signals_unblocked(|| cmd.spawn()));
     // The agent must not hold the slave: the master reads EIO once the child's side is closed.
     drop(cmd);
     let pty = pty.map(|p| {

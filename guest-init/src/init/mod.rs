@@ -213,6 +213,29 @@ pub fn unblock_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` (a spawn) with PID 1's waited-for signals unblocked on this thread only, so the
+/// child inherits no blocked signal without a `pre_exec` (which would turn std's
+/// posix_spawn into a fork of the whole multi-threaded init; with it, agent port forwards to
+/// a process it had started stopped answering). A SIGTERM meanwhile still goes to the main
+/// thread: a thread waiting in sigwait gets first pick of a process-directed signal.
+pub fn with_signals_unblocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: zeroed sigset_t values initialised by sigemptyset; only this thread's mask
+    // changes, and it is restored below.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, &mut old);
+    }
+    let out = f();
+    // SAFETY: `old` is the mask pthread_sigmask returned above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    out
+}
+
 /// SIGTERM to every other process, a grace period, SIGKILL to the rest.
 fn stop_everything(grace: Duration) {
     // SAFETY: kill(-1, ...) signals every process but init; no memory effects.
@@ -413,12 +436,23 @@ mod tests {
                 }
                 String::from_utf8(cmd.output().unwrap().stdout).unwrap()
             };
-            (blocked(false), blocked(true))
+            let spawned = super::with_signals_unblocked(|| {
+                std::process::Command::new("grep")
+                    .args(["SigBlk", "/proc/self/status"])
+                    .output()
+            });
+            let spawned = String::from_utf8(spawned.unwrap().stdout).unwrap();
+            // The thread's own mask is back as it was.
+            let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            (blocked(false), blocked(true), spawned, own)
         })
         .join()
         .unwrap();
         // SIGTERM is signal 15: bit 14 of the mask.
         assert!(out.0.trim().ends_with("4000"), "without: {}", out.0);
         assert_eq!(out.1.trim(), "SigBlk:\t0000000000000000");
+        assert_eq!(out.2.trim(), "SigBlk:\t0000000000000000");
+        let own = out.3.lines().find(|l| l.starts_with("SigBlk")).unwrap();
+        assert!(own.ends_with("4000"), "{own}");
     }
 }
