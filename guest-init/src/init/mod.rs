@@ -219,9 +219,10 @@ pub fn unblock_signals() -> std::io::Result<()> {
 /// a process it had started stopped answering). A SIGTERM meanwhile still goes to the main
 /// thread: a thread waiting in sigwait gets first pick of a process-directed signal.
 pub fn with_signals_unblocked<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: zeroed sigset_t values initialised by sigemptyset; only this thread's mask
-    // changes, and it is restored below.
+    // SAFETY: sigset_t is plain data; pthread_sigmask fills it before it is read.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a zeroed sigset_t initialised by sigemptyset; only this thread's mask changes,
+    // and it is restored below.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
