@@ -140,7 +140,8 @@ fn hybrid_connect(
     timeout: Duration,
 ) -> Result<UnixStream, RuntimeError> {
     let mut s = stream;
-    s.set_read_timeout(Some(timeout)).map_err(RuntimeError::Io)?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(RuntimeError::Io)?;
     s.set_write_timeout(Some(timeout))
         .map_err(RuntimeError::Io)?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())
@@ -202,7 +203,9 @@ pub fn connect(path: &Path, vsock: bool) -> Result<Conn, RuntimeError> {
         Err(e) => return Err(e),
     };
     if first["type"] != "ready" {
-        return Err(RuntimeError::Protocol(format!("expected ready, got {first}")));
+        return Err(RuntimeError::Protocol(format!(
+            "expected ready, got {first}"
+        )));
     }
     c.hello = serde_json::from_value(first).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
     Ok(c)
@@ -480,9 +483,9 @@ fn run(t: &Target, req: &CodeRequest, emit: &mut dyn FnMut(CodeEvent) -> bool) {
     tracing::info!("sandbox {}: python runtime {pid} died; restarting it", t.id);
     let again = ensure(t);
     let text = match &again {
-        Ok(_) => format!(
-            "{why}; tartarusd started it again: its state (variables, imports) is lost"
-        ),
+        Ok(_) => {
+            format!("{why}; tartarusd started it again: its state (variables, imports) is lost")
+        }
         Err(e) => format!("{why}; starting it again failed: {}", chain(e)),
     };
     emit(died(text));
@@ -490,7 +493,12 @@ fn run(t: &Target, req: &CodeRequest, emit: &mut dyn FnMut(CodeEvent) -> bool) {
 }
 
 /// Checks the request and gathers what a (re)start needs.
-fn target(d: &Shared, scope: &TenantScope, id: &str, req: &CodeRequest) -> Result<Target, ApiError> {
+fn target(
+    d: &Shared,
+    scope: &TenantScope,
+    id: &str,
+    req: &CodeRequest,
+) -> Result<Target, ApiError> {
     if req.language != "python" {
         return Err(ApiError::BadRequest(format!(
             "language: '{}' is not supported (python is)",

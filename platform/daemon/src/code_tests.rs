@@ -57,7 +57,10 @@ fn runtime(extra: &[&str]) -> Runtime {
     let rt = Runtime { child, dir, sock };
     let t0 = Instant::now();
     while connect(&rt.sock, false).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the runtime never answered");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the runtime never answered"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     rt
@@ -73,7 +76,10 @@ fn call_frame(c: &mut Conn, frame: &Value) -> Vec<Value> {
     c.send(frame).unwrap();
     let mut out = Vec::new();
     loop {
-        let v = c.next().unwrap().expect("the runtime closed the connection");
+        let v = c
+            .next()
+            .unwrap()
+            .expect("the runtime closed the connection");
         let last = v["type"] == "done";
         out.push(v);
         if last {
@@ -108,7 +114,11 @@ fn state_is_kept_and_the_last_expression_is_the_result() {
     drop(c);
     let mut c = connect(&rt.sock, false).unwrap();
     let ev = call(&mut c, "(x, _, json.dumps([1]))");
-    assert_eq!(of_type(&ev, "result")[0]["text"], "(20, 42, '[1]')", "{ev:?}");
+    assert_eq!(
+        of_type(&ev, "result")[0]["text"],
+        "(20, 42, '[1]')",
+        "{ev:?}"
+    );
     // No result for a statement or a None value.
     for code in ["z = 1", "None", "print('p')"] {
         let ev = call(&mut c, code);
@@ -174,7 +184,10 @@ fn an_exception_comes_back_with_its_traceback_and_the_runtime_goes_on() {
     assert_eq!(e["value"], "division by zero");
     let tb = e["traceback"].as_str().unwrap();
     assert!(tb.starts_with("Traceback (most recent call last):"), "{tb}");
-    assert!(tb.contains("in inner") && tb.contains("return 1 / 0"), "{tb}");
+    assert!(
+        tb.contains("in inner") && tb.contains("return 1 / 0"),
+        "{tb}"
+    );
     // None of the runtime's own frames.
     assert!(!tb.contains("python_runtime.py"), "{tb}");
     assert_eq!(ev.last().unwrap()["ok"], false);
@@ -324,7 +337,9 @@ fn runtime_options_are_checked() {
     let e = validate_runtime(&rt("ruby", &[])).unwrap_err().to_string();
     assert!(e.starts_with("runtime.language"), "{e}");
     for bad in ["", "a b", "1x", "a..b", "os;rm"] {
-        let e = validate_runtime(&rt("python", &[bad])).unwrap_err().to_string();
+        let e = validate_runtime(&rt("python", &[bad]))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("runtime.preload[0]"), "{bad}: {e}");
     }
 }
