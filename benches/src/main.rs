@@ -47,6 +47,7 @@
 mod audit;
 mod auth;
 mod block;
+mod code;
 mod images;
 mod linux;
 mod net;

@@ -118,6 +118,7 @@ class Output:
 
 
 _current = None  # the Output of the running request
+_running = threading.Event()  # set while a request runs: the flusher sleeps otherwise
 _log = {"stdout": sys.__stdout__, "stderr": sys.__stderr__}
 
 
@@ -159,7 +160,9 @@ class Stream(io.TextIOBase):
 
 
 def _flusher():
+    # No timer while idle: an idle guest must not wake up (its kernel may be emulated).
     while True:
+        _running.wait()
         time.sleep(FLUSH_S)
         out = _current
         if out is not None:
@@ -235,6 +238,7 @@ class Runtime:
         timeout = req.get("timeout_s")
         result, error = None, None
         _current = out
+        _running.set()
         try:
             if timeout:
                 signal.setitimer(signal.ITIMER_REAL, float(timeout))
@@ -246,6 +250,7 @@ class Runtime:
             error = _format_error(e, filename)
         finally:
             _current = None
+            _running.clear()
             out.flush()
         if result is not None:
             conn.send({"type": "result", "text": result})
