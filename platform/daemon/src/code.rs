@@ -407,26 +407,20 @@ fn died(value: String) -> CodeEvent {
     }
 }
 
-/// Runs one request; every event goes to `emit` (false: the client left). Blocking.
-fn run(t: &Target, req: &CodeRequest, emit: &mut dyn FnMut(CodeEvent) -> bool) {
+/// Runs one request; every event goes to `emit` (false: the client left). Fails, before any
+/// event, when no runtime can be started. Blocking.
+fn run(
+    t: &Target,
+    req: &CodeRequest,
+    emit: &mut dyn FnMut(CodeEvent) -> bool,
+) -> Result<(), RuntimeError> {
     let t0 = Instant::now();
     let done = |ok: bool, restarted: bool| CodeEvent::Done {
         ok,
         duration_ms: t0.elapsed().as_millis() as u64,
         restarted,
     };
-    let mut conn = match ensure(t) {
-        Ok(c) => c,
-        Err(e) => {
-            emit(CodeEvent::Error {
-                name: "RuntimeUnavailable".into(),
-                value: chain(&e),
-                traceback: String::new(),
-            });
-            emit(done(false, false));
-            return;
-        }
-    };
+    let mut conn = ensure(t)?;
     let limit = req.timeout_s.map(|s| Duration::from_secs(s) + GRACE);
     conn.set_timeout(limit.unwrap_or(IDLE));
     let pid = conn.hello.pid;
@@ -440,11 +434,11 @@ fn run(t: &Target, req: &CodeRequest, emit: &mut dyn FnMut(CodeEvent) -> bool) {
                 Ok(Some(v)) => match serde_json::from_value::<CodeEvent>(v.clone()) {
                     Ok(CodeEvent::Done { ok, .. }) => {
                         emit(done(ok, false));
-                        return;
+                        return Ok(());
                     }
                     Ok(ev) => {
                         if !emit(ev) {
-                            return; // the client left; the code runs on
+                            return Ok(()); // the client left; the code runs on
                         }
                     }
                     Err(e) => break RuntimeError::Protocol(format!("{e}: {v}")),
@@ -471,7 +465,7 @@ fn run(t: &Target, req: &CodeRequest, emit: &mut dyn FnMut(CodeEvent) -> bool) {
                 traceback: String::new(),
             });
             emit(done(false, false));
-            return;
+            return Ok(());
         }
     }
     let why = if timed_out {
@@ -490,6 +484,7 @@ fn run(t: &Target, req: &CodeRequest, emit: &mut dyn FnMut(CodeEvent) -> bool) {
     };
     emit(died(text));
     emit(done(false, again.is_ok()));
+    Ok(())
 }
 
 /// Checks the request and gathers what a (re)start needs.
@@ -526,10 +521,9 @@ pub async fn code(
     req: CodeRequest,
 ) -> Result<CodeResult, ApiError> {
     let t = target(d, scope, id, &req)?;
-    let out = tokio::task::spawn_blocking(move || {
+    let (r, ran) = tokio::task::spawn_blocking(move || {
         let mut r = CodeResult::default();
-        let mut unavailable = None;
-        run(&t, &req, &mut |ev| {
+        let ran = run(&t, &req, &mut |ev| {
             match ev {
                 CodeEvent::Stdout { data } if r.stdout.len() < MAX_COLLECT => {
                     r.stdout.push_str(&data)
@@ -539,9 +533,6 @@ pub async fn code(
                 }
                 CodeEvent::Stdout { .. } | CodeEvent::Stderr { .. } => {}
                 CodeEvent::Result { text } => r.result = Some(text),
-                CodeEvent::Error { name, value, .. } if name == "RuntimeUnavailable" => {
-                    unavailable = Some(value)
-                }
                 CodeEvent::Error {
                     name,
                     value,
@@ -564,17 +555,12 @@ pub async fn code(
             }
             true
         });
-        (r, unavailable)
+        (r, ran)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("code task: {e}")))?;
-    match out {
-        (_, Some(why)) if why.contains("python3 is not installed") => {
-            Err(ApiError::BadRequest(format!("language: {why}")))
-        }
-        (_, Some(why)) => Err(ApiError::Unavailable(why)),
-        (r, None) => Ok(r),
-    }
+    ran?;
+    Ok(r)
 }
 
 /// `POST /sandboxes/{id}/code` with `stream`: NDJSON lines of [`CodeEvent`]. A runtime that
@@ -592,11 +578,24 @@ pub async fn code_stream(
         .map_err(|e| ApiError::Internal(format!("code task: {e}")))??;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     std::thread::spawn(move || {
-        run(&t, &req, &mut |ev| {
+        let mut emit = |ev: CodeEvent| {
             let mut line = serde_json::to_vec(&ev).unwrap_or_default();
             line.push(b'\n');
             tx.blocking_send(Bytes::from(line)).is_ok()
-        });
+        };
+        // Started a moment ago; gone again (or unreachable) since.
+        if let Err(e) = run(&t, &req, &mut emit) {
+            emit(CodeEvent::Error {
+                name: "RuntimeUnavailable".into(),
+                value: chain(&e),
+                traceback: String::new(),
+            });
+            emit(CodeEvent::Done {
+                ok: false,
+                duration_ms: 0,
+                restarted: false,
+            });
+        }
     });
     Ok(Body::from_stream(crate::exec::futures_stream(rx)))
 }
