@@ -436,6 +436,15 @@ fn warm_runtime(d: &Daemon) {
     let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["stdout", "stderr", "result", "done"], "{ev:?}");
     assert_eq!(last(&ev)["ok"], true);
+    // timeout_s interrupts the code inside the runtime, which goes on.
+    let res = d.json(
+        "POST",
+        &format!("/sandboxes/{id}/code"),
+        Some(r#"{"code": "import time\ntime.sleep(60)", "timeout_s": 2}"#),
+        200,
+    );
+    assert_eq!(res["error"]["name"], "TimeoutError", "{res}");
+    assert_eq!(run_code(d, id, "df.a.min()")["result"], "1");
     // Bad requests: an unknown language is a 400 naming the field.
     let (status, body) = d.curl(
         "POST",

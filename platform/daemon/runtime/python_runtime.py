@@ -169,12 +169,8 @@ def _flusher():
             out.flush()
 
 
-class CodeTimeout(TimeoutError):
-    pass
-
-
 def _alarm(signum, frame):
-    raise CodeTimeout("The code ran longer than its timeout_s and was interrupted")
+    raise TimeoutError("The code ran longer than its timeout_s and was interrupted")
 
 
 def _format_error(e, filename):

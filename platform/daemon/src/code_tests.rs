@@ -285,7 +285,8 @@ fn a_timeout_interrupts_the_code_and_a_crash_ends_the_connection() {
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
     let e = of_type(&ev, "error")[0];
-    assert!(e["name"].as_str().unwrap().contains("Timeout"), "{e}");
+    assert_eq!(e["name"], "TimeoutError", "{e}");
+    assert!(e["value"].as_str().unwrap().contains("timeout_s"), "{e}");
     let ev = call(&mut c, "n > 0");
     assert_eq!(of_type(&ev, "result")[0]["text"], "True", "{ev:?}");
     // os._exit: the connection ends without `done` (what the daemon reports as RuntimeDied).
