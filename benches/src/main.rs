@@ -47,6 +47,7 @@
 mod audit;
 mod auth;
 mod block;
+mod code;
 mod density;
 mod images;
 mod linux;

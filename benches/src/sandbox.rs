@@ -16,6 +16,8 @@
 //!   `sandbox_vmm_rss_kib` and `sandbox_vmm_pss_kib` per VMM (PSS splits the pages clones share
 //!   through the snapshot file), and the daemon's RSS with them.
 //! - hibernation, wakes and warm pools: see `sandbox_wake`.
+//! - `python_ds_create_to_code_result_ms` (median, p99): python-ds create → a pandas result from
+//!   its warm runtime (issue #13), in [`crate::code`].
 
 use std::path::Path;
 use std::process::Command;
@@ -349,7 +351,19 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
         "KiB",
         &[daemon_busy as f64],
     ));
+    // Issue #13: the python-ds template's warm runtime (needs the images fixture's tools).
+    let code = match crate::code::run(opts) {
+        Ok((r, m)) => {
+            metrics.extend(m);
+            r
+        }
+        Err(e) => {
+            eprintln!("sandbox: python-ds create -> code result not measured: {e}");
+            json!({"error": e})
+        }
+    };
     let report = json!({
+        "python_ds_code": code,
         "template": {"memory_mib": tpl["memory_mib"], "build_s": (build_s * 1000.0).round() / 1000.0,
                      "snapshot_bytes": tpl["snapshot_bytes"]},
         "daemon_added_ms_median": (added * 1000.0).round() / 1000.0,

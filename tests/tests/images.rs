@@ -266,10 +266,12 @@ fn python_ds_from_an_image_runs_pandas() {
     );
     let r = reg.image_ref("python-ds:latest");
     // The warm-up imports pandas once at build time: its files are then in the guest's page
-    // cache inside the ready snapshot, and every sandbox starts with them read.
+    // cache inside the ready snapshot, and every sandbox starts with them read. The warm
+    // runtime (issue #13) is left running in the snapshot with numpy and pandas imported.
     let spec = format!(
         r#"{{"name": "python-ds", "image": "{r}", "memory_mib": 512,
-            "warmup": [{{"argv": ["python3", "-c", "{WARMUP}"]}}]}}"#
+            "warmup": [{{"argv": ["python3", "-c", "{WARMUP}"]}}],
+            "runtime": {{"language": "python", "preload": ["numpy", "pandas"]}}}}"#
     );
     let t0 = std::time::Instant::now();
     let ev = stream(&d, "/templates", &spec);
@@ -317,6 +319,8 @@ fn python_ds_from_an_image_runs_pandas() {
     );
     d.cli_ok(&["rm", id]);
 
+    warm_runtime(&d);
+
     // `run IMAGE` with no template of that name: built once (from the image cache), then
     // reused; the image's Cmd is the command when none is given.
     let t0 = std::time::Instant::now();
@@ -346,6 +350,150 @@ fn python_ds_from_an_image_runs_pandas() {
     let (code, body) = d.curl("DELETE", &format!("/images/{id}"), None);
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("python-ds"), "{body}");
+
+    // A template without a runtime: the first call starts one (cold: no preload).
+    let img = made
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .find(|n| n.starts_with("img-"))
+        .unwrap()
+        .to_string();
+    let sb = d.json(
+        "POST",
+        "/sandboxes",
+        Some(&format!(r#"{{"template": "{img}"}}"#)),
+        201,
+    );
+    let id = sb["id"].as_str().unwrap();
+    let t0 = std::time::Instant::now();
+    let ev = stream(
+        &d,
+        &format!("/sandboxes/{id}/code"),
+        r#"{"code": "import sys\nsys.version_info[0] * 14", "stream": true}"#,
+    );
+    eprintln!(
+        "code in a sandbox without a runtime (cold start): {:?}",
+        t0.elapsed()
+    );
+    assert!(ev.iter().any(|e| e["text"] == "42"), "{ev:?}\n{}", d.log());
+    let res = run_code(&d, id, "sys.version_info[0] * 2");
+    assert_eq!(res["result"], "6", "{res}");
+    d.cli_ok(&["rm", id]);
+}
+
+fn run_code(d: &Daemon, id: &str, src: &str) -> Value {
+    let body = serde_json::json!({ "language": "python", "code": src }).to_string();
+    d.json("POST", &format!("/sandboxes/{id}/code"), Some(&body), 200)
+}
+
+/// Issue #13: python-ds's warm runtime, from a fresh sandbox.
+fn warm_runtime(d: &Daemon) {
+    let t0 = std::time::Instant::now();
+    let sb = d.json(
+        "POST",
+        "/sandboxes",
+        Some(r#"{"template": "python-ds"}"#),
+        201,
+    );
+    let id = sb["id"].as_str().unwrap();
+    let created = t0.elapsed();
+    let res = run_code(
+        d,
+        id,
+        "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3], 'b': [4.0, 5.0, 6.0]})\n\
+         int((df.a * df.b).sum())",
+    );
+    eprintln!(
+        "python-ds create -> code result: {:?} (create {:?}, code {} ms)",
+        t0.elapsed(),
+        created,
+        res["duration_ms"]
+    );
+    assert_eq!(res["result"], "32", "{res}\n{}", d.log());
+    assert!(res["error"].is_null(), "{res}");
+    // The state is kept: the second call sees the first one's variable.
+    let t1 = std::time::Instant::now();
+    let res = run_code(d, id, "print(len(df)); df.b.mean()");
+    eprintln!("python-ds second code call: {:?}", t1.elapsed());
+    assert_eq!(
+        (&res["stdout"], &res["result"]),
+        (&"3\n".into(), &"5.0".into()),
+        "{res}"
+    );
+    // An exception comes back with its traceback; the next call works.
+    let res = run_code(d, id, "def f():\n    return df['nope']\nf()");
+    assert_eq!(res["error"]["name"], "KeyError", "{res}");
+    let tb = res["error"]["traceback"].as_str().unwrap();
+    assert!(tb.contains("in f") && tb.contains("nope"), "{tb}");
+    let res = run_code(d, id, "df.shape");
+    assert_eq!(res["result"], "(3, 2)", "{res}");
+    // Streamed, exec's convention: output, result, done.
+    let ev = stream(
+        d,
+        &format!("/sandboxes/{id}/code"),
+        r#"{"code": "import sys\nprint('out')\nprint('err', file=sys.stderr)\n7", "stream": true}"#,
+    );
+    let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["stdout", "stderr", "result", "done"], "{ev:?}");
+    assert_eq!(last(&ev)["ok"], true);
+    // timeout_s interrupts the code inside the runtime, which goes on.
+    let res = d.json(
+        "POST",
+        &format!("/sandboxes/{id}/code"),
+        Some(r#"{"code": "import time\ntime.sleep(60)", "timeout_s": 2}"#),
+        200,
+    );
+    assert_eq!(res["error"]["name"], "TimeoutError", "{res}");
+    assert_eq!(run_code(d, id, "df.a.min()")["result"], "1");
+    // Bad requests: an unknown language is a 400 naming the field.
+    let (status, body) = d.curl(
+        "POST",
+        &format!("/sandboxes/{id}/code"),
+        Some(r#"{"language": "cobol", "code": "1"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("language"), "{body}");
+    // The CLI, on this sandbox: output, then the result; an error exits 1 with the traceback.
+    let out = d.cli_ok(&["run-code", id, "-c", "print('cli'); df.a.max()"]);
+    assert_eq!(out, "cli\n3\n");
+    let out = d.cli(&["run-code", id, "-c", "raise ValueError('bad value')"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ValueError: bad value"), "{err}");
+    let out = d.cli_stdin(
+        &["run-code", id, "-f", "-"],
+        Some(b"x = 5\nx * df.a.sum()\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "30\n");
+    // Code that kills the runtime: reported, restarted (state lost), and later calls work.
+    let t1 = std::time::Instant::now();
+    let ev = stream(
+        d,
+        &format!("/sandboxes/{id}/code"),
+        r#"{"code": "import os\nos._exit(1)", "stream": true}"#,
+    );
+    eprintln!(
+        "python-ds runtime restart (preloads again): {:?}",
+        t1.elapsed()
+    );
+    let died = ev.iter().find(|e| e["type"] == "error").expect("an error");
+    assert_eq!(died["name"], "RuntimeDied", "{ev:?}");
+    assert!(died["value"].as_str().unwrap().contains("state"), "{died}");
+    assert_eq!(last(&ev)["restarted"], true, "{ev:?}\n{}", d.log());
+    let res = run_code(d, id, "'df' in globals(), int(pandas.Series([1, 2]).sum())");
+    assert_eq!(res["result"], "(False, 3)", "{res}");
+    d.cli_ok(&["rm", id]);
+    // `run-code --template`: create, run, remove.
+    let t1 = std::time::Instant::now();
+    let out = d.cli_ok(&[
+        "run-code",
+        "--template",
+        "python-ds",
+        "-c",
+        "import numpy as np\nint(np.arange(7).sum() * 2)",
+    ]);
+    eprintln!("tartarus run-code --template python-ds: {:?}", t1.elapsed());
+    assert_eq!(out, "42\n");
 }
 
 /// The python-ds template's warm-up: pandas imported and used once at build time.

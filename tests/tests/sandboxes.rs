@@ -133,6 +133,14 @@ fn sandbox_lifecycle_through_the_cli() {
     assert_eq!(code, 409, "{body}");
     d.cli_ok(&["sandbox", "resume", &id]);
     assert_eq!(d.cli_ok(&["exec", &id, "--", "echo", "back"]), "back\n");
+    // Code (issue #13): the base guest has no python3, so no runtime can start there.
+    let (code, body) = d.curl(
+        "POST",
+        &format!("/sandboxes/{id}/code"),
+        Some(r#"{"code": "1"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("python3"), "{body}");
 
     // Snapshot, and a fork from it that sees what the source had written.
     d.cli_ok(&[

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod access;
+mod code;
 pub use access::*;
+pub use code::*;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,6 +104,8 @@ pub enum Command {
     Rm(SandboxRmArgs),
     /// Run a command in a running sandbox
     Exec(ExecArgs),
+    /// Run code in a sandbox's warm runtime (state kept between calls); exits 1 when it raises
+    RunCode(RunCodeArgs),
     /// Print a sandbox's console and background processes' output
     Logs(LogsArgs),
     /// Copy a file into or out of a sandbox (`ID:/path` names the sandbox side)

@@ -150,6 +150,7 @@ pub fn build_spec(args: &TemplateBuildArgs) -> Result<TemplateSpec, SpecError> {
             env: Default::default(),
             warmup: Vec::new(),
             replace: false,
+            runtime: None,
             image: None,
             registry_auth: None,
         },

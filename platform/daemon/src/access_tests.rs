@@ -146,6 +146,7 @@ fn request(w: &World, method: &str, path: &str) -> (String, Body) {
         .replace("{port}", "80");
     let body = match (method, path) {
         ("post", "/sandboxes/{id}/exec") => r#"{"argv": ["true"]}"#,
+        ("post", "/sandboxes/{id}/code") => r#"{"code": "1"}"#,
         ("post", "/sandboxes") => r#"{"template": "acmeonly"}"#,
         ("post", "/templates") => {
             r#"{"name": "x", "rootfs": "/nonexistent", "kernel": "/nonexistent"}"#

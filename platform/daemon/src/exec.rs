@@ -25,7 +25,7 @@ use crate::vmm;
 /// without a timeout of their own.
 const IDLE: Duration = Duration::from_secs(24 * 3600);
 
-fn spec_of(
+pub(crate) fn spec_of(
     d: &Daemon,
     row: &SandboxRow,
     req: &ExecRequest,

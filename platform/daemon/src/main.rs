@@ -3,6 +3,7 @@
 //! optionally TCP) that the `tartarus` CLI speaks.
 
 mod access;
+mod code;
 mod daemon;
 mod error;
 mod exec;

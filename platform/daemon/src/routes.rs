@@ -18,7 +18,7 @@ use tartarus_auth::{Action, TenantScope};
 use crate::access::Caller;
 use crate::daemon::Shared;
 use crate::error::ApiError;
-use crate::{exec, hibernate, images, keys, pool, sandbox, template};
+use crate::{code, exec, hibernate, images, keys, pool, sandbox, template};
 
 /// Largest body `PUT /files` takes.
 pub const MAX_FILE: usize = 512 << 20;
@@ -51,6 +51,7 @@ fn routes(d: Shared) -> Router {
         .route("/sandboxes/{id}/hibernate", post(hibernate_sandbox))
         .route("/sandboxes/{id}/wake", post(wake_sandbox))
         .route("/sandboxes/{id}/exec", post(exec_handler))
+        .route("/sandboxes/{id}/code", post(code_handler))
         .route(
             "/sandboxes/{id}/files",
             get(get_file)
@@ -491,6 +492,20 @@ async fn exec_handler(
         return Ok(ndjson(exec::exec_stream(&d, scope, &id, req).await?));
     }
     Ok(Json(exec::exec(&d, scope, &id, req).await?).into_response())
+}
+
+/// `POST /sandboxes/{id}/code`: code for the sandbox's warm runtime (the exec action's rights).
+async fn code_handler(
+    State(d): State<Shared>,
+    c: Caller,
+    Path(id): Path<String>,
+    Body2(req): Body2<tartarus_types::CodeRequest>,
+) -> Result<Response, ApiError> {
+    let scope = c.allow(Action::SandboxExec)?;
+    if req.stream {
+        return Ok(ndjson(code::code_stream(&d, scope, &id, req).await?));
+    }
+    Ok(Json(code::code(&d, scope, &id, req).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tartarus_auth::TenantScope;
-use tartarus_types::{BuildEvent, ErrorDetail, TemplateSpec, TemplateState};
+use tartarus_types::{BuildEvent, ErrorDetail, RuntimeSpec, TemplateSpec, TemplateState};
 use tokio::sync::mpsc;
 
 use crate::daemon::{Daemon, Shared};
@@ -128,6 +128,9 @@ fn validate(spec: &TemplateSpec) -> Result<(), ApiError> {
             return Err(ApiError::BadRequest(format!("warmup[{i}].argv: empty")));
         }
     }
+    if let Some(rt) = &spec.runtime {
+        crate::code::validate_runtime(rt)?;
+    }
     if let Some(a) = &spec.boot_args {
         if a.len() > 2048 {
             return Err(ApiError::BadRequest(
@@ -151,7 +154,12 @@ fn hash_file(h: &mut Sha256, path: &Path) -> std::io::Result<()> {
 }
 
 /// The cache key of a ready snapshot.
-fn cache_key(spec: &StoredSpec, vmm: &Path, pvm: bool) -> std::io::Result<String> {
+fn cache_key(
+    spec: &StoredSpec,
+    runtime: Option<&RuntimeSpec>,
+    vmm: &Path,
+    pvm: bool,
+) -> std::io::Result<String> {
     let mut h = Sha256::new();
     h.update(LAYOUT_VERSION.as_bytes());
     for p in [Path::new(&spec.kernel), Path::new(&spec.rootfs), vmm] {
@@ -162,10 +170,15 @@ fn cache_key(spec: &StoredSpec, vmm: &Path, pvm: bool) -> std::io::Result<String
         }
         h.update(b"\0");
     }
-    let shape = json!({
+    let mut shape = json!({
         "boot_args": spec.boot_args, "vcpus": spec.vcpus, "memory_mib": spec.memory_mib,
         "disk_mib": spec.disk_mib, "warmup": spec.warmup, "pvm": pvm,
     });
+    // Only when set: the keys of templates without one stay as they were.
+    if let Some(rt) = runtime {
+        shape["runtime"] = json!({"language": rt.language, "preload": rt.preload,
+                                  "script": crate::code::PYTHON_RUNTIME});
+    }
     h.update(shape.to_string().as_bytes());
     Ok(h.finalize()[..12]
         .iter()
@@ -438,6 +451,7 @@ async fn build(
     let (dir2, stored2) = (dir.clone(), stored.clone());
     let vmm_bin = d.cfg.launcher.vmm.clone();
     let pvm = d.cfg.launcher.pvm_workarounds;
+    let runtime = spec.runtime.clone();
     let key = tokio::task::spawn_blocking(move || -> Result<String, ApiError> {
         std::fs::create_dir_all(&dir2).map_err(|e| ApiError::internal("template directory", &e))?;
         for (src, name) in [(&stored2.kernel, KERNEL), (&stored2.rootfs, ROOTFS)] {
@@ -452,7 +466,7 @@ async fn build(
             }
             fsutil::make_shared_readonly(&dst).map_err(|e| ApiError::internal("template", &e))?;
         }
-        cache_key(&stored2, &vmm_bin, pvm)
+        cache_key(&stored2, runtime.as_ref(), &vmm_bin, pvm)
             .map_err(|e| ApiError::internal("hashing the template", &e))
     })
     .await
@@ -471,7 +485,7 @@ async fn build(
         p.step("cached: no warm-up needed").await;
         p.step("cached: snapshot present").await;
     } else {
-        boot_and_snapshot(d, &stored, &dir, p).await?;
+        boot_and_snapshot(d, &stored, spec.runtime.as_ref(), &dir, p).await?;
         // Fill the cache (hard links: no extra space).
         let tmp = d
             .cfg
@@ -529,6 +543,7 @@ async fn build(
 async fn boot_and_snapshot(
     d: &Shared,
     spec: &StoredSpec,
+    runtime: Option<&RuntimeSpec>,
     dir: &Path,
     p: &mut Progress,
 ) -> Result<(), ApiError> {
@@ -556,7 +571,7 @@ async fn boot_and_snapshot(
     let nid = id.clone();
     let result =
         match tokio::task::spawn_blocking(move || crate::netns::create(&nid, uid, None)).await {
-            Ok(Ok(ns)) => boot_in_jail(d, spec, dir, &jail, uid, &ns, p).await,
+            Ok(Ok(ns)) => boot_in_jail(d, spec, runtime, dir, &jail, uid, &ns, p).await,
             Ok(Err(e)) => Err(ApiError::internal("the build VM's network", &e)),
             Err(e) => Err(ApiError::Internal(format!("netns task: {e}"))),
         };
@@ -592,9 +607,11 @@ async fn wait_gone(pid: i32) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn boot_in_jail(
     d: &Shared,
     spec: &StoredSpec,
+    runtime: Option<&RuntimeSpec>,
     dir: &Path,
     jail: &vmm::JailPaths,
     uid: u32,
@@ -703,8 +720,14 @@ async fn boot_in_jail(
         ))
     })?;
 
-    p.step(format!("agent ready ({}); warming up", agent.agent()))
+    let also = if runtime.is_some() {
+        ", then starting the runtime"
+    } else {
+        ""
+    };
+    p.step(format!("agent ready ({}); warming up{also}", agent.agent()))
         .await;
+    let (runtime, uds) = (runtime.cloned(), jail.vsock());
     let warmup = spec.warmup.clone();
     let stored_image = spec.image.clone();
     // As for every exec: the image's Env under the template's.
@@ -750,6 +773,9 @@ async fn boot_in_jail(
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
+        }
+        if let Some(rt) = &runtime {
+            crate::code::start_for_template(&mut agent, &uds, rt, &env, stored_image.as_ref())?;
         }
         // Settle: the page cache and the writable layer's metadata reach the disk image, so
         // every clone starts from a consistent layer.
@@ -958,6 +984,7 @@ mod tests {
             env: Default::default(),
             warmup: vec![],
             replace: false,
+            runtime: None,
             image: None,
             registry_auth: None,
         };

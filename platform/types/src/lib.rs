@@ -95,6 +95,9 @@ pub struct TemplateSpec {
     /// Replace an existing template of that name (its sandboxes keep running).
     #[serde(default)]
     pub replace: bool,
+    /// A warm runtime left running in the ready snapshot (`POST /sandboxes/{id}/code`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSpec>,
 }
 
 pub fn default_vcpus() -> u8 {
@@ -628,4 +631,89 @@ mod tests {
             assert_eq!(SandboxState::parse(s.as_str()), Some(s));
         }
     }
+}
+
+/// A template's warm runtime (issue #13): a long-running interpreter started at build time,
+/// after the warm-up, and kept in the ready snapshot; `POST /sandboxes/{id}/code` runs code
+/// in it without a fork+exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// `python` (the only one so far).
+    pub language: String,
+    /// Modules imported before the snapshot (`["numpy", "pandas"]`).
+    #[serde(default)]
+    pub preload: Vec<String>,
+}
+
+/// `POST /sandboxes/{id}/code`: code for the sandbox's warm runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    /// `python` (the default).
+    #[serde(default = "default_language")]
+    pub language: String,
+    pub code: String,
+    /// Answer with an NDJSON stream of [`CodeEvent`]s instead of one [`CodeResult`].
+    #[serde(default)]
+    pub stream: bool,
+    /// Interrupt the code (a `TimeoutError` inside it) after this many seconds.
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+pub fn default_language() -> String {
+    "python".into()
+}
+
+/// One line of a streamed `POST /sandboxes/{id}/code`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CodeEvent {
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    /// The repr of the code's last expression, when it is one and not None.
+    Result {
+        text: String,
+    },
+    /// The code raised (or the runtime died: `RuntimeDied`).
+    Error {
+        name: String,
+        value: String,
+        traceback: String,
+    },
+    /// The last line.
+    Done {
+        ok: bool,
+        duration_ms: u64,
+        /// The runtime died during this call and was started again: its state is gone.
+        #[serde(default)]
+        restarted: bool,
+    },
+}
+
+/// The error of a collected `POST /sandboxes/{id}/code`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeError {
+    pub name: String,
+    pub value: String,
+    pub traceback: String,
+}
+
+/// The answer to a `POST /sandboxes/{id}/code` without `stream`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeResult {
+    pub stdout: String,
+    pub stderr: String,
+    /// The repr of the code's last expression, when it is one and not None.
+    pub result: Option<String>,
+    pub error: Option<CodeError>,
+    /// The runtime died during this call and was started again: its state is gone.
+    #[serde(default)]
+    pub restarted: bool,
+    pub duration_ms: u64,
 }

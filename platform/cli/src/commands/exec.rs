@@ -153,6 +153,7 @@ async fn run_template(ctx: &Ctx, a: &RunArgs) -> Result<(String, Option<Template
         env: Default::default(),
         warmup: Vec::new(),
         replace: existing.is_some(),
+        runtime: None,
     };
     let t = build_stream(&ctx.client, &spec, a.verbose).await?;
     let secs = t.build_ms.unwrap_or(0) as f64 / 1000.0;

@@ -3,6 +3,7 @@
 
 mod audit;
 mod ca;
+mod code;
 mod exec;
 mod files;
 mod image;
@@ -231,6 +232,7 @@ async fn dispatch(ctx: &Ctx, cmd: Command) -> Result<i32, CmdError> {
     match cmd {
         Command::Run(a) => exec::run(ctx, a).await,
         Command::Exec(a) => exec::exec(ctx, a).await,
+        Command::RunCode(a) => code::run_code(ctx, a).await,
         Command::Sandbox(SandboxCmd::Create(a)) => sandbox::create(ctx, a).await,
         Command::Sandbox(SandboxCmd::Ls(a)) | Command::Ps(a) => sandbox::ls(ctx, a).await,
         Command::Sandbox(SandboxCmd::Inspect { id }) => sandbox::inspect(ctx, &id).await,
