@@ -121,13 +121,14 @@ struct Options {
     /// Density suite: running and hibernated sandboxes held at once.
     running: usize,
     hibernated: usize,
+    wake_samples: usize,
     vmm: PathBuf,
     guests: Guests,
     out: Option<PathBuf>,
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|density|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] [--running N] [--hibernated N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|density|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] [--running N] [--hibernated N] [--wake-samples N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -145,6 +146,7 @@ fn parse_args() -> Result<Options, String> {
     let mut outage_s = 5u64;
     let mut running = 50usize;
     let mut hibernated = 200usize;
+    let mut wake_samples = 3usize;
     let mut suite = Suite::All;
     let mut vmm: Option<PathBuf> = None;
     let mut guests_dir: Option<PathBuf> = None;
@@ -163,6 +165,9 @@ fn parse_args() -> Result<Options, String> {
             "--outage-s" => outage_s = positive("--outage-s", &value("--outage-s")?)? as u64,
             "--running" => running = positive("--running", &value("--running")?)?,
             "--hibernated" => hibernated = positive("--hibernated", &value("--hibernated")?)?,
+            "--wake-samples" => {
+                wake_samples = positive("--wake-samples", &value("--wake-samples")?)?
+            }
             "--suite" => {
                 suite = match value("--suite")?.as_str() {
                     "boot" => Suite::Boot,
@@ -240,6 +245,7 @@ fn parse_args() -> Result<Options, String> {
         outage_s,
         running,
         hibernated,
+        wake_samples,
         vmm,
         guests,
         out,
@@ -683,7 +689,7 @@ fn run(opts: &Options) -> Result<Value, String> {
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Density) {
-        let (report, m) = density::run(opts.running, opts.hibernated)?;
+        let (report, m) = density::run(opts.running, opts.hibernated, opts.wake_samples)?;
         doc["density"] = report;
         metrics.extend(m);
     }
