@@ -171,7 +171,14 @@ async fn steer(d: &Shared, dt: f64) -> Result<(), ApiError> {
     for r in rows.iter().filter(|r| r.pool.is_some()) {
         let key = r.pool.as_deref().unwrap_or_default();
         let known = pools.iter().any(|p| p.key() == key);
-        if !known || matches!(r.state, SandboxState::Failed | SandboxState::Stopped) {
+        // A pooled sandbox is creating or paused; a running one is a fill that recovery took
+        // over after a daemon restart: it goes too.
+        if !known
+            || matches!(
+                r.state,
+                SandboxState::Failed | SandboxState::Stopped | SandboxState::Running
+            )
+        {
             spawn_destroy(d, &r.id);
         }
     }

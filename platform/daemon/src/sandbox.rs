@@ -819,8 +819,14 @@ pub async fn recover(d: &Shared) {
             .ok()
             .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(str::to_string))
         };
+        // A create or wake cut short after its snapshot loaded has a VMM that runs the guest:
+        // it is taken over too (one that had not loaded yet answers "Not started").
+        let restored = |s: &str| s == "Running" || s == "Paused";
         match (row.state, answers) {
-            (SandboxState::Running | SandboxState::Paused, Some(vm_state)) => {
+            (SandboxState::Running | SandboxState::Paused, Some(vm_state))
+            | (SandboxState::Creating, Some(vm_state))
+                if row.state != SandboxState::Creating || restored(&vm_state) =>
+            {
                 let state = if vm_state == "Paused" {
                     SandboxState::Paused
                 } else {
@@ -828,6 +834,10 @@ pub async fn recover(d: &Shared) {
                 };
                 if state != row.state {
                     let _ = d.store.set_sandbox_state(id, state, None);
+                }
+                if row.state == SandboxState::Creating {
+                    // A wake's leftovers (its snapshot links): the VMM runs from the jail.
+                    let _ = fsutil::remove_tree(&crate::hibernate::hib_dir(d, id));
                 }
                 let live = Arc::new(Live::default());
                 d.set_live(id, live.clone());
