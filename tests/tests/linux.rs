@@ -423,8 +423,13 @@ fn linux_lane() {
         .as_array()
         .and_then(|d| d.iter().find(|d| d["kind"]["type"] == "vsock"))
         .expect("vsock in the state file");
-    let open = vsock["kind"]["open_connections"].as_array().expect("open_connections");
-    assert!(!open.is_empty(), "the agent connection is not listed: {vsock}");
+    let open = vsock["kind"]["open_connections"]
+        .as_array()
+        .expect("open_connections");
+    assert!(
+        !open.is_empty(),
+        "the agent connection is not listed: {vsock}"
+    );
     vmm.patch_ok("/vm", &json!({"state": "Resumed"}));
     drop(agent);
     // The agent's shutdown: tartarus-init stops everything, syncs and powers off (the microvm
