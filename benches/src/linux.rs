@@ -128,6 +128,9 @@ struct RestorePhases {
     retries: f64,
 }
 
+/// A phase of [`RestorePhases`] in the JSON: (name, its value, unit).
+type Phase = (&'static str, fn(&RestorePhases) -> f64, &'static str);
+
 /// How long one connection attempt may wait for each answer before it is retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -393,7 +396,7 @@ pub(crate) fn run(opts: &Options, boots: usize) -> Result<(Value, Vec<Value>), S
         if let Some(c) = runs.iter().map(|p| p.connected).collect::<Option<Vec<_>>>() {
             metrics.push(summary(&format!("restore_{b}_connected"), "ms", &c));
         }
-        let phases: [(&str, fn(&RestorePhases) -> f64, &str); 4] = [
+        let phases: [Phase; 4] = [
             ("load", |p| p.load, "ms"),
             ("hello", |p| p.hello, "ms"),
             ("warm_ping", |p| p.warm_ping, "ms"),
