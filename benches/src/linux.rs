@@ -10,9 +10,7 @@
 //! - `agent_ping_ms`: one ping/pong frame pair, `--runs` times.
 //! - `restore_to_agent_reply_ms` per backend (File, Uffd, and Uffd with the working set of one
 //!   such restore recorded first and then prefetched): load request sent to a fresh VMM with
-//!   `resume_vm` → the agent's hello over a new vsock connection (sent with the `CONNECT` line,
-//!   as tartarusd does), then one ping; `file_stepwise`: File, the hello sent after the vsock
-//!   `OK` (as the suite did before 2026-12-06, and the only one with `_connected`); and the phases
+//!   `resume_vm` → the agent's hello over a new vsock connection, then one ping; and the phases
 //!   of the same restores, each from the load request (`restore_<backend>_load`: the load
 //!   answered; `_connected`: the vsock `OK`; `_hello`: the agent's hello; `_warm_ping`: a second
 //!   ping alone; `_retries`: failed connection attempts). `TARTARUS_BENCH_LINUX_LOGS=<dir>`
@@ -28,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::net::UnixStream;
 
-use guest_init::client::{connect_agent, connect_hybrid_vsock, wait_for_agent, Client};
+use guest_init::client::{connect_hybrid_vsock, wait_for_agent, Client};
 use serde_json::{json, Value};
 use tartarus_tests::{script_output, TempDir, Vmm, VmmBuilder};
 
@@ -115,9 +113,8 @@ fn agent(uds: &Path) -> Result<Client<std::os::unix::net::UnixStream>, String> {
 struct RestorePhases {
     /// `/snapshot/load` answered (the VMM restored and resumed the guest).
     load: f64,
-    /// The vsock handshake's `OK` (the guest accepted the connection in its kernel); None
-    /// when the hello went with the `CONNECT` line.
-    connected: Option<f64>,
+    /// The vsock handshake's `OK` (the guest accepted the connection in its kernel).
+    connected: f64,
     /// The agent's hello (the agent accepted the connection and answered).
     hello: f64,
     /// The first ping's pong: the figure the suite has always reported.
@@ -135,27 +132,15 @@ type Phase = (&'static str, fn(&RestorePhases) -> f64, &'static str);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// CONNECT, hello and ping with every phase timed from `t`, retrying a failed attempt at once.
-/// `pipelined`: the hello goes in the same write as the CONNECT line, as tartarusd sends it
-/// ([`connect_agent`]); else it waits for the `OK` (which gives the `connected` phase).
-fn first_reply(
-    uds: &Path,
-    t: Instant,
-    pipelined: bool,
-) -> Result<(RestorePhases, Client<UnixStream>), String> {
+fn first_reply(uds: &Path, t: Instant) -> Result<(RestorePhases, Client<UnixStream>), String> {
     let mut retries = 0.0;
     loop {
         let attempt = || -> Result<_, String> {
-            let mut connected = None;
-            let mut c = if pipelined {
-                // CONNECT and hello in one write (as tartarusd does): no separate `connected`.
-                connect_agent(uds, AGENT_PORT, Some(ATTEMPT_TIMEOUT)).map_err(|e| e.to_string())?
-            } else {
-                let s = connect_hybrid_vsock(uds, AGENT_PORT).map_err(|e| e.to_string())?;
-                connected = Some(ms(t.elapsed()));
-                s.set_read_timeout(Some(ATTEMPT_TIMEOUT))
-                    .map_err(|e| e.to_string())?;
-                Client::new(s).map_err(|e| e.to_string())?
-            };
+            let s = connect_hybrid_vsock(uds, AGENT_PORT).map_err(|e| e.to_string())?;
+            let connected = ms(t.elapsed());
+            s.set_read_timeout(Some(ATTEMPT_TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            let mut c = Client::new(s).map_err(|e| e.to_string())?;
             let hello = ms(t.elapsed());
             c.ping().map_err(|e| e.to_string())?;
             Ok((connected, hello, ms(t.elapsed()), c))
@@ -193,8 +178,6 @@ enum Backend {
     File,
     Uffd,
     UffdPrefetch,
-    /// File, with the hello sent only after the vsock `OK` (the phases in between).
-    FileStepwise,
 }
 
 impl Backend {
@@ -203,15 +186,15 @@ impl Backend {
             Backend::File => "file",
             Backend::Uffd => "uffd",
             Backend::UffdPrefetch => "uffd_prefetch",
-            Backend::FileStepwise => "file_stepwise",
         }
     }
 
     /// The `/snapshot/load` body; `record`: record the working set into `ws` instead.
     fn load_body(self, state: &Path, mem: &Path, ws: &Path, record: bool) -> Value {
-        let kind = match self {
-            Backend::File | Backend::FileStepwise => "File",
-            Backend::Uffd | Backend::UffdPrefetch => "Uffd",
+        let kind = if self == Backend::File {
+            "File"
+        } else {
+            "Uffd"
         };
         let mut body = json!({"snapshot_path": state,
                               "mem_backend": {"backend_type": kind, "backend_path": mem},
@@ -249,7 +232,7 @@ fn record_working_set(
         .map_err(|e| format!("API socket: {e}"))?;
     let body = Backend::UffdPrefetch.load_body(state, mem, ws, true);
     put(&vmm, "/snapshot/load", body)?;
-    first_reply(uds, Instant::now(), true)?;
+    first_reply(uds, Instant::now())?;
     let r = vmm
         .try_request("PATCH", "/vm", Some(br#"{"state": "Paused"}"#))
         .map_err(|e| format!("pause: {e}"))?;
@@ -296,7 +279,7 @@ fn restore_once(
         backend.load_body(state, mem, ws, false),
     )?;
     let load = ms(t.elapsed());
-    let (mut phases, mut c) = first_reply(uds, t, backend != Backend::FileStepwise)?;
+    let (mut phases, mut c) = first_reply(uds, t)?;
     phases.load = load;
     let w = Instant::now();
     c.ping()
@@ -371,13 +354,7 @@ pub(crate) fn run(opts: &Options, boots: usize) -> Result<(Value, Vec<Value>), S
     let ws = dir.path().join("linux.ws");
     record_working_set(opts, &state, &mem, &b.uds, &ws)?;
     let files = (state.as_path(), mem.as_path(), ws.as_path());
-    let backends = [
-        Backend::File,
-        Backend::Uffd,
-        Backend::UffdPrefetch,
-        Backend::FileStepwise,
-    ];
-    for backend in backends {
+    for backend in [Backend::File, Backend::Uffd, Backend::UffdPrefetch] {
         let runs = (0..restores)
             .map(|i| restore_once(opts, files, &b.uds, backend, i))
             .collect::<Result<Vec<_>, _>>()?;
@@ -393,11 +370,9 @@ pub(crate) fn run(opts: &Options, boots: usize) -> Result<(Value, Vec<Value>), S
         );
         metrics.push(m);
         // The phases of the same restores, each from the load request.
-        if let Some(c) = runs.iter().map(|p| p.connected).collect::<Option<Vec<_>>>() {
-            metrics.push(summary(&format!("restore_{b}_connected"), "ms", &c));
-        }
-        let phases: [Phase; 4] = [
+        let phases: [Phase; 5] = [
             ("load", |p| p.load, "ms"),
+            ("connected", |p| p.connected, "ms"),
             ("hello", |p| p.hello, "ms"),
             ("warm_ping", |p| p.warm_ping, "ms"),
             ("retries", |p| p.retries, "count"),

@@ -85,15 +85,12 @@ impl<S: Read + Write> Client<S> {
 
     /// Like [`Client::new`], offering at most `max_version` (a v1 client: 1).
     pub fn with_max_version(mut stream: S, max_version: u32) -> Result<Self, ClientError> {
-        stream
-            .write_all(&hello_frame(max_version)?)
-            .map_err(ProtocolError::from)?;
-        Self::after_hello(stream)
-    }
-
-    /// Completes a hello that was already written to `stream` ([`hello_frame`], e.g. in the
-    /// same write as the hybrid vsock's `CONNECT` line): reads the agent's answer.
-    pub fn after_hello(mut stream: S) -> Result<Self, ClientError> {
+        let hello = Request::Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version,
+            client: format!("tartarus guest-init client {}", env!("CARGO_PKG_VERSION")),
+        };
+        write_frame(&mut stream, &hello, &[])?;
         match read_frame::<Response, _>(&mut stream)?.msg {
             Response::Hello { version, agent, .. } => Ok(Client {
                 stream,
@@ -372,58 +369,16 @@ impl<S: Read + Write> ExecStream<'_, S> {
     }
 }
 
-/// The frame [`Client::new`] greets the agent with, offering versions up to `max_version`.
-pub fn hello_frame(max_version: u32) -> Result<Vec<u8>, ClientError> {
-    let hello = Request::Hello {
-        min_version: MIN_PROTOCOL_VERSION,
-        max_version,
-        client: format!("tartarus guest-init client {}", env!("CARGO_PKG_VERSION")),
-    };
-    let mut buf = Vec::new();
-    write_frame(&mut buf, &hello, &[])?;
-    Ok(buf)
-}
-
 /// Connects to a guest vsock port through a VMM's hybrid vsock Unix socket (Firecracker's
 /// scheme): connect to `uds_path`, send `CONNECT <port>\n`, expect `OK <host_port>\n`.
 pub fn connect_hybrid_vsock(uds_path: &Path, port: u32) -> Result<UnixStream, ClientError> {
-    connect_hybrid_vsock_with(uds_path, port, &[], None)
-}
-
-/// The agent on `port` through a VMM's hybrid vsock socket, with the hello written in the same
-/// write as the `CONNECT` line: the VMM hands it to the guest as soon as the guest accepted, so
-/// the connection and the hello cost one wake-up of the guest fewer than
-/// [`connect_hybrid_vsock`] + [`Client::new`] (on a PVM host, ~10 ms). `timeout` bounds each
-/// read and write of the handshake (and stays set on the stream).
-pub fn connect_agent(
-    uds_path: &Path,
-    port: u32,
-    timeout: Option<Duration>,
-) -> Result<Client<UnixStream>, ClientError> {
-    let hello = hello_frame(PROTOCOL_VERSION)?;
-    let stream = connect_hybrid_vsock_with(uds_path, port, &hello, timeout)?;
-    Client::after_hello(stream)
-}
-
-/// [`connect_hybrid_vsock`], writing `then` right after the `CONNECT` line (bytes for the guest,
-/// which the VMM keeps until the guest accepted) and with `timeout` on reads and writes.
-fn connect_hybrid_vsock_with(
-    uds_path: &Path,
-    port: u32,
-    then: &[u8],
-    timeout: Option<Duration>,
-) -> Result<UnixStream, ClientError> {
     let connect_err = |source| ClientError::Connect {
         path: uds_path.display().to_string(),
         source,
     };
     let mut stream = UnixStream::connect(uds_path).map_err(connect_err)?;
-    stream.set_read_timeout(timeout).map_err(connect_err)?;
-    stream.set_write_timeout(timeout).map_err(connect_err)?;
-    let mut out = format!("CONNECT {port}\n").into_bytes();
-    out.extend_from_slice(then);
     stream
-        .write_all(&out)
+        .write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(|e| ClientError::Handshake(format!("cannot send CONNECT: {e}")))?;
     // Read the answer byte by byte: what follows the newline already belongs to the agent.
     let mut line = Vec::new();

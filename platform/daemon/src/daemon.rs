@@ -284,30 +284,23 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// CONNECT + hello with every read bounded by `timeout` (a connection the guest accepted and
 /// then lost fails instead of hanging); also returns a clone of the socket, to change its
-/// timeouts later. The hello goes in the same write as the CONNECT line (the VMM hands it to
-/// the guest once the guest accepted), and the agent's hello is its answer: no ping follows.
-/// On a PVM host each wake-up of the guest saved is ~10 ms.
+/// timeouts later. The agent's hello is its answer: no ping follows (on a PVM host each round
+/// trip through the guest kernel costs ~10 ms).
 fn agent_handshake_clone(
     uds: &Path,
     timeout: Duration,
 ) -> Result<(Client<UnixStream>, UnixStream), ClientError> {
-    let hello = guest_init::client::hello_frame(guest_init::protocol::PROTOCOL_VERSION)?;
-    let stream = connect_hybrid_vsock_bounded(uds, timeout, &hello)?;
+    let stream = connect_hybrid_vsock_bounded(uds, timeout)?;
     let clone = stream.try_clone().map_err(|source| ClientError::Connect {
         path: uds.display().to_string(),
         source,
     })?;
-    let c = Client::after_hello(stream)?;
+    let c = Client::new(stream)?;
     Ok((c, clone))
 }
 
-/// [`connect_hybrid_vsock`] with read and write timeouts set before the handshake; `then`
-/// (bytes for the guest) is written right after the CONNECT line.
-fn connect_hybrid_vsock_bounded(
-    uds: &Path,
-    timeout: Duration,
-    then: &[u8],
-) -> Result<UnixStream, ClientError> {
+/// [`connect_hybrid_vsock`] with read and write timeouts set before the handshake.
+fn connect_hybrid_vsock_bounded(uds: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
     use std::io::{Read, Write};
     let err = |source| ClientError::Connect {
         path: uds.display().to_string(),
@@ -316,9 +309,7 @@ fn connect_hybrid_vsock_bounded(
     let mut s = UnixStream::connect(uds).map_err(err)?;
     s.set_read_timeout(Some(timeout)).map_err(err)?;
     s.set_write_timeout(Some(timeout)).map_err(err)?;
-    let mut out = format!("CONNECT {AGENT_PORT}\n").into_bytes();
-    out.extend_from_slice(then);
-    s.write_all(&out)
+    s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
         .map_err(|e| ClientError::Handshake(format!("cannot send CONNECT: {e}")))?;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
