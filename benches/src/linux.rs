@@ -8,8 +8,15 @@
 //! - `agent_exec_true_ms`: one exec of `/bin/true` through the agent on an open connection
 //!   (request sent → exit status received), `--runs` times.
 //! - `agent_ping_ms`: one ping/pong frame pair, `--runs` times.
-//! - `restore_to_agent_reply_ms` per backend (File, Uffd): load request sent to a fresh VMM with
-//!   `resume_vm` → the agent's hello over a new vsock connection, then one ping.
+//! - `restore_to_agent_reply_ms` per backend (File, Uffd, and Uffd with the working set of one
+//!   such restore recorded first and then prefetched): load request sent to a fresh VMM with
+//!   `resume_vm` → the agent's hello over a new vsock connection, then one ping; and the phases
+//!   of the same restores, each from the load request (`restore_<backend>_load`: the load
+//!   answered; `_connected`: the vsock `OK`; `_hello`: the agent's hello; `_warm_ping`: a second
+//!   ping alone; `_retries`: failed connection attempts). `TARTARUS_BENCH_LINUX_LOGS=<dir>`
+//!   makes the restored VMMs log at debug level into `<dir>/restore-<backend>-<i>.log` (the
+//!   vsock device stamps its steps there). `TARTARUS_BENCH_INIT=<path>` builds the root fs
+//!   around that tartarus-init binary instead of this tree's (A/B runs of guest changes).
 //!
 //! On PVM hosts everything that runs guest kernel code is emulated (~1000x slower), so these
 //! figures are far from what hardware KVM gives; the harness is the same there.
@@ -17,9 +24,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use guest_init::client::{wait_for_agent, Client};
+use std::os::unix::net::UnixStream;
+
+use guest_init::client::{connect_hybrid_vsock, wait_for_agent, Client};
 use serde_json::{json, Value};
-use tartarus_tests::{script_output, TempDir, Vmm};
+use tartarus_tests::{script_output, TempDir, Vmm, VmmBuilder};
 
 use crate::{ms, put, spawn, summary, Options};
 
@@ -100,41 +109,196 @@ fn agent(uds: &Path) -> Result<Client<std::os::unix::net::UnixStream>, String> {
     wait_for_agent(uds, AGENT_PORT, AGENT_TIMEOUT).map_err(|e| format!("agent: {e}"))
 }
 
-fn restore_once(
+/// One restore's phases (ms from the load request being sent).
+struct RestorePhases {
+    /// `/snapshot/load` answered (the VMM restored and resumed the guest).
+    load: f64,
+    /// The vsock handshake's `OK` (the guest accepted the connection in its kernel).
+    connected: f64,
+    /// The agent's hello (the agent accepted the connection and answered).
+    hello: f64,
+    /// The first ping's pong: the figure the suite has always reported.
+    reply: f64,
+    /// A second ping on the same connection, for comparison (ms for that ping alone).
+    warm_ping: f64,
+    /// Connection attempts that failed before one got its reply.
+    retries: f64,
+}
+
+/// A phase of [`RestorePhases`] in the JSON: (name, its value, unit).
+type Phase = (&'static str, fn(&RestorePhases) -> f64, &'static str);
+
+/// How long one connection attempt may wait for each answer before it is retried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// CONNECT, hello and ping with every phase timed from `t`, retrying a failed attempt at once.
+fn first_reply(uds: &Path, t: Instant) -> Result<(RestorePhases, Client<UnixStream>), String> {
+    let mut retries = 0.0;
+    loop {
+        let attempt = || -> Result<_, String> {
+            let s = connect_hybrid_vsock(uds, AGENT_PORT).map_err(|e| e.to_string())?;
+            let connected = ms(t.elapsed());
+            s.set_read_timeout(Some(ATTEMPT_TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            let mut c = Client::new(s).map_err(|e| e.to_string())?;
+            let hello = ms(t.elapsed());
+            c.ping().map_err(|e| e.to_string())?;
+            Ok((connected, hello, ms(t.elapsed()), c))
+        };
+        match attempt() {
+            Ok((connected, hello, reply, c)) => {
+                let phases = RestorePhases {
+                    load: 0.0,
+                    connected,
+                    hello,
+                    reply,
+                    warm_ping: 0.0,
+                    retries,
+                };
+                return Ok((phases, c));
+            }
+            Err(e) if t.elapsed() > AGENT_TIMEOUT => return Err(format!("agent: {e}")),
+            Err(_) => {
+                retries += 1.0;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Where `TARTARUS_BENCH_LINUX_LOGS` (a directory) asks the restored VMMs to write debug logs.
+fn debug_log_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("TARTARUS_BENCH_LINUX_LOGS").map(Into::into)
+}
+
+/// How a restore gets its memory: `File`, `Uffd`, or `Uffd` with the working set prefetched
+/// (recorded by one restore first).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    File,
+    Uffd,
+    UffdPrefetch,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::File => "file",
+            Backend::Uffd => "uffd",
+            Backend::UffdPrefetch => "uffd_prefetch",
+        }
+    }
+
+    /// The `/snapshot/load` body; `record`: record the working set into `ws` instead.
+    fn load_body(self, state: &Path, mem: &Path, ws: &Path, record: bool) -> Value {
+        let kind = if self == Backend::File {
+            "File"
+        } else {
+            "Uffd"
+        };
+        let mut body = json!({"snapshot_path": state,
+                              "mem_backend": {"backend_type": kind, "backend_path": mem},
+                              "resume_vm": true});
+        if self == Backend::UffdPrefetch {
+            body["prefetch"] =
+                json!({"working_set_path": ws, "record": record, "record_ms": 10_000});
+        }
+        body
+    }
+}
+
+/// Removes the socket file a killed VMM left behind: the restored device needs uds_path free.
+fn free_uds(uds: &Path) -> Result<(), String> {
+    match std::fs::remove_file(uds) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("remove {}: {e}", uds.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Records the working set of a restore's first agent request (restore, hello + ping, pause)
+/// into `ws`, for [`Backend::UffdPrefetch`].
+fn record_working_set(
     opts: &Options,
     state: &Path,
     mem: &Path,
     uds: &Path,
-    backend: &str,
-) -> Result<f64, String> {
-    // The previous VMM was killed (SIGKILL), which leaves its vsock socket file behind; the
-    // restored device needs uds_path free.
-    match std::fs::remove_file(uds) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("remove {}: {e}", uds.display()))
-        }
-        _ => {}
-    }
+    ws: &Path,
+) -> Result<(), String> {
+    free_uds(uds)?;
     let mut vmm = spawn(opts)?;
+    vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
+        .map_err(|e| format!("API socket: {e}"))?;
+    let body = Backend::UffdPrefetch.load_body(state, mem, ws, true);
+    put(&vmm, "/snapshot/load", body)?;
+    first_reply(uds, Instant::now())?;
+    let r = vmm
+        .try_request("PATCH", "/vm", Some(br#"{"state": "Paused"}"#))
+        .map_err(|e| format!("pause: {e}"))?;
+    if r.status != 204 {
+        return Err(format!("pause after recording: {r}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ws.exists() {
+        if Instant::now() > deadline {
+            return Err(format!("no working set at {}", ws.display()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    vmm.kill();
+    Ok(())
+}
+
+fn restore_once(
+    opts: &Options,
+    (state, mem, ws): (&Path, &Path, &Path),
+    uds: &Path,
+    backend: Backend,
+    run: usize,
+) -> Result<RestorePhases, String> {
+    // The previous VMM was killed (SIGKILL), which leaves its vsock socket file behind.
+    free_uds(uds)?;
+    let mut vmm = match debug_log_dir() {
+        Some(dir) => {
+            let log = dir.join(format!("restore-{}-{run}.log", backend.name()));
+            VmmBuilder::new()
+                .binary(&opts.vmm)
+                .args(["--log-level", "Debug", "--log-path"])
+                .arg(&log)
+                .try_spawn_in(TempDir::new("bench"))?
+        }
+        None => spawn(opts)?,
+    };
     vmm.try_wait_for_socket(Duration::from_secs(15), Duration::from_millis(1))
         .map_err(|e| format!("API socket: {e}"))?;
     let t = Instant::now();
     put(
         &vmm,
         "/snapshot/load",
-        json!({"snapshot_path": state, "mem_backend": {"backend_type": backend, "backend_path": mem},
-               "resume_vm": true}),
+        backend.load_body(state, mem, ws, false),
     )?;
-    let mut c = agent(uds)?;
-    c.ping().map_err(|e| format!("ping after restore: {e}"))?;
-    let d = t.elapsed();
+    let load = ms(t.elapsed());
+    let (mut phases, mut c) = first_reply(uds, t)?;
+    phases.load = load;
+    let w = Instant::now();
+    c.ping()
+        .map_err(|e| format!("second ping after restore: {e}"))?;
+    phases.warm_ping = ms(w.elapsed());
     vmm.kill();
-    Ok(ms(d))
+    Ok(phases)
 }
 
 pub(crate) fn run(opts: &Options, boots: usize) -> Result<(Value, Vec<Value>), String> {
     let vmlinux = script_output("kernels/build-kernel.sh", &[], "vmlinux");
-    let image = script_output("kernels/build-rootfs.sh", &["--variant", "base"], "rootfs");
+    // TARTARUS_BENCH_INIT=<tartarus-init binary> puts another build's init in the root fs
+    // (to compare guest-side changes with one bench binary).
+    let init = std::env::var("TARTARUS_BENCH_INIT").ok();
+    let mut args = vec!["--variant", "base"];
+    if let Some(i) = &init {
+        args.extend(["--init", i.as_str()]);
+    }
+    let image = script_output("kernels/build-rootfs.sh", &args, "rootfs");
     let mut metrics = Vec::new();
     let (mut to_init, mut to_ready, mut start_ready) = (Vec::new(), Vec::new(), Vec::new());
     let dir = TempDir::new("linuxbench");
@@ -187,19 +351,35 @@ pub(crate) fn run(opts: &Options, boots: usize) -> Result<(Value, Vec<Value>), S
     )?;
     b.vmm.kill();
     let restores = opts.runs.min(10);
-    for backend in ["File", "Uffd"] {
-        let samples = (0..restores)
-            .map(|_| restore_once(opts, &state, &mem, &b.uds, backend))
+    let ws = dir.path().join("linux.ws");
+    record_working_set(opts, &state, &mem, &b.uds, &ws)?;
+    let files = (state.as_path(), mem.as_path(), ws.as_path());
+    for backend in [Backend::File, Backend::Uffd, Backend::UffdPrefetch] {
+        let runs = (0..restores)
+            .map(|i| restore_once(opts, files, &b.uds, backend, i))
             .collect::<Result<Vec<_>, _>>()?;
+        let b = backend.name();
+        let col = |f: fn(&RestorePhases) -> f64| runs.iter().map(f).collect::<Vec<_>>();
         let mut m = summary(
-            &format!("restore_to_agent_reply_ms_{}", backend.to_lowercase()),
+            &format!("restore_to_agent_reply_ms_{b}"),
             "ms",
-            &samples,
+            &col(|p| p.reply),
         );
         m["what"] = json!(
             "load request sent (resume_vm) -> agent hello on a new vsock connection + one ping"
         );
         metrics.push(m);
+        // The phases of the same restores, each from the load request.
+        let phases: [Phase; 5] = [
+            ("load", |p| p.load, "ms"),
+            ("connected", |p| p.connected, "ms"),
+            ("hello", |p| p.hello, "ms"),
+            ("warm_ping", |p| p.warm_ping, "ms"),
+            ("retries", |p| p.retries, "count"),
+        ];
+        for (name, f, unit) in phases {
+            metrics.push(summary(&format!("restore_{b}_{name}"), unit, &col(f)));
+        }
     }
     let config = json!({"mem_mib": MEM_MIB, "vcpus": 1, "boots": boots, "kernel": vmlinux,
                         "rootfs": image, "boot_args": BOOT_ARGS});

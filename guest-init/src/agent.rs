@@ -1,5 +1,5 @@
 //! The agent: serves the protocol of [`crate::protocol`] on every connection of a listener, one
-//! thread per connection. A connection that breaks the protocol is answered with an `error`
+//! thread per connection (threads are kept for later connections). A connection that breaks the protocol is answered with an `error`
 //! frame (when possible) and closed; other connections and the agent carry on.
 
 use std::collections::HashSet;
@@ -10,7 +10,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::exec::{self, reply_error, After};
@@ -132,8 +133,13 @@ impl Agent {
         }
     }
 
-    /// Accepts connections forever, serving each on its own thread.
+    /// Accepts connections forever, serving each on its own thread. Threads are kept:
+    /// [`SPARE_WORKERS`] wait before the first connection and up to [`MAX_IDLE_WORKERS`] wait
+    /// after theirs ended, so a connection is handed to a waiting thread (one wake-up) instead of paying a
+    /// thread spawn in the guest kernel first; on a PVM host that spawn costs more than the
+    /// agent's answer.
     pub fn serve<L: Listener>(&self, listener: L) -> Result<(), AgentError> {
+        let pool = Workers::new(self.clone());
         loop {
             let conn = match listener.accept_conn() {
                 Ok(c) => c,
@@ -144,10 +150,7 @@ impl Agent {
                 }
                 Err(e) => return Err(AgentError::Accept(e)),
             };
-            let agent = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("agent-conn".into())
-                .spawn(move || agent.handle_connection(conn));
+            pool.dispatch(conn);
         }
     }
 
@@ -347,6 +350,75 @@ impl Agent {
             uptime_ms: self.shared.started.elapsed().as_millis() as u64,
             pid: std::process::id(),
         }
+    }
+}
+
+/// Most threads kept waiting for a connection once theirs ended.
+pub const MAX_IDLE_WORKERS: usize = 4;
+/// Threads started with the agent, before any connection: two, so that one still waits when
+/// a snapshot is taken while a client's connection is being closed (its thread is busy until
+/// the guest has seen the close), and the first connection after the restore finds it.
+pub const SPARE_WORKERS: usize = 2;
+
+/// The connection threads of [`Agent::serve`]: a connection goes to a waiting thread when one
+/// is free, else to a new one.
+struct Workers<C: Connection> {
+    agent: Agent,
+    tx: mpsc::Sender<C>,
+    rx: Arc<Mutex<mpsc::Receiver<C>>>,
+    /// Threads waiting for a connection and not yet promised one.
+    idle: Arc<AtomicUsize>,
+}
+
+impl<C: Connection> Workers<C> {
+    fn new(agent: Agent) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let pool = Workers {
+            agent,
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            idle: Arc::new(AtomicUsize::new(0)),
+        };
+        for _ in 0..SPARE_WORKERS {
+            if pool.spawn() {
+                pool.idle.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        pool
+    }
+
+    /// Starts a thread that serves connections from the channel; false if it cannot start.
+    fn spawn(&self) -> bool {
+        let (agent, rx, idle) = (self.agent.clone(), self.rx.clone(), self.idle.clone());
+        std::thread::Builder::new()
+            .name("agent-conn".into())
+            .spawn(move || loop {
+                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(conn) = next else { return };
+                agent.handle_connection(conn);
+                // Wait for another connection, unless enough threads already do.
+                let waiting = idle.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < MAX_IDLE_WORKERS).then_some(n + 1)
+                });
+                if waiting.is_err() {
+                    return;
+                }
+            })
+            .is_ok()
+    }
+
+    /// Hands `conn` to a waiting thread (claimed here, so two connections never count on the
+    /// same one), or to a new thread when none waits.
+    fn dispatch(&self, conn: C) {
+        let claimed = self
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !claimed && !self.spawn() {
+            // No thread for it: dropping the connection closes it.
+            return;
+        }
+        let _ = self.tx.send(conn);
     }
 }
 

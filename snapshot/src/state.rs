@@ -53,7 +53,11 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// * 1.2 added the `net` device kind, 1.3 the `vsock` kind. A reader that does not know a kind
 ///   refuses the file, naming the kind (it cannot create that device). Builds before these
 ///   bumps wrote both kinds under 1.1; every reader since loads those files unchanged.
-pub const FORMAT_MINOR: u16 = 3;
+/// * 1.4 added the vsock's `next_host_port` and `open_connections`: a 1.4 reader goes on
+///   from that port and resets those connections one by one instead of the whole transport;
+///   1.3 files lack both and are restored as before (transport reset, ports from the first).
+///   An older reader ignores them and resets the transport, which is safe.
+pub const FORMAT_MINOR: u16 = 4;
 
 const HEADER_LEN: usize = 20;
 const CRC_LEN: usize = 8;

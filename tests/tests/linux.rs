@@ -8,9 +8,11 @@
 //! 3. / is the overlay; files written and synced in the guest (/root, /etc);
 //! 4. the guest pings the host end of the tap;
 //! 5. a tty exec, and a `connect` port forward to a busybox `nc -l -e cat` in the guest;
-//! 6. pause + Full snapshot, resume, the agent's `shutdown`, and the files are read back from the
-//!    overlay disk's `/upper` with debugfs; the root image is unchanged;
-//! 7. restores of that snapshot (File, then Uffd) answer the agent again.
+//! 6. pause + Full snapshot with an agent connection open (the state file lists it), resume, the
+//!    agent's `shutdown`, and the files are read back from the overlay disk's `/upper` with
+//!    debugfs; the root image is unchanged;
+//! 7. restores of that snapshot (File, then Uffd) reset that connection and answer the agent
+//!    on a new one.
 //!
 //! Slow on PVM hosts (~20 s kernel boot, see kernels/README.md). `TARTARUS_LINUX_TESTS=0` at
 //! build time marks it ignored (run it anyway with `--ignored`).
@@ -127,7 +129,7 @@ fn restore_and_exec(state: &Path, mem: &Path, uffd: bool, uds: &Path) {
         fault(&r),
         vmm.diagnostics()
     );
-    // The restored vsock device reset its transport: the host connects anew.
+    // The restored vsock device reset the snapshot's connections: the host connects anew.
     let mut agent = connect_agent(uds);
     let out = exec_ok(&mut agent, &["cat", "/root/lane.txt"]);
     eprintln!(
@@ -405,9 +407,9 @@ fn linux_lane() {
     // 5: a terminal and a port forward.
     check_tty(&mut agent);
     check_port_forward(&uds);
-    drop(agent);
 
-    // 6: snapshot, then power off and read the file from the host image.
+    // 6: snapshot (with the agent connection still open: the restores below must reset it
+    // and still answer), then power off and read the file from the host image.
     let state = dir.join("lane.state");
     let mem = dir.join("lane.mem");
     vmm.patch_ok("/vm", &json!({"state": "Paused"}));
@@ -416,7 +418,20 @@ fn linux_lane() {
         &json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
     );
     assert_eq!(r.status, 204, "{}\n{}", fault(&r), vmm.diagnostics());
+    let saved: serde_json::Value = snapshot::read_state_file(&state).expect("state file");
+    let vsock = saved["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["kind"]["type"] == "vsock"))
+        .expect("vsock in the state file");
+    let open = vsock["kind"]["open_connections"]
+        .as_array()
+        .expect("open_connections");
+    assert!(
+        !open.is_empty(),
+        "the agent connection is not listed: {vsock}"
+    );
     vmm.patch_ok("/vm", &json!({"state": "Resumed"}));
+    drop(agent);
     // The agent's shutdown: tartarus-init stops everything, syncs and powers off (the microvm
     // kernel has no keyboard driver, so Ctrl-Alt-Del does not reach it).
     let t = Instant::now();

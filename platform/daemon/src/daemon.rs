@@ -336,8 +336,9 @@ impl Daemon {
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// CONNECT + hello with every read bounded by `timeout` (a connection the guest accepted and
-/// then lost, as a restored guest handling its vsock transport reset may, fails instead of
-/// hanging); also returns a clone of the socket, to change its timeouts later.
+/// then lost fails instead of hanging); also returns a clone of the socket, to change its
+/// timeouts later. The agent's hello is its answer: no ping follows (on a PVM host each round
+/// trip through the guest kernel costs ~10 ms).
 fn agent_handshake_clone(
     uds: &Path,
     timeout: Duration,
@@ -347,8 +348,7 @@ fn agent_handshake_clone(
         path: uds.display().to_string(),
         source,
     })?;
-    let mut c = Client::new(stream)?;
-    c.ping()?;
+    let c = Client::new(stream)?;
     Ok((c, clone))
 }
 
@@ -396,8 +396,10 @@ pub fn wait_for_agent(
     let start = std::time::Instant::now();
     let mut attempt = 0u32;
     loop {
-        // A restored guest answers within a second here; a connection it lost in its
-        // transport reset is given up on after 1 s, then 2 s, ... up to HANDSHAKE_TIMEOUT.
+        // A restored guest answers within ~100 ms here (a restore resets only the
+        // connections the snapshot had, on fresh host ports, so a new one is not lost); a
+        // booting guest refuses until its agent listens. A try that gets no answer is given
+        // up on after 1 s, then 2 s, ... up to HANDSHAKE_TIMEOUT.
         attempt += 1;
         let left = deadline.saturating_sub(start.elapsed());
         let per_try = Duration::from_secs(attempt.into())

@@ -185,8 +185,8 @@ pub fn restore_all(
             .restore_state(&s.transport)
             .map_err(transport_error(d))?;
     }
-    for d in devices {
-        d.after_restore();
+    for (d, s) in devices.iter().zip(states) {
+        d.after_restore(&s.kind);
     }
     Ok(())
 }

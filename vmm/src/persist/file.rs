@@ -225,17 +225,31 @@ mod tests {
             DeviceKindState::Vsock(VsockState {
                 guest_cid: 3,
                 uds_path: "/v.sock".into(),
-                vsock_id: None,
+                ..Default::default()
             }),
         ));
-        let v11 = serde_json::to_value(&s11).unwrap();
-        for (minor, body, devices) in [(0u16, v10, 0usize), (1, v11.clone(), 2), (2, v11, 2)] {
+        let mut v11 = serde_json::to_value(&s11).unwrap();
+        // 1.3 and earlier wrote no next_host_port / open_connections for the vsock.
+        let vsock = &mut v11["devices"][1]["kind"];
+        let vsock = vsock.as_object_mut().unwrap();
+        assert!(vsock.remove("next_host_port").is_some());
+        assert!(vsock.remove("open_connections").is_some());
+        for (minor, body, devices) in [
+            (0u16, v10, 0usize),
+            (1, v11.clone(), 2),
+            (2, v11.clone(), 2),
+            (3, v11, 2),
+        ] {
             let path = dir.join(format!("state-1.{minor}"));
             write_with_minor(&path, &body, minor);
             let summary = snapshot::describe(&path).unwrap();
             assert!(summary.supported && !summary.newer_minor, "1.{minor}");
             let back: MicroVmState = snapshot::read_state_file(&path).unwrap();
             assert_eq!(back.devices.len(), devices, "1.{minor}");
+            if let Some(DeviceKindState::Vsock(v)) = back.devices.get(1).map(|d| &d.kind) {
+                // Nothing saved: the restore resets the transport, as those builds did.
+                assert_eq!(v.saved(), None, "1.{minor}");
+            }
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

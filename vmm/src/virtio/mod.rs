@@ -125,8 +125,9 @@ pub trait SlotDevice {
     /// The kind's own snapshot state, from its current configuration in `cfgs` (None: the
     /// device has no configuration there).
     fn save_kind(&self, cfgs: &DeviceConfigs) -> Option<DeviceKindState>;
-    /// Called once every device's transport state is restored, before the vCPUs run.
-    fn after_restore(&self) {}
+    /// Called once every device's transport state is restored, before the vCPUs run, with
+    /// the device's saved kind state.
+    fn after_restore(&self, _saved: &DeviceKindState) {}
 }
 
 /// The per-kind part of a device's snapshot state: what creates the same device again.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use api::models::VsockDeviceConfig;
 use devices::virtio::mmio::MmioTransport;
-use devices::virtio::vsock::{Vsock, VsockConfig};
+use devices::virtio::vsock::{SavedVsock, Vsock, VsockConfig};
 use devices::{Bus, GuestMemoryMmap};
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
@@ -106,24 +106,41 @@ pub fn metrics_json(m: &devices::virtio::vsock::VsockMetrics) -> serde_json::Val
     serde_json::json!(m)
 }
 
-/// The vsock device's configuration as saved in a snapshot. Connections are not: after a
-/// restore the device sends the guest a transport reset.
+/// The vsock device's configuration as saved in a snapshot, with its next host port and the
+/// ports of its connections: after a restore the device resets those (their host ends are gone).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockState {
     pub guest_cid: u32,
     pub uds_path: String,
     #[serde(default)]
     pub vsock_id: Option<String>,
+    /// The device's next host port (format 1.4; older files: the first one).
+    #[serde(default)]
+    pub next_host_port: Option<u32>,
+    /// (host port, guest port) of the connections the device had, which a restore resets one
+    /// by one (format 1.4; older files have none and a restore resets the whole transport).
+    #[serde(default)]
+    pub open_connections: Option<Vec<(u32, u32)>>,
 }
 
 impl VsockState {
-    /// Saves the device's configuration.
-    pub fn new(cfg: &VsockDeviceConfig) -> Self {
+    /// Saves the device's configuration, and what the device keeps (`saved`).
+    pub fn new(cfg: &VsockDeviceConfig, saved: Option<SavedVsock>) -> Self {
         VsockState {
             guest_cid: cfg.guest_cid,
             uds_path: cfg.uds_path.clone(),
             vsock_id: cfg.vsock_id.clone(),
+            next_host_port: saved.as_ref().map(|s| s.next_host_port),
+            open_connections: saved.map(|s| s.open),
         }
+    }
+
+    /// What the device keeps across a snapshot, if the file has it (format 1.4).
+    pub fn saved(&self) -> Option<SavedVsock> {
+        Some(SavedVsock {
+            next_host_port: self.next_host_port?,
+            open: self.open_connections.clone()?,
+        })
     }
 
     /// The `PUT /vsock` configuration that creates this device again.
@@ -150,16 +167,22 @@ impl SlotDevice for AttachedVsock {
     }
 
     fn save_kind(&self, cfgs: &DeviceConfigs) -> Option<DeviceKindState> {
+        let saved = devices::bus::lock(&self.device).save();
         cfgs.vsock
             .as_ref()
-            .map(|c| DeviceKindState::Vsock(VsockState::new(c)))
+            .map(|c| DeviceKindState::Vsock(VsockState::new(c, Some(saved))))
     }
 
-    /// The guest's connections had host ends in the snapshotted process: reset them all
-    /// (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), so guest sockets fail and reconnect instead of
-    /// hanging.
-    fn after_restore(&self) {
-        devices::bus::lock(&self.device).transport_reset();
+    /// The guest's connections had host ends in the snapshotted process: reset each (OP_RST;
+    /// with an older file that does not list them, the whole transport:
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), so guest sockets fail and reconnect instead of
+    /// hanging. Host ports go on from the saved one.
+    fn after_restore(&self, saved: &DeviceKindState) {
+        let saved = match saved {
+            DeviceKindState::Vsock(v) => v.saved(),
+            _ => None,
+        };
+        devices::bus::lock(&self.device).after_restore(saved);
     }
 }
 

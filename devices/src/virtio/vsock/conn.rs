@@ -79,6 +79,9 @@ pub struct Connection {
     /// Events the handler currently watches for the stream: (readable, writable); None if
     /// not watched.
     pub watched: Option<(bool, bool)>,
+    /// Data packets logged at debug level so far (to the guest, to the host): the first few
+    /// of each connection are, as time stamps of a restored guest's first request.
+    pub stamped: (u8, u8),
 }
 
 impl Connection {
@@ -109,6 +112,7 @@ impl Connection {
             host_eof: false,
             credit_requested: false,
             watched: None,
+            stamped: (0, 0),
         }
     }
 

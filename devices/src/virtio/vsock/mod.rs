@@ -18,8 +18,10 @@
 //! still reaches the host until the guest shuts down its send side too (then RST), resets, or
 //! the host closes for good (its EPOLLHUP, or a failed write).
 //!
-//! After a snapshot restore the VMM calls [`Vsock::transport_reset`]: all connections are dropped
-//! and VIRTIO_VSOCK_EVENT_TRANSPORT_RESET goes on the event queue.
+//! After a snapshot restore the VMM calls [`Vsock::after_restore`] with what [`Vsock::save`]
+//! kept: host ports go on from the saved one and each connection the snapshotted device had
+//! gets OP_RST. Without that state (older files) [`Vsock::transport_reset`] puts
+//! VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue instead.
 
 pub mod conn;
 pub mod packet;
@@ -31,6 +33,8 @@ pub mod unix;
 mod tests;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_restore;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -73,6 +77,24 @@ pub const MAX_PENDING: usize = 64;
 /// Most control packets waiting for receive buffers; more are dropped and counted.
 pub const MAX_CONTROL: usize = 1024;
 
+/// Data packets per connection and direction logged at debug level ([`stamp_rw`]).
+const STAMPED_RW: u8 = 3;
+
+/// Logs (debug) a data packet of connection `key`, if it is among the first [`STAMPED_RW`]
+/// of its direction: with the log's time stamps these show where a restored guest's first
+/// request spends its time.
+pub(crate) fn stamp_rw(count: &mut u8, key: (u32, u32), to_guest: bool, len: usize) {
+    if *count < STAMPED_RW {
+        *count += 1;
+        let dir = if to_guest {
+            "host -> guest"
+        } else {
+            "guest -> host"
+        };
+        tracing::debug!("virtio-vsock: {key:?} RW #{count} {dir}, {len} bytes");
+    }
+}
+
 /// Index of the listener in [`VirtioDevice::aux_event_fds`].
 pub const AUX_LISTENER: usize = 0;
 /// Index of the deadline timer.
@@ -89,6 +111,16 @@ pub enum VsockError {
     Unix(#[from] UnixError),
     #[error("Cannot create an EventFd or timer")]
     Setup(#[source] std::io::Error),
+}
+
+/// What a snapshot keeps of a device beyond its configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SavedVsock {
+    /// The next host port for a host-initiated connection.
+    pub next_host_port: u32,
+    /// (host port, guest port) of every connection, and of every queued control packet: the
+    /// guest may hold a socket for each that the restored device must reset.
+    pub open: Vec<(u32, u32)>,
 }
 
 /// Everything needed to create a vsock device.
@@ -238,10 +270,55 @@ impl Vsock {
         self.conns.len()
     }
 
+    /// What a snapshot keeps of the device beyond its configuration ([`SavedVsock`]).
+    pub fn save(&self) -> SavedVsock {
+        let mut open: std::collections::BTreeSet<(u32, u32)> = self.conns.keys().copied().collect();
+        open.extend(self.control.iter().map(|c| (c.local, c.peer)));
+        SavedVsock {
+            next_host_port: self.next_host_port,
+            open: open.into_iter().collect(),
+        }
+    }
+
+    /// Applies what [`Vsock::save`] kept, after a snapshot restore (the device's queues are
+    /// restored), instead of a blanket [`Vsock::transport_reset`]:
+    /// - host ports go on from the saved one: the guest may still hold a socket (being closed)
+    ///   for a (host port, guest port) pair of the snapshotted VMM, and a new connection on
+    ///   that pair would be refused;
+    /// - each connection the device had (or had a control packet queued for) gets OP_RST: its
+    ///   host end is gone. The RSTs go out before anything else on the receive queue, so a
+    ///   new connection is never caught by them, as it can be by a transport reset that the
+    ///   guest handles on its event queue after it accepted the connection; and a device with
+    ///   no connection costs the guest nothing at all.
+    ///
+    /// Without saved state (an older file), or with more connections than the control queue
+    /// holds, the transport is reset as before.
+    pub fn after_restore(&mut self, saved: Option<SavedVsock>) {
+        let Some(saved) = saved.filter(|s| s.open.len() <= MAX_CONTROL) else {
+            self.transport_reset();
+            return;
+        };
+        self.next_host_port = saved.next_host_port.max(FIRST_HOST_PORT);
+        tracing::debug!(
+            "virtio-vsock: restored; RST to {} connections of the snapshotted VMM",
+            saved.open.len()
+        );
+        for (local, peer) in saved.open {
+            self.queue_control(local, peer, packet::OP_RST, 0);
+        }
+        self.process_rx();
+        self.signal_interrupts();
+        self.wake_handler();
+    }
+
     /// Drops every connection and queues VIRTIO_VSOCK_EVENT_TRANSPORT_RESET for the guest
     /// (delivered now, or when the driver next posts an event buffer). Called after a snapshot
     /// restore: the host ends of all streams are gone, so guest sockets must learn it.
     pub fn transport_reset(&mut self) {
+        tracing::debug!(
+            "virtio-vsock: transport reset ({} connections dropped)",
+            self.conns.len()
+        );
         self.drop_all();
         self.reset_event_pending = true;
         self.deliver_event();
@@ -477,6 +554,7 @@ impl Vsock {
             }
             active.used[EVQ] = true;
             if written.is_ok() {
+                tracing::debug!("virtio-vsock: transport reset event on the event queue");
                 self.reset_event_pending = false;
                 inc(&self.metrics.events_sent, 1);
                 return;
@@ -504,6 +582,7 @@ impl Vsock {
                 continue;
             }
             let token = self.alloc_token();
+            tracing::debug!("virtio-vsock: host stream accepted (token {token})");
             self.changes.push(FdChange::Watch {
                 fd: stream.as_raw_fd(),
                 token,
@@ -560,6 +639,7 @@ impl Vsock {
         c.watched = Some((true, false));
         self.tokens.insert(token, Owner::Conn(key));
         self.conns.insert(key, c);
+        tracing::debug!("virtio-vsock: CONNECT {port} read, OP_REQUEST {key:?} queued");
         self.queue_control(local, port, packet::OP_REQUEST, 0);
     }
 }
@@ -584,8 +664,8 @@ impl VirtioDevice for Vsock {
     }
 
     /// Snapshot support. Connections are not saved: their host ends belong to this process.
-    /// A restored device drops them all with [`Vsock::transport_reset`], and the guest's
-    /// sockets see the reset instead of hanging.
+    /// A restored device drops them all with [`Vsock::transport_reset`] (see
+    /// [`Vsock::after_restore`]), and the guest's sockets see the reset instead of hanging.
     fn queue_states(&self) -> Option<Vec<QueueState>> {
         self.active
             .as_ref()
@@ -665,7 +745,7 @@ impl VirtioDevice for Vsock {
         match index {
             RXQ => self.rx_starved = false,
             TXQ => self.process_tx(),
-            _ => {}
+            _ => tracing::debug!("virtio-vsock: event queue notified (buffers posted)"),
         }
         self.pump();
     }

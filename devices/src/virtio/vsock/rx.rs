@@ -184,6 +184,12 @@ impl Vsock {
                         return;
                     };
                     let hdr = self.header(local, peer, op, flags);
+                    if op == packet::OP_REQUEST {
+                        tracing::debug!(
+                            "virtio-vsock: OP_REQUEST {:?} to the guest",
+                            (local, peer)
+                        );
+                    }
                     self.complete_rx(head, &buf, &hdr, 0);
                 }
                 Next::Data(key) => self.deliver_data(key, head, buf),
@@ -240,6 +246,7 @@ impl Vsock {
                 }
             }
             Ok(n) => {
+                super::stamp_rw(&mut c.stamped.0, key, true, n);
                 c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
                 let hdr = self.header(key.0, key.1, packet::OP_RW, 0);
                 self.complete_rx(head, &buf, &hdr, n);

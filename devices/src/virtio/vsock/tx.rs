@@ -92,6 +92,7 @@ impl Vsock {
         c.update_peer_credit(h.buf_alloc, h.fwd_cnt);
         match (c.state, h.op) {
             (State::Connecting(_), packet::OP_RESPONSE) => {
+                tracing::debug!("virtio-vsock: OP_RESPONSE {key:?}, OK to the host");
                 c.state = State::Established;
                 let ok = format!("OK {}\n", c.local_port);
                 if c.stream.write_all(ok.as_bytes()).is_err() {
@@ -114,22 +115,25 @@ impl Vsock {
             (_, packet::OP_CREDIT_REQUEST) => {
                 self.queue_control(key.0, key.1, packet::OP_CREDIT_UPDATE, 0)
             }
-            (State::Established, packet::OP_RW) => match c.push_to_host(&p.payload) {
-                Ok(()) => {
-                    if c.needs_credit_update() {
-                        self.queue_control(key.0, key.1, packet::OP_CREDIT_UPDATE, 0);
+            (State::Established, packet::OP_RW) => {
+                super::stamp_rw(&mut c.stamped.1, key, false, p.payload.len());
+                match c.push_to_host(&p.payload) {
+                    Ok(()) => {
+                        if c.needs_credit_update() {
+                            self.queue_control(key.0, key.1, packet::OP_CREDIT_UPDATE, 0);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("virtio-vsock: connection {key:?}: {e}");
+                        if matches!(e, super::conn::ConnError::HostWrite(_)) {
+                            inc(&self.metrics.host_io_errors, 1);
+                        } else {
+                            inc(&self.metrics.protocol_errors, 1);
+                        }
+                        self.close(key, true);
                     }
                 }
-                Err(e) => {
-                    tracing::debug!("virtio-vsock: connection {key:?}: {e}");
-                    if matches!(e, super::conn::ConnError::HostWrite(_)) {
-                        inc(&self.metrics.host_io_errors, 1);
-                    } else {
-                        inc(&self.metrics.protocol_errors, 1);
-                    }
-                    self.close(key, true);
-                }
-            },
+            }
             // The host side is gone: late data is dropped.
             (State::Closing(_), packet::OP_RW) => {}
             (_, packet::OP_SHUTDOWN) => {
