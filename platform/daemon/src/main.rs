@@ -16,6 +16,7 @@ mod metrics;
 mod netns;
 mod pool;
 mod ports;
+mod recover;
 mod routes;
 mod sandbox;
 mod setup;
@@ -282,7 +283,7 @@ async fn run(
         .unwrap_or_else(|e| fail(chain(&e)));
     *d.forwarder.lock().unwrap_or_else(|p| p.into_inner()) = fwd;
     template::recover(&d);
-    sandbox::recover(&d).await;
+    recover::recover(&d).await;
     let _reaper = hibernate::spawn_reaper(&d);
     let _pools = pool::spawn_manager(&d);
     let gate = Arc::new(access::Gate {
