@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use crate::sandbox::call;
 use serde_json::{json, Value};
-use tartarus_tests::http::request;
 use tartarus_tests::platform::{base_images, template_cache, Daemon};
 use tartarus_tests::registry::{fixtures, Registry};
 use tartarus_tests::repo_root;
@@ -22,18 +22,6 @@ use crate::{ms, percentile, round3, summary, Options};
 /// the template cache misses and the bench boots Linux and imports pandas twice.
 const WARMUP: &str = "import pandas as pd, numpy as np; \
     assert int(pd.DataFrame({'a': np.arange(1, 4)}).a.sum()) == 6";
-
-fn call(
-    d: &Daemon,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<(u16, Value), String> {
-    let b = body.map(|v| v.to_string());
-    let r = request(&d.socket, method, path, b.as_deref().map(str::as_bytes))
-        .map_err(|e| format!("{method} {path}: {e}"))?;
-    Ok((r.status, r.body.unwrap_or(Value::Null)))
-}
 
 fn init_bin() -> Result<PathBuf, String> {
     let out = Command::new(repo_root().join("scripts/build-init.sh"))

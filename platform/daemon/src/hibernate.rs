@@ -417,25 +417,7 @@ pub async fn checkpoint(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("checkpoint task: {e}")))??;
-    d.store.insert_snapshot(
-        &row.tenant,
-        &snap_id,
-        id,
-        &row.template,
-        &row.template_dir,
-        &to.display().to_string(),
-        row.vcpus,
-        row.memory_mib,
-        size,
-    )?;
-    d.event(&row.tenant, "snapshot.created", |e| {
-        e.sandbox = Some(id.to_string());
-        e.snapshot = Some(snap_id.clone());
-    });
-    d.store
-        .snapshot(scope, &snap_id)?
-        .map(|s| s.api)
-        .ok_or_else(|| ApiError::Internal("The new snapshot is missing from the store".into()))
+    sandbox::record_snapshot(d, scope, &row, &snap_id, &to, size)
 }
 
 /// The idle clock: once a second, hibernates running sandboxes idle for their

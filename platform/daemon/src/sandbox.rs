@@ -757,10 +757,22 @@ pub async fn snapshot(
             return Err(e);
         }
     };
+    record_snapshot(d, scope, &row, &snap_id, &dir, size)
+}
+
+/// Stores a snapshot of `row` whose files are in `dir`, records the event, and answers it.
+pub fn record_snapshot(
+    d: &Shared,
+    scope: &TenantScope,
+    row: &SandboxRow,
+    snap_id: &str,
+    dir: &Path,
+    size: u64,
+) -> Result<Snapshot, ApiError> {
     d.store.insert_snapshot(
         &row.tenant,
-        &snap_id,
-        id,
+        snap_id,
+        &row.id,
         &row.template,
         &row.template_dir,
         &dir.display().to_string(),
@@ -769,11 +781,11 @@ pub async fn snapshot(
         size,
     )?;
     d.event(&row.tenant, "snapshot.created", |e| {
-        e.sandbox = Some(id.to_string());
-        e.snapshot = Some(snap_id.clone());
+        e.sandbox = Some(row.id.clone());
+        e.snapshot = Some(snap_id.to_string());
     });
     d.store
-        .snapshot(scope, &snap_id)?
+        .snapshot(scope, snap_id)?
         .map(|s| s.api)
         .ok_or_else(|| ApiError::Internal("The new snapshot is missing from the store".into()))
 }
