@@ -18,11 +18,6 @@ use tartarus_tests::repo_root;
 
 use crate::{ms, percentile, round3, summary, Options};
 
-/// The Linux lane's python-ds warm-up (tests/tests/images.rs `WARMUP`): keep them equal, or
-/// the template cache misses and the bench boots Linux and imports pandas twice.
-const WARMUP: &str = "import pandas as pd, numpy as np; \
-    assert int(pd.DataFrame({'a': np.arange(1, 4)}).a.sum()) == 6";
-
 fn init_bin() -> Result<PathBuf, String> {
     let out = Command::new(repo_root().join("scripts/build-init.sh"))
         .output()
@@ -57,11 +52,8 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
         ],
     );
     let r = reg.image_ref("python-ds:latest");
-    let spec = json!({
-        "name": "python-ds", "image": r, "memory_mib": 512,
-        "warmup": [{"argv": ["python3", "-c", WARMUP]}],
-        "runtime": {"language": "python", "preload": ["numpy", "pandas"]},
-    });
+    // The Linux lane's spec: the same template cache entry.
+    let spec = tartarus_tests::platform::python_ds_template(&r);
     let t = Instant::now();
     let built = Command::new("curl")
         .args(["-sS", "--max-time", "3600", "--unix-socket"])
@@ -83,7 +75,7 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
     }
     let build_s = t.elapsed().as_secs_f64();
     let body = json!({"code": "import pandas as pd\nint(pd.DataFrame({'a': [1, 2, 3]}).a.sum())"});
-    let mut samples = Vec::new();
+    let (mut samples, mut creates, mut codes) = (Vec::new(), Vec::new(), Vec::new());
     // One untimed round first: the page cache and the code paths.
     for i in 0..=opts.runs {
         let t = Instant::now();
@@ -97,12 +89,15 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
         let Some(id) = id.filter(|_| st == 201) else {
             return Err(format!("create: {st} {v}"));
         };
+        let created = t.elapsed();
         let (st, v) = call(&d, "POST", &format!("/sandboxes/{id}/code"), Some(&body))?;
         if st != 200 || v["result"] != "6" {
             return Err(format!("code: {st} {v}"));
         }
         if i > 0 {
             samples.push(ms(t.elapsed()));
+            creates.push(ms(created));
+            codes.push(ms(t.elapsed() - created));
         }
         let (st, v) = call(&d, "DELETE", &format!("/sandboxes/{id}"), None)?;
         if st != 204 {
@@ -113,9 +108,13 @@ pub fn run(opts: &Options) -> Result<(Value, Vec<Value>), String> {
     sorted.sort_by(|a, b| a.total_cmp(b));
     let mut m = summary("python_ds_create_to_code_result_ms", "ms", &samples);
     m["p99"] = json!(round3(percentile(&sorted, 99.0)));
+    let create = summary("python_ds_create_ms", "ms", &creates);
+    let code = summary("python_ds_code_call_ms", "ms", &codes);
     let report = json!({
         "template_build_s": round3(build_s),
         "create_to_code_result_ms": {"median": m["median"], "p99": m["p99"]},
+        "of_which_create_ms": create["median"],
+        "of_which_code_call_ms": code["median"],
     });
-    Ok((report, vec![m]))
+    Ok((report, vec![m, create, code]))
 }

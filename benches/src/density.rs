@@ -30,6 +30,27 @@ fn meminfo_kib(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU time of process `pid` so far, in clock ticks (1/100 s here).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // pid (comm) state ppid ... utime is field 14, stime 15: 11 and 12 after the comm.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// Percent of one host core the VMMs `pids` used, together, over `window`.
+fn cpu_percent(pids: &[i32], window: Duration) -> f64 {
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let total = |p: &[i32]| p.iter().map(|&pid| cpu_ticks(pid)).sum::<u64>();
+    let before = total(pids);
+    std::thread::sleep(window);
+    let used = total(pids).saturating_sub(before) as f64 / hz;
+    used / window.as_secs_f64() * 100.0
+}
+
 fn used_mib() -> f64 {
     (meminfo_kib("MemTotal:") - meminfo_kib("MemAvailable:")) as f64 / 1024.0
 }
@@ -132,13 +153,19 @@ pub fn run(
     std::thread::sleep(Duration::from_secs(5));
     let used_all = used_mib();
     let (mut rss, mut pss) = (0u64, 0u64);
+    let mut pids = Vec::new();
     for id in &run_ids {
         let (_, v) = call(&d, "GET", &format!("/sandboxes/{id}"), None)?;
         if let Some(pid) = v["pid"].as_i64() {
             rss += status_kib(pid as i32, "VmRSS:").unwrap_or(0);
             pss += crate::sandbox::pss_kib(pid as i32).unwrap_or(0);
+            pids.push(pid as i32);
         }
     }
+    // What idle running guests cost the host: their VMMs' CPU with nobody asking anything
+    // (an emulated guest kernel's timer and housekeeping wake-ups).
+    let idle_cpu = cpu_percent(&pids, Duration::from_secs(20));
+    let idle_each = idle_cpu / pids.len().max(1) as f64;
     let mut disk = 0u64;
     for id in &hib_ids {
         let (_, v) = call(&d, "GET", &format!("/sandboxes/{id}"), None)?;
@@ -178,6 +205,8 @@ pub fn run(
         "running_vmm_rss_mib_total": (rss as f64 / 1024.0).round(),
         "running_vmm_pss_mib_total": (pss as f64 / 1024.0).round(),
         "hibernated_disk_mib_total": (disk as f64 / 1048576.0).round(),
+        "running_idle_cpu_percent_total": (idle_cpu * 10.0).round() / 10.0,
+        "running_idle_cpu_percent_each": (idle_each * 100.0).round() / 100.0,
         "all_answered": true,
     });
     let metrics = vec![
@@ -187,6 +216,7 @@ pub fn run(
         summary("density_hibernated_wake_answer_ms", "ms", &wake_answer),
         summary("density_loaded_wake_answer_ms", "ms", &loaded_wake),
         summary("density_host_used_mib", "MiB", &[used_all - used_before]),
+        summary("density_idle_cpu_percent_per_running", "%", &[idle_each]),
     ];
     // The daemon's Drop removes every sandbox.
     Ok((report, metrics))

@@ -1,7 +1,7 @@
 //! `tartarus-bench`: VMM-side boot-path and memory-overhead benchmarks.
 //!
 //! ```text
-//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
+//! tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|density|code|all] [--runs N] [--restores N] [--vmm PATH] [--guests DIR]
 //!                [--outage-s S]
 //!                [--out FILE]
 //! ```
@@ -91,6 +91,8 @@ enum Suite {
     Audit,
     /// Hibernated + running sandboxes held at once (needs root; heavy; not part of `all`).
     Density,
+    /// The sandbox suite's python-ds create → code result alone (root, the images fixture).
+    Code,
     All,
 }
 
@@ -103,7 +105,8 @@ impl Suite {
                 && s != Suite::Images
                 && s != Suite::Auth
                 && s != Suite::Audit
-                && s != Suite::Density)
+                && s != Suite::Density
+                && s != Suite::Code)
     }
 }
 
@@ -128,7 +131,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|density|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] [--running N] [--hibernated N] [--wake-samples N] \
+    "usage: tartarus-bench [--suite boot|snapshot|block|vsock|net|linux|sandbox|images|auth|audit|density|code|all] [--runs N] [--restores N] [--linux-boots N] [--sandboxes N] [--outage-s S] [--running N] [--hibernated N] [--wake-samples N] \
 [--vmm PATH] [--guests DIR] [--out FILE]";
 
 fn positive(name: &str, v: &str) -> Result<usize, String> {
@@ -181,6 +184,7 @@ fn parse_args() -> Result<Options, String> {
                     "auth" => Suite::Auth,
                     "audit" => Suite::Audit,
                     "density" => Suite::Density,
+                    "code" => Suite::Code,
                     "all" => Suite::All,
                     other => return Err(format!("--suite: unknown suite {other:?}\n{USAGE}")),
                 }
@@ -691,6 +695,11 @@ fn run(opts: &Options) -> Result<Value, String> {
     if opts.suite.includes(Suite::Density) {
         let (report, m) = density::run(opts.running, opts.hibernated, opts.wake_samples)?;
         doc["density"] = report;
+        metrics.extend(m);
+    }
+    if opts.suite.includes(Suite::Code) {
+        let (report, m) = code::run(opts)?;
+        doc["python_ds_code"] = report;
         metrics.extend(m);
     }
     if opts.suite.includes(Suite::Images) {

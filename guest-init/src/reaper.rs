@@ -6,14 +6,19 @@
 //! - [`Reaper::global`] (PID 1) runs one thread that reaps every child. It peeks with
 //!   `waitid(P_ALL, WNOWAIT)`, then reaps under the registry lock; the agent spawns under the same
 //!   lock, so a child's waiter is always registered before its status can be dispatched, and the
-//!   C library's own `waitpid` after a failed exec never races with the reaper.
+//!   C library's own `waitpid` after a failed exec never races with the reaper. With no child
+//!   at all it sleeps until the next spawn (not on a timer: an idle guest must not wake up,
+//!   each wake-up costs an emulated guest kernel milliseconds; a 50 ms poll here made an idle
+//!   sandbox cost ~5% of a host core). Without children there are no orphans to come either:
+//!   an orphan is the descendant of a child.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// Errors of the reaper.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +30,25 @@ pub enum ReaperError {
 #[derive(Default)]
 struct Registry {
     waiters: HashMap<i32, Sender<ExitStatus>>,
+    /// Children started through [`Reaper::spawn`] so far (the reaper's wake-up condition).
+    spawned: u64,
 }
+
+/// The registry and the reaper's wake-up when a child is spawned.
+#[derive(Default)]
+struct Shared {
+    registry: Mutex<Registry>,
+    spawned: Condvar,
+}
+
+/// How long the reaper sleeps without children before it looks again anyway (children
+/// started without [`Reaper::spawn`]: none in tartarus-init, a safety net).
+const IDLE_RECHECK: Duration = Duration::from_secs(600);
 
 /// Reaps children and hands exit statuses to whoever started them.
 #[derive(Clone)]
 pub struct Reaper {
-    global: Option<Arc<Mutex<Registry>>>,
+    global: Option<Arc<Shared>>,
 }
 
 impl Reaper {
@@ -41,14 +59,14 @@ impl Reaper {
 
     /// Reaps every child of this process on a dedicated thread (for PID 1).
     pub fn global() -> Result<Self, ReaperError> {
-        let registry = Arc::new(Mutex::new(Registry::default()));
-        let reg = registry.clone();
+        let shared = Arc::new(Shared::default());
+        let reg = shared.clone();
         std::thread::Builder::new()
             .name("reaper".into())
             .spawn(move || reap_all(&reg))
             .map_err(ReaperError::Thread)?;
         Ok(Reaper {
-            global: Some(registry),
+            global: Some(shared),
         })
     }
 
@@ -59,10 +77,12 @@ impl Reaper {
     {
         let (tx, rx) = channel();
         match &self.global {
-            Some(registry) => {
-                let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+            Some(shared) => {
+                let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
                 let child = spawn()?;
                 reg.waiters.insert(child.id() as i32, tx);
+                reg.spawned += 1;
+                shared.spawned.notify_one();
                 Ok((child, rx))
             }
             None => {
@@ -97,8 +117,10 @@ fn wait_pid(pid: i32, flags: i32) -> Option<ExitStatus> {
     }
 }
 
-fn reap_all(registry: &Mutex<Registry>) {
+fn reap_all(shared: &Shared) {
+    let registry = &shared.registry;
     loop {
+        let seen = registry.lock().unwrap_or_else(|e| e.into_inner()).spawned;
         // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child waitable.
@@ -106,9 +128,17 @@ fn reap_all(registry: &Mutex<Registry>) {
         if r < 0 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) => continue,
-                // No children right now: look again a little later.
+                // No children: sleep until one is spawned (one spawned since `seen` was read
+                // is not missed: the count moved).
+                Some(libc::ECHILD) => {
+                    let reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = shared
+                        .spawned
+                        .wait_timeout_while(reg, IDLE_RECHECK, |r| r.spawned == seen);
+                    continue;
+                }
                 _ => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(50));
                     continue;
                 }
             }

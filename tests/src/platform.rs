@@ -355,6 +355,24 @@ impl Daemon {
         self.state.join("sandboxes").join(id).exists() || self.known_ids().iter().any(|k| k == id)
     }
 
+    /// SIGKILL for every process in the pids cgroup of a sandbox of this daemon's state.
+    fn kill_own_vmms(&self) {
+        let base = Path::new("/sys/fs/cgroup/pids/tartarus");
+        let Ok(rd) = std::fs::read_dir(base) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if !self.state.join("sandboxes").join(e.file_name()).exists() {
+                continue;
+            }
+            let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill sends a signal to a pid and touches no memory.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
     fn known_ids(&self) -> Vec<String> {
         let v = self.json("GET", "/sandboxes", None, 200);
         v["items"]
@@ -377,12 +395,39 @@ impl Drop for Daemon {
             }
         }
         self.kill9();
+        // What the API did not list (a pool's ready sandboxes) or did not get to remove (a
+        // panic mid-test) would outlive the test: its VMMs are in the cgroups of the
+        // sandboxes this daemon made.
+        self.kill_own_vmms();
         if std::thread::panicking() {
             eprintln!("--- tartarusd log:\n{}", tail(&self.log(), 80));
             self.dir.keep_if_requested();
         }
     }
 }
+
+/// The python-ds template as the Linux lane (tests/tests/images.rs) and the code bench build
+/// it from the image `image` (a registry reference): one spec, so that both hit the same
+/// template cache entry. Its warm runtime imports numpy and pandas, then runs a warm-up
+/// through the paths a first small computation takes (construction, arithmetic, reductions,
+/// repr, groupby): pandas loads much of itself lazily on first use.
+pub fn python_ds_template(image: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": "python-ds", "image": image, "memory_mib": 512,
+        "runtime": {
+            "language": "python",
+            "preload": ["numpy", "pandas"],
+            "warmup": [PYTHON_DS_WARMUP],
+        },
+    })
+}
+
+/// [`python_ds_template`]'s runtime warm-up.
+pub const PYTHON_DS_WARMUP: &str = "import numpy as np, pandas as pd\n\
+df = pd.DataFrame({'a': np.arange(1, 4), 'b': [4.0, 5.0, 6.0]})\n\
+assert int((df.a * df.b).sum()) == 32 and df.b.mean() == 5.0\n\
+repr(df); str(df.dtypes); df.groupby('a').b.sum(); df.describe(); df.shape\n\
+int(pd.DataFrame({'a': [1, 2, 3]}).a.sum())";
 
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

@@ -265,14 +265,10 @@ fn python_ds_from_an_image_runs_pandas() {
         ],
     );
     let r = reg.image_ref("python-ds:latest");
-    // The warm-up imports pandas once at build time: its files are then in the guest's page
-    // cache inside the ready snapshot, and every sandbox starts with them read. The warm
-    // runtime (issue #13) is left running in the snapshot with numpy and pandas imported.
-    let spec = format!(
-        r#"{{"name": "python-ds", "image": "{r}", "memory_mib": 512,
-            "warmup": [{{"argv": ["python3", "-c", "{WARMUP}"]}}],
-            "runtime": {{"language": "python", "preload": ["numpy", "pandas"]}}}}"#
-    );
+    // The warm runtime (issue #13) is left running in the snapshot with numpy and pandas
+    // imported and its warm-up run: their files are then in the guest's page cache inside the
+    // ready snapshot, and pandas's lazily loaded parts are loaded.
+    let spec = tartarus_tests::platform::python_ds_template(&r).to_string();
     let t0 = std::time::Instant::now();
     let ev = stream(&d, "/templates", &spec);
     eprintln!("python-ds template: {:?}", t0.elapsed());
@@ -280,8 +276,20 @@ fn python_ds_from_an_image_runs_pandas() {
     let t = &last(&ev)["template"];
     assert_eq!(t["image"]["cmd"], serde_json::json!(["python3"]), "{t}");
     assert_eq!(t["image"]["working_dir"], "/root");
+    // GET /templates shows the runtime it was built with.
+    let shown = d.json("GET", "/templates/python-ds", None, 200);
+    assert_eq!(
+        shown["runtime"]["preload"],
+        serde_json::json!(["numpy", "pandas"]),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["runtime"]["warmup"].as_array().map(Vec::len),
+        Some(1),
+        "{shown}"
+    );
 
-    // pandas itself ran in the warm-up (a failing warm-up fails the build); an import in a
+    // pandas itself ran in the runtime's warm-up (a failing one fails the build); an import in a
     // fresh process costs about a minute of emulated guest kernel here (issue #13's warm
     // runtimes are the cure), so the run checks the image's config instead.
     let code = "import os, sys\n\
@@ -495,7 +503,3 @@ fn warm_runtime(d: &Daemon) {
     eprintln!("tartarus run-code --template python-ds: {:?}", t1.elapsed());
     assert_eq!(out, "42\n");
 }
-
-/// The python-ds template's warm-up: pandas imported and used once at build time.
-const WARMUP: &str = "import pandas as pd, numpy as np; \
-    assert int(pd.DataFrame({'a': np.arange(1, 4)}).a.sum()) == 6";

@@ -68,9 +68,10 @@ fn a_pool_serves_creates_and_refills() {
     );
     let p = pool(&d);
     assert_eq!(p["claims"], 1, "{p}");
-    // ... and the pool refills.
+    // ... and the pool refills (to min or beyond: any demand seen raises the target by one
+    // at least, up to max).
     assert!(
-        wait_until(Duration::from_secs(60), || ready(&d) == 2),
+        wait_until(Duration::from_secs(60), || ready(&d) >= 2),
         "{}",
         pool(&d)
     );

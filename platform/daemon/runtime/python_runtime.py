@@ -10,6 +10,7 @@ Protocol (version 1), JSON lines (one UTF-8 JSON object per line, `\\n`-terminat
        "pid": 123, "preloaded": ["numpy", "pandas"]}
   client -> runtime, one request at a time:
       {"code": "x = 1\\nx + 1", "timeout_s": 30}        (timeout_s optional)
+      {"code": "...", "warmup": true}                     a template's warm-up (below)
   runtime -> client, while the code runs and after:
       {"type": "stdout", "data": "..."}                   output, in the order written
       {"type": "stderr", "data": "..."}
@@ -24,7 +25,10 @@ Protocol (version 1), JSON lines (one UTF-8 JSON object per line, `\\n`-terminat
 
 Every request runs in the main thread, one at a time, in one globals dict kept across
 requests and connections. The last statement, when it is an expression, is compiled apart and
-its repr returned (as `_` too). Output written to sys.stdout / sys.stderr is buffered and sent
+its repr returned (as `_` too). A warm-up request (the template's `runtime.warmup`, run
+before the ready snapshot) runs in a copy of that dict that is then dropped: what it imports
+or caches stays, its names do not, and it is not counted; after it, the collector freezes what
+is alive (gc.freeze), so later collections do not walk it. Output written to sys.stdout / sys.stderr is buffered and sent
 in frames of up to CHUNK characters, at least every FLUSH_S seconds. Output that bypasses
 them (os.write(1, ...), subprocesses) goes to the runtime's log instead. `timeout_s` raises
 TimeoutError inside the code (SIGALRM); SIGINT raises KeyboardInterrupt there.
@@ -32,6 +36,7 @@ TimeoutError inside the code (SIGALRM); SIGINT raises KeyboardInterrupt there.
 
 import argparse
 import ast
+import gc
 import importlib
 import io
 import json
@@ -66,9 +71,10 @@ class Conn:
         self.lock = threading.Lock()
         self.alive = True
 
-    def send(self, obj):
-        line = json.dumps(obj, ensure_ascii=False) + "\n"
-        data = line.encode("utf-8", "replace")
+    def send(self, *objs):
+        """Writes the frames in one go (one vsock packet and guest wake-up for all)."""
+        text = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs)
+        data = text.encode("utf-8", "replace")
         with self.lock:
             if not self.alive:
                 return
@@ -94,9 +100,15 @@ class Output:
         self.parts = []
         self.size = 0
         self.lock = threading.Lock()
+        self.armed = False
 
     def write(self, stream, text):
         with self.lock:
+            if not self.armed:
+                # The flusher only wakes for requests that write: one that does not costs
+                # the guest no timer and no extra thread switch.
+                self.armed = True
+                _running.set()
             if self.parts and self.parts[-1][0] == stream:
                 self.parts[-1][1].append(text)
             else:
@@ -105,20 +117,32 @@ class Output:
             if self.size >= CHUNK:
                 self._flush()
 
-    def _flush(self):
+    def _frames(self):
         parts, self.parts, self.size = self.parts, [], 0
+        frames = []
         for stream, texts in parts:
             data = _clean("".join(texts))
             for i in range(0, len(data), CHUNK):
-                self.conn.send({"type": stream, "data": data[i : i + CHUNK]})
+                frames.append({"type": stream, "data": data[i : i + CHUNK]})
+        return frames
+
+    def _flush(self):
+        frames = self._frames()
+        if frames:
+            self.conn.send(*frames)
 
     def flush(self):
         with self.lock:
             self._flush()
 
+    def take(self):
+        """What is still buffered, as frames (sent with the request's last frames)."""
+        with self.lock:
+            return self._frames()
+
 
 _current = None  # the Output of the running request
-_running = threading.Event()  # set while a request runs: the flusher sleeps otherwise
+_running = threading.Event()  # set while a request writes output: the flusher sleeps otherwise
 _log = {"stdout": sys.__stdout__, "stderr": sys.__stderr__}
 
 
@@ -203,21 +227,22 @@ class Runtime:
     def __init__(self, preloaded):
         self.globals = {"__name__": "__main__", "__builtins__": __builtins__}
         self.count = 0
+        self.warmups = 0
         self.preloaded = preloaded
 
-    def execute(self, code, filename):
+    def execute(self, code, filename, ns):
         """Runs `code`; returns the repr of its last expression, or None."""
         tree = ast.parse(code, filename, "exec")
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, filename, "exec"), self.globals)
+        exec(compile(tree, filename, "exec"), ns)
         if last is None:
             return None
-        value = eval(compile(last, filename, "eval"), self.globals)
+        value = eval(compile(last, filename, "eval"), ns)
         if value is None:
             return None
-        self.globals["_"] = value
+        ns["_"] = value
         text = repr(value)
         if len(text) > RESULT_MAX:
             text = text[:RESULT_MAX] + "... (%d more characters)" % (len(text) - RESULT_MAX)
@@ -225,8 +250,18 @@ class Runtime:
 
     def run(self, conn, req):
         global _current
-        self.count += 1
-        filename = "<code-%d>" % self.count
+        warmup = bool(req.get("warmup"))
+        if warmup:
+            # A template's warm-up: what it imports and fills (caches, lazily loaded
+            # modules, the allocator's pools) stays; its names do not reach the user's
+            # namespace, and the user's first request is still <code-1>.
+            self.warmups += 1
+            filename = "<warmup-%d>" % self.warmups
+            ns = {k: v for k, v in self.globals.items() if k != "_"}
+        else:
+            self.count += 1
+            filename = "<code-%d>" % self.count
+            ns = self.globals
         code = req["code"]
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         out = Output(conn)
@@ -234,12 +269,11 @@ class Runtime:
         timeout = req.get("timeout_s")
         result, error = None, None
         _current = out
-        _running.set()
         try:
             if timeout:
                 signal.setitimer(signal.ITIMER_REAL, float(timeout))
             try:
-                result = self.execute(code, filename)
+                result = self.execute(code, filename, ns)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except BaseException as e:  # noqa: B902 -- SystemExit and KeyboardInterrupt too
@@ -247,12 +281,12 @@ class Runtime:
         finally:
             _current = None
             _running.clear()
-            out.flush()
+        frames = out.take()
         if result is not None:
-            conn.send({"type": "result", "text": result})
+            frames.append({"type": "result", "text": result})
         if error is not None:
-            conn.send(error)
-        conn.send(
+            frames.append(error)
+        frames.append(
             {
                 "type": "done",
                 "ok": error is None,
@@ -260,11 +294,19 @@ class Runtime:
                 "count": self.count,
             }
         )
+        if warmup:
+            # Everything the warm-up left is long-lived: out of the collector's way, so
+            # later collections neither walk it nor touch its pages.
+            gc.collect()
+            gc.freeze()
+        conn.send(*frames)
 
 
 def _protocol_error(conn, message):
-    conn.send({"type": "error", "name": "ProtocolError", "value": message, "traceback": ""})
-    conn.send({"type": "done", "ok": False, "duration_ms": 0, "count": 0})
+    conn.send(
+        {"type": "error", "name": "ProtocolError", "value": message, "traceback": ""},
+        {"type": "done", "ok": False, "duration_ms": 0, "count": 0},
+    )
 
 
 def _parse(line):
@@ -280,6 +322,8 @@ def _parse(line):
     t = req.get("timeout_s")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
         return None, "timeout_s: not a positive number"
+    if not isinstance(req.get("warmup", False), bool):
+        return None, "warmup: not a boolean"
     return req, None
 
 
@@ -318,14 +362,47 @@ def serve_conn(sock, rt, jobs):
         conn.close()
 
 
-def accept_loop(listener, rt, jobs):
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except OSError:
-            time.sleep(0.1)
-            continue
-        threading.Thread(target=serve_conn, args=(sock, rt, jobs), daemon=True).start()
+class Acceptors:
+    """Threads waiting in accept(), started before the snapshot: a connection after a
+    restore is served by one of them, with no thread to create (a clone, a stack and its
+    page faults cost the emulated guest kernel far more than the request). A thread goes
+    back to accept() when its connection ends; one more starts only when none is left
+    waiting, and idle ones beyond MAX_IDLE end."""
+
+    SPARES = 2
+    MAX_IDLE = 4
+
+    def __init__(self, listener, rt, jobs):
+        self.listener, self.rt, self.jobs = listener, rt, jobs
+        self.lock = threading.Lock()
+        self.idle = 0
+
+    def start(self):
+        for _ in range(self.SPARES):
+            self._spawn()
+
+    def _spawn(self):
+        with self.lock:
+            self.idle += 1
+        threading.Thread(target=self._worker, daemon=True).start()
+
+    def _worker(self):
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            with self.lock:
+                self.idle -= 1
+                short = self.idle == 0
+            if short:
+                self._spawn()
+            serve_conn(sock, self.rt, self.jobs)
+            with self.lock:
+                if self.idle >= self.MAX_IDLE:
+                    return
+                self.idle += 1
 
 
 def preload(names):
@@ -382,7 +459,7 @@ def main(argv=None):
     signal.signal(signal.SIGALRM, _alarm)
     jobs = queue.Queue()
     threading.Thread(target=_flusher, daemon=True).start()
-    threading.Thread(target=accept_loop, args=(listener, rt, jobs), daemon=True).start()
+    Acceptors(listener, rt, jobs).start()
     _log["stderr"].write("tartarus-runtime: ready, pid %d\n" % os.getpid())
     _log["stderr"].flush()
     while True:

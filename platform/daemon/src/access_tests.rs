@@ -59,6 +59,7 @@ fn spec() -> StoredSpec {
         warmup: vec![],
         image: None,
         rootfs_key: None,
+        runtime: None,
     }
 }
 

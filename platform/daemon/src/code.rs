@@ -47,6 +47,8 @@ const LOG: &str = "/tmp/.tartarus-python-runtime.log";
 const FAILED: &str = "/tmp/.tartarus-python-runtime.failed";
 /// How long a start (the interpreter and its preloads, on an emulated guest kernel) may take.
 pub const START_TIMEOUT: Duration = Duration::from_secs(1200);
+/// The longest `runtime.warmup` piece a template may give, bytes.
+const WARMUP_MAX: usize = 1 << 20;
 /// How long the vsock handshake and the runtime's `ready` line may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A call without a timeout of its own may run this long.
@@ -171,6 +173,16 @@ fn hybrid_connect(
 /// Connects to a runtime: through the sandbox's vsock socket (`vsock`), or straight to a
 /// Unix socket it listens on (`--unix`, tests). Reads its `ready` line.
 pub fn connect(path: &Path, vsock: bool) -> Result<Conn, RuntimeError> {
+    connect_with(path, vsock, None)
+}
+
+/// [`connect`], writing `first` (a request) before the `ready` line is read: the runtime
+/// finds it waiting when it has sent that line, which saves the guest a round trip.
+pub fn connect_with(
+    path: &Path,
+    vsock: bool,
+    first: Option<&serde_json::Value>,
+) -> Result<Conn, RuntimeError> {
     let s = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused if !vsock => {
             RuntimeError::Absent
@@ -193,6 +205,9 @@ pub fn connect(path: &Path, vsock: bool) -> Result<Conn, RuntimeError> {
             version: String::new(),
         },
     };
+    if let Some(frame) = first {
+        c.send(frame)?;
+    }
     let first = match c.next() {
         Ok(Some(v)) => v,
         // Accepted, then closed at once: a runtime on its way out.
@@ -328,7 +343,47 @@ pub fn validate_runtime(rt: &RuntimeSpec) -> Result<(), ApiError> {
             )));
         }
     }
+    for (i, code) in rt.warmup.iter().enumerate() {
+        if code.trim().is_empty() {
+            return Err(ApiError::BadRequest(format!("runtime.warmup[{i}]: empty")));
+        }
+        if code.len() > WARMUP_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "runtime.warmup[{i}]: {} bytes, more than {WARMUP_MAX}",
+                code.len()
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Runs a template's warm-up piece `i` in the runtime behind `conn` (a namespace of its own,
+/// see the script); its output goes to the daemon's log, an error fails it. Blocking.
+fn warm_up(conn: &mut Conn, i: usize, code: &str) -> Result<(), String> {
+    conn.set_timeout(START_TIMEOUT);
+    conn.send(&json!({"code": code, "warmup": true}))
+        .map_err(|e| chain(&e))?;
+    let mut error = None;
+    loop {
+        let v = match conn.next() {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err("the runtime closed the connection (it exited?)".into()),
+            Err(e) => return Err(chain(&e)),
+        };
+        match v["type"].as_str() {
+            Some("done") => return error.map_or(Ok(()), Err),
+            Some("error") => {
+                let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                let tb = field("traceback");
+                error = Some(if tb.is_empty() {
+                    format!("{}: {}", field("name"), field("value"))
+                } else {
+                    tb.trim_end().to_string()
+                });
+            }
+            _ => tracing::debug!("template build: runtime.warmup[{i}]: {v}"),
+        }
+    }
 }
 
 /// The template build's step (after the warm-up, before the snapshot): the runtime started
@@ -348,11 +403,16 @@ pub fn start_for_template(
     }
     let fail = |e: RuntimeError| ApiError::BadRequest(format!("runtime: {}", chain(&e)));
     start(agent, base, Some(rt)).map_err(fail)?;
-    let conn = wait_ready(uds, agent, START_TIMEOUT).map_err(fail)?;
+    let mut conn = wait_ready(uds, agent, START_TIMEOUT).map_err(fail)?;
+    for (i, code) in rt.warmup.iter().enumerate() {
+        warm_up(&mut conn, i, code)
+            .map_err(|e| ApiError::BadRequest(format!("runtime.warmup[{i}] failed: {e}")))?;
+    }
     tracing::info!(
-        "template build: python runtime {} ready (python {})",
+        "template build: python runtime {} ready (python {}, {} warm-up pieces run)",
         conn.hello.pid,
-        conn.hello.version
+        conn.hello.version,
+        rt.warmup.len()
     );
     Ok(())
 }
@@ -378,19 +438,20 @@ struct Target {
     _activity: crate::daemon::Activity,
 }
 
-/// A connection to the sandbox's runtime, started first when nothing answers. Blocking.
-fn ensure(t: &Target) -> Result<Conn, RuntimeError> {
+/// A connection to the sandbox's runtime, started first when nothing answers, and whether
+/// `frame` went out on it already (it does when the runtime was there). Blocking.
+fn ensure(t: &Target, frame: Option<&serde_json::Value>) -> Result<(Conn, bool), RuntimeError> {
     let lock = start_lock(&t.id);
     let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-    match connect(&t.uds, true) {
+    match connect_with(&t.uds, true, frame) {
         Err(RuntimeError::Absent) => {}
-        other => return other,
+        other => return other.map(|c| (c, frame.is_some())),
     }
     tracing::info!("sandbox {}: starting its python runtime", t.id);
     let mut agent = Daemon::agent_blocking(&t.uds, Duration::from_secs(60))
         .map_err(|e| RuntimeError::Start(e.to_string()))?;
     start(&mut agent, t.base.clone(), None)?;
-    wait_ready(&t.uds, &mut agent, START_TIMEOUT)
+    wait_ready(&t.uds, &mut agent, START_TIMEOUT).map(|c| (c, false))
 }
 
 /// Kills a runtime that stopped answering (through the agent). Blocking.
@@ -409,11 +470,22 @@ fn died(value: String) -> CodeEvent {
     }
 }
 
-/// Runs one request; every event goes to `emit` (false: the client left). Fails, before any
-/// event, when no runtime can be started. Blocking.
+/// The runtime's request frame for `req`.
+fn frame(req: &CodeRequest) -> serde_json::Value {
+    let mut frame = json!({"code": req.code});
+    if let Some(s) = req.timeout_s {
+        frame["timeout_s"] = json!(s);
+    }
+    frame
+}
+
+/// Runs one request, on `opened` (from [`ensure`]) or a new connection; every event goes to
+/// `emit` (false: the client left). Fails, before any event, when no runtime can be started.
+/// Blocking.
 fn run(
     t: &Target,
     req: &CodeRequest,
+    opened: Option<(Conn, bool)>,
     emit: &mut dyn FnMut(CodeEvent) -> bool,
 ) -> Result<(), RuntimeError> {
     let t0 = Instant::now();
@@ -422,15 +494,16 @@ fn run(
         duration_ms: t0.elapsed().as_millis() as u64,
         restarted,
     };
-    let mut conn = ensure(t)?;
+    let frame = frame(req);
+    let (mut conn, sent) = match opened {
+        Some(c) => c,
+        None => ensure(t, Some(&frame))?,
+    };
     let limit = req.timeout_s.map(|s| Duration::from_secs(s) + GRACE);
     conn.set_timeout(limit.unwrap_or(IDLE));
     let pid = conn.hello.pid;
-    let mut frame = json!({"code": req.code});
-    if let Some(s) = req.timeout_s {
-        frame["timeout_s"] = json!(s);
-    }
-    let lost = match conn.send(&frame) {
+    let sending = if sent { Ok(()) } else { conn.send(&frame) };
+    let lost = match sending {
         Ok(()) => loop {
             match conn.next() {
                 Ok(Some(v)) => match serde_json::from_value::<CodeEvent>(v.clone()) {
@@ -477,7 +550,7 @@ fn run(
          OOM killer)"
     };
     tracing::info!("sandbox {}: python runtime {pid} died; restarting it", t.id);
-    let again = ensure(t);
+    let again = ensure(t, None);
     let text = match &again {
         Ok(_) => {
             format!("{why}; tartarusd started it again: its state (variables, imports) is lost")
@@ -526,7 +599,7 @@ pub async fn code(
     let t = target(d, scope, id, &req).await?;
     let (r, ran) = tokio::task::spawn_blocking(move || {
         let mut r = CodeResult::default();
-        let ran = run(&t, &req, &mut |ev| {
+        let ran = run(&t, &req, None, &mut |ev| {
             match ev {
                 CodeEvent::Stdout { data } if r.stdout.len() < MAX_COLLECT => {
                     r.stdout.push_str(&data)
@@ -576,7 +649,11 @@ pub async fn code_stream(
 ) -> Result<Body, ApiError> {
     let t = target(d, scope, id, &req).await?;
     // Start (or find) the runtime before answering, so that a failure is a status.
-    let t = tokio::task::spawn_blocking(move || ensure(&t).map(|_| t))
+    let opened = {
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || ensure(&t, Some(&frame(&req))).map(|c| (t, c)))
+    };
+    let (t, opened) = opened
         .await
         .map_err(|e| ApiError::Internal(format!("code task: {e}")))??;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
@@ -587,7 +664,7 @@ pub async fn code_stream(
             tx.blocking_send(Bytes::from(line)).is_ok()
         };
         // Started a moment ago; gone again (or unreachable) since.
-        if let Err(e) = run(&t, &req, &mut emit) {
+        if let Err(e) = run(&t, &req, Some(opened), &mut emit) {
             emit(CodeEvent::Error {
                 name: "RuntimeUnavailable".into(),
                 value: chain(&e),

@@ -333,6 +333,7 @@ fn runtime_options_are_checked() {
     let rt = |lang: &str, pre: &[&str]| RuntimeSpec {
         language: lang.into(),
         preload: pre.iter().map(|s| s.to_string()).collect(),
+        warmup: vec![],
     };
     assert!(validate_runtime(&rt("python", &["numpy", "os.path", "_x1"])).is_ok());
     let e = validate_runtime(&rt("ruby", &[])).unwrap_err().to_string();
@@ -343,6 +344,124 @@ fn runtime_options_are_checked() {
             .to_string();
         assert!(e.starts_with("runtime.preload[0]"), "{bad}: {e}");
     }
+}
+
+#[test]
+fn warm_up_pieces_are_checked() {
+    let rt = |code: &str| RuntimeSpec {
+        language: "python".into(),
+        preload: vec![],
+        warmup: vec!["import json".into(), code.into()],
+    };
+    assert!(validate_runtime(&rt("x = 1")).is_ok());
+    for bad in [" \n ".to_string(), "#".repeat(WARMUP_MAX + 1)] {
+        let e = validate_runtime(&rt(&bad)).unwrap_err().to_string();
+        assert!(e.starts_with("runtime.warmup[1]"), "{e}");
+    }
+}
+
+#[test]
+fn a_warm_up_leaves_its_imports_but_not_its_names() {
+    if !have_python() {
+        return;
+    }
+    let rt = runtime(&[]);
+    let mut c = connect(&rt.sock, false).unwrap();
+    warm_up(
+        &mut c,
+        0,
+        "import colorsys\nwarm = colorsys.rgb_to_hsv(1, 0, 0)\nprint('w')",
+    )
+    .unwrap();
+    let e = warm_up(&mut c, 1, "def f():\n    return 1 / 0\nf()").unwrap_err();
+    assert!(
+        e.contains("ZeroDivisionError") && e.contains("<warmup-2>"),
+        "{e}"
+    );
+    // The user's first request is <code-1>, in a namespace without the warm-up's names,
+    // and the module it imported is loaded.
+    let ev = call(
+        &mut c,
+        "import sys\n('colorsys' in sys.modules, 'warm' in globals(), 'f' in globals())",
+    );
+    assert_eq!(
+        of_type(&ev, "result")[0]["text"],
+        "(True, False, False)",
+        "{ev:?}"
+    );
+    assert_eq!(ev.last().unwrap()["count"], 1, "{ev:?}");
+    let ev = call_frame(&mut c, &serde_json::json!({"code": "1", "warmup": "yes"}));
+    assert_eq!(of_type(&ev, "error")[0]["name"], "ProtocolError", "{ev:?}");
+}
+
+#[test]
+fn a_request_sent_before_the_ready_line_is_served() {
+    if !have_python() {
+        return;
+    }
+    let rt = runtime(&[]);
+    let frame = serde_json::json!({"code": "6 * 7"});
+    let mut c = connect_with(&rt.sock, false, Some(&frame)).unwrap();
+    c.set_timeout(Duration::from_secs(30));
+    let mut ev = Vec::new();
+    while let Some(v) = c.next().unwrap() {
+        let last = v["type"] == "done";
+        ev.push(v);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(of_type(&ev, "result")[0]["text"], "42", "{ev:?}");
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn connections_are_served_by_waiting_threads() {
+    // A thread started per connection costs an emulated guest kernel a clone and its
+    // page faults on every request after a restore: connections reuse waiting threads.
+    if !have_python() {
+        return;
+    }
+    let rt = runtime(&[]);
+    let pid = rt.child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = threads(pid);
+    // A connection after a quiet spell (what a restored sandbox's first call is) finds a
+    // thread waiting and starts none.
+    for i in 0..3 {
+        let mut c = connect(&rt.sock, false).unwrap();
+        let ev = call(&mut c, &format!("{i} + 1"));
+        assert_eq!(of_type(&ev, "result")[0]["text"], (i + 1).to_string());
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(threads(pid), before, "connection {i} started a thread");
+    }
+    // Back-to-back connections (one ending while the next arrives) keep a bounded set.
+    for i in 0..40 {
+        let mut c = connect(&rt.sock, false).unwrap();
+        let ev = call(&mut c, &format!("{i} + 1"));
+        assert_eq!(of_type(&ev, "result")[0]["text"], (i + 1).to_string());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(threads(pid) <= before + 4, "{} threads", threads(pid));
+    // More connections at once than waiting threads: each is served.
+    let mut held: Vec<Conn> = (0..6).map(|_| connect(&rt.sock, false).unwrap()).collect();
+    for (i, c) in held.iter_mut().enumerate() {
+        let ev = call(c, &format!("{i} * 2"));
+        assert_eq!(of_type(&ev, "result")[0]["text"], (i * 2).to_string());
+    }
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = threads(pid);
+    assert!(
+        after <= before + 4,
+        "{after} threads after, {before} before"
+    );
 }
 
 /// Context switches of every thread of `pid`.

@@ -178,6 +178,9 @@ fn cache_key(
     if let Some(rt) = runtime {
         shape["runtime"] = json!({"language": rt.language, "preload": rt.preload,
                                   "script": crate::code::PYTHON_RUNTIME});
+        if !rt.warmup.is_empty() {
+            shape["runtime"]["warmup"] = json!(rt.warmup);
+        }
     }
     h.update(shape.to_string().as_bytes());
     Ok(h.finalize()[..12]
@@ -434,6 +437,7 @@ async fn build(
         warmup: spec.warmup.clone(),
         image,
         rootfs_key,
+        runtime: spec.runtime.clone(),
     };
     let old = d.store.template(tenant, &name)?;
     d.store.put_template(

@@ -137,6 +137,9 @@ pub struct Template {
     /// The OCI image the root file system was made from.
     #[serde(default)]
     pub image: Option<TemplateImage>,
+    /// The warm runtime left running in the ready snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSpec>,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// Milliseconds from the start of the build to the ready snapshot.
@@ -644,6 +647,12 @@ pub struct RuntimeSpec {
     /// Modules imported before the snapshot (`["numpy", "pandas"]`).
     #[serde(default)]
     pub preload: Vec<String>,
+    /// Code run inside the runtime after the preloads, before the snapshot, each piece in a
+    /// namespace of its own: what it imports, compiles or caches is warm in every sandbox
+    /// (a first `DataFrame` costs pandas many lazy imports), its variables are dropped.
+    /// A piece that raises fails the build with its traceback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warmup: Vec<String>,
 }
 
 /// `POST /sandboxes/{id}/code`: code for the sandbox's warm runtime.

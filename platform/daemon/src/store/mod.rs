@@ -117,6 +117,9 @@ pub struct StoredSpec {
     /// The built root file system's cache key (stands for its content in the snapshot key).
     #[serde(default)]
     pub rootfs_key: Option<String>,
+    /// The warm runtime (absent in rows written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<tartarus_types::RuntimeSpec>,
 }
 
 pub fn now_ms() -> i64 {
@@ -266,6 +269,7 @@ impl Store {
                 env: spec.env,
                 warmup: spec.warmup,
                 image: spec.image,
+                runtime: spec.runtime,
                 created_at: rfc3339(created),
                 build_ms: build_ms.map(|v| v as u64),
                 snapshot_bytes: bytes.map(|v| v as u64),

@@ -129,6 +129,7 @@ fn queries_are_scoped_to_the_tenant() {
         warmup: vec![],
         image: None,
         rootfs_key: None,
+        runtime: None,
     };
     // The same name in two tenants and the host: three templates.
     for t in ["acme", "evil", HOST_TENANT] {
